@@ -1,0 +1,34 @@
+"""``runledger``: the command line (click).  ``runledgerd`` is ``runledger daemon``.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit
+(click.ClickException), never a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .._version import __version__
+from ._daemon import daemon
+from ._db import db
+
+__all__ = ["daemon_main", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runledger")
+def main() -> None:
+    """Record every run, step and error of your pipelines in dashboard.sqlite."""
+
+
+main.add_command(daemon)
+main.add_command(db)
+
+
+def daemon_main() -> None:
+    """Entry point of the ``runledgerd`` script."""
+    daemon(prog_name="runledgerd")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""How each event changes the dashboard tables: idempotent and order-independent.
+
+Theory of operation
+-------------------
+Every event names its rows by client-generated uids, so applying it twice
+finds the row it made the first time:
+
+==========  ======================================  ==================================
+event       needs                                   effect (a duplicate changes nothing)
+==========  ======================================  ==================================
+run_start   -                                       INSERT runs (uid unique); links
+                                                    children that named it as parent
+step_start  its run                                 INSERT run_steps (uid unique)
+step_end    its run and step                        UPDATE run_steps if its end_key
+                                                    is newer; run totals := sums
+error       its run (and step, if it names one)     INSERT run_errors (uid unique)
+run_end     its run                                 UPDATE runs if its end_key is
+                                                    newer; run totals := sums
+==========  ======================================  ==================================
+
+An event whose run or step does not exist yet is *parked*: stored in
+``parked_events`` (keyed by event id, so parking twice is parking once) in the
+same transaction as its ack.  When the run or step appears, the parked events
+waiting for it are applied in that same transaction.  Totals are always
+recomputed as sums of the steps, never incremented, so late, repeated or
+parked step ends cannot double-count.  ``end_key`` (``ts:id``) makes two
+different ends of the same step or run resolve to the same winner whatever
+order they arrive in.
+
+The Applier keeps uid -> id caches; they are only valid because the daemon is
+the one writer.  ``forget()`` must be called whenever a transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from ..protocol import (
+    MAX_MESSAGE,
+    MAX_STACK,
+    ErrorEvent,
+    Event,
+    RunEnd,
+    RunStart,
+    StepEnd,
+    StepStart,
+)
+from ._timefmt import iso_from_ms, ms_from_iso, now_iso
+
+__all__ = ["APPLIED", "DUPLICATE", "PARKED", "Applier", "Rejected"]
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+PARKED = "parked"
+
+_CACHE_LIMIT = 200_000
+_json = msgspec.json.Encoder()
+_event_encoder = msgspec.msgpack.Encoder()
+_event_decoder = msgspec.msgpack.Decoder(Event)
+
+
+class Rejected(Exception):
+    """An event that is well-formed but cannot be applied (it contradicts the db)."""
+
+
+class _Run(msgspec.Struct, array_like=True):
+    id: int
+    club_slug: str
+    started_ms: int
+
+
+class _Step(msgspec.Struct, array_like=True):
+    id: int
+    run_id: int
+    started_ms: int
+
+
+def _end_key(ts: int, event_id: str) -> str:
+    return f"{ts:015d}:{event_id}"
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else _json.encode(value).decode()
+
+
+class Applier:
+    """Applies validated events on one connection, inside the caller's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._runs: dict[str, _Run] = {}
+        self._steps: dict[str, _Step] = {}
+        self._dirty_runs: set[int] = set()
+        self.parked_count = conn.execute("SELECT count(*) FROM parked_events").fetchone()[0]
+
+    def forget(self) -> None:
+        """Drop cached ids and pending work (after a rollback)."""
+        self._runs.clear()
+        self._steps.clear()
+        self._dirty_runs.clear()
+        self.parked_count = self._conn.execute("SELECT count(*) FROM parked_events").fetchone()[0]
+
+    # -- public ---------------------------------------------------------------
+
+    def apply(self, event: Event) -> str:
+        """Apply one event; return APPLIED, DUPLICATE or PARKED. Raises Rejected."""
+        match event:
+            case RunStart():
+                result = self._run_start(event)
+            case StepStart():
+                result = self._step_start(event)
+            case StepEnd():
+                result = self._step_end(event)
+            case ErrorEvent():
+                result = self._error(event)
+            case RunEnd():
+                result = self._run_end(event)
+            case _:  # pragma: no cover - the Event union is closed
+                raise Rejected(f"not an event: {type(event).__name__}")
+        return result
+
+    def finish(self) -> None:
+        """End of a batch: recompute the totals of every run whose steps changed."""
+        if not self._dirty_runs:
+            return
+        self._conn.executemany(
+            "UPDATE runs SET (total_created, total_updated, total_skipped, total_failed) = ("
+            " SELECT COALESCE(SUM(created_count), 0), COALESCE(SUM(updated_count), 0),"
+            " COALESCE(SUM(skipped_count), 0), COALESCE(SUM(failed_count), 0)"
+            " FROM run_steps WHERE run_id = ?1) WHERE id = ?1",
+            [(run_id,) for run_id in self._dirty_runs],
+        )
+        self._dirty_runs.clear()
+        if len(self._runs) > _CACHE_LIMIT or len(self._steps) > _CACHE_LIMIT:
+            self._runs.clear()
+            self._steps.clear()
+
+    # -- lookups ----------------------------------------------------------------
+
+    def _run(self, uid: str) -> _Run | None:
+        run = self._runs.get(uid)
+        if run is None:
+            row = self._conn.execute(
+                "SELECT id, club_slug, started_at FROM runs WHERE uid = ?", (uid,)
+            ).fetchone()
+            if row is None:
+                return None
+            run = self._runs[uid] = _Run(row[0], row[1], ms_from_iso(row[2]))
+        return run
+
+    def _step(self, uid: str) -> _Step | None:
+        step = self._steps.get(uid)
+        if step is None:
+            row = self._conn.execute(
+                "SELECT id, run_id, started_at FROM run_steps WHERE uid = ?", (uid,)
+            ).fetchone()
+            if row is None:
+                return None
+            step = self._steps[uid] = _Step(row[0], row[1], ms_from_iso(row[2]))
+        return step
+
+    def _step_of(self, run: _Run, step_uid: str, event: Event) -> _Step | None:
+        step = self._step(step_uid)
+        if step is not None and step.run_id != run.id:
+            raise Rejected(
+                f"{type(event).__struct_config__.tag} {event.id!r}: step {step_uid!r} "
+                f"belongs to another run than {event.run!r}"
+            )
+        return step
+
+    # -- parking ----------------------------------------------------------------
+
+    def _park(self, event: Event, waiting_for: str) -> str:
+        cur = self._conn.execute(
+            "INSERT INTO parked_events (event_id, waiting_for, parked_at, payload)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+            (event.id, waiting_for, now_iso(), _event_encoder.encode(event)),
+        )
+        self.parked_count += cur.rowcount
+        return PARKED if cur.rowcount else DUPLICATE
+
+    def _release(self, waiting_for: str) -> None:
+        if not self.parked_count:
+            return
+        rows = self._conn.execute(
+            "DELETE FROM parked_events WHERE waiting_for = ? RETURNING payload", (waiting_for,)
+        ).fetchall()
+        self.parked_count -= len(rows)
+        for (payload,) in rows:
+            self.apply(_event_decoder.decode(payload))
+
+    # -- events -----------------------------------------------------------------
+
+    def _run_start(self, e: RunStart) -> str:
+        if self._run(e.run) is not None:
+            return DUPLICATE
+        parent_id = None
+        if e.parent is not None:
+            parent = self._run(e.parent)
+            parent_id = parent.id if parent is not None else None
+        club = e.club_slug if e.club_slug is not None else "rondo"
+        cur = self._conn.execute(
+            "INSERT INTO runs (uid, club_slug, pipeline, started_at, outcome,"
+            " parent_uid, parent_run_id, meta_json) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+            (
+                e.run,
+                club,
+                e.pipeline,
+                iso_from_ms(e.ts),
+                e.parent,
+                parent_id,
+                _json_or_none(e.meta),
+            ),
+        )
+        run_id = cur.lastrowid
+        assert run_id is not None
+        self._runs[e.run] = _Run(run_id, club, e.ts)
+        # Children that started before their parent's run_start arrived.
+        self._conn.execute(
+            "UPDATE runs SET parent_run_id = ? WHERE parent_uid = ? AND parent_run_id IS NULL",
+            (run_id, e.run),
+        )
+        self._release("run:" + e.run)
+        return APPLIED
+
+    def _step_start(self, e: StepStart) -> str:
+        run = self._run(e.run)
+        if run is None:
+            return self._park(e, "run:" + e.run)
+        if self._step_of(run, e.step, e) is not None:
+            return DUPLICATE
+        cur = self._conn.execute(
+            "INSERT INTO run_steps (uid, run_id, club_slug, step_name, started_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (e.step, run.id, run.club_slug, e.name, iso_from_ms(e.ts)),
+        )
+        step_id = cur.lastrowid
+        assert step_id is not None
+        self._steps[e.step] = _Step(step_id, run.id, e.ts)
+        self._release("step:" + e.step)
+        return APPLIED
+
+    def _step_end(self, e: StepEnd) -> str:
+        run = self._run(e.run)
+        if run is None:
+            return self._park(e, "run:" + e.run)
+        step = self._step_of(run, e.step, e)
+        if step is None:
+            return self._park(e, "step:" + e.step)
+        duration = e.duration_ms if e.duration_ms is not None else max(0, e.ts - step.started_ms)
+        key = _end_key(e.ts, e.id)
+        cur = self._conn.execute(
+            "UPDATE run_steps SET finished_at = ?, duration_ms = ?, outcome = ?,"
+            " created_count = ?, updated_count = ?, skipped_count = ?, failed_count = ?,"
+            " detail_json = ?, end_key = ? WHERE id = ? AND (end_key IS NULL OR end_key < ?)",
+            (
+                iso_from_ms(e.ts),
+                duration,
+                e.outcome,
+                e.created,
+                e.updated,
+                e.skipped,
+                e.failed,
+                _json_or_none(e.detail),
+                key,
+                step.id,
+                key,
+            ),
+        )
+        if not cur.rowcount:
+            return DUPLICATE
+        self._dirty_runs.add(run.id)
+        return APPLIED
+
+    def _error(self, e: ErrorEvent) -> str:
+        run = self._run(e.run)
+        if run is None:
+            return self._park(e, "run:" + e.run)
+        step_id = None
+        if e.step is not None:
+            step = self._step_of(run, e.step, e)
+            if step is None:
+                return self._park(e, "step:" + e.step)
+            step_id = step.id
+        stack = e.stack[:MAX_STACK] if e.stack is not None else None
+        cur = self._conn.execute(
+            "INSERT INTO run_errors (uid, run_id, run_step_id, club_slug, step_name,"
+            " member_identifier, error_message, error_stack, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
+            (
+                e.id,
+                run.id,
+                step_id,
+                run.club_slug,
+                e.step_name,
+                e.member,
+                e.message[:MAX_MESSAGE],
+                stack,
+                iso_from_ms(e.ts),
+            ),
+        )
+        return APPLIED if cur.rowcount else DUPLICATE
+
+    def _run_end(self, e: RunEnd) -> str:
+        run = self._run(e.run)
+        if run is None:
+            return self._park(e, "run:" + e.run)
+        duration = e.duration_ms if e.duration_ms is not None else max(0, e.ts - run.started_ms)
+        key = _end_key(e.ts, e.id)
+        cur = self._conn.execute(
+            "UPDATE runs SET finished_at = ?, duration_ms = ?, outcome = ?, summary_json = ?,"
+            " end_key = ? WHERE id = ? AND (end_key IS NULL OR end_key < ?)",
+            (iso_from_ms(e.ts), duration, e.outcome, _json_or_none(e.summary), key, run.id, key),
+        )
+        if not cur.rowcount:
+            return DUPLICATE
+        self._dirty_runs.add(run.id)
+        return APPLIED
