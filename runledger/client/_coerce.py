@@ -1,0 +1,137 @@
+"""Make whatever a pipeline passes acceptable to the protocol: warn, never raise.
+
+The daemon refuses an invalid event (and keeps it in ``dead_letters``), so a
+bad argument would cost a row.  Repairing it here keeps the row: a negative
+count becomes 0, a non-string name becomes ``str(name)``, a free-form outcome
+is mapped onto the protocol's, an unencodable ``detail`` becomes plain data.
+Each kind of repair is reported once per process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ._warn import warn_once
+
+__all__ = ["count", "name", "outcome", "plain", "text", "uid"]
+
+MAX_NAME = 256
+MAX_UID = 128
+MAX_COUNT = 2**62
+#: ``detail`` / ``summary`` bigger than this once encoded are replaced by a
+#: short repr: a frame is capped at 1 MiB and a dashboard cell needs far less.
+MAX_PLAIN_BYTES = 256 * 1024
+
+_SUCCESS = frozenset({"success", "succeeded", "ok", "passed", "pass", "done", "true", "yes"})
+_FAILURE = frozenset({"failure", "failed", "fail", "error", "errored", "false", "no", "crashed"})
+_SKIPPED = frozenset({"skipped", "skip", "skipping"})
+
+
+def text(value: Any, limit: int) -> str:
+    """``value`` as a string of at most ``limit`` characters (None -> "")."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = _str(value)
+    return value[:limit]
+
+
+def name(value: Any, what: str, default: str) -> str:
+    """A protocol name: 1 to 256 characters."""
+    result = text(value, MAX_NAME).strip()
+    if not result:
+        warn_once(f"name-{what}", f"empty {what} {value!r}; using {default!r}")
+        return default
+    return result
+
+
+def uid(value: Any, what: str) -> str | None:
+    """A uid: 1 to 128 characters, or None when absent or unusable."""
+    if value is None or value == "":
+        return None
+    result = value if isinstance(value, str) else _str(value)
+    if not 1 <= len(result) <= MAX_UID:
+        warn_once(f"uid-{what}", f"ignoring {what} {result[:40]!r}: not a 1-128 character uid")
+        return None
+    return result
+
+
+def count(value: Any, what: str) -> int:
+    """A count: an int from 0 to 2**62 (None, bad or negative -> clamped, with a warning)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        result = value
+    else:
+        try:
+            number = float(value) if isinstance(value, str) else value
+            result = int(number)  # inf: OverflowError, nan: ValueError
+        except (TypeError, ValueError, OverflowError):
+            if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
+                warn_once(f"count-{what}", f"{what}={value!r:.60} is not a count; using 0")
+                return 0
+            result = len(value)  # a list of errors passed where its length was meant
+    if result < 0:
+        warn_once(f"count-neg-{what}", f"{what}={result} is negative; using 0")
+        return 0
+    return min(result, MAX_COUNT)
+
+
+def outcome(value: Any, allowed: tuple[str, ...], default: str = "success") -> str:
+    """Map ``value`` onto ``allowed``; anything unrecognised means failure (with a warning)."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in allowed:
+            if key != value:
+                warn_once(f"outcome-{value}", f"outcome {value!r} read as {key!r}")
+            return key
+        if key in _SUCCESS:
+            mapped = "success"
+        elif key in _SKIPPED:
+            mapped = "skipped" if "skipped" in allowed else "success"
+        elif key in _FAILURE:
+            mapped = "failure"
+        else:
+            mapped = ""
+    elif isinstance(value, bool | int):
+        mapped = "success" if value else "failure"
+    else:
+        mapped = ""
+    if not mapped:
+        warn_once(f"outcome-?{value!r}"[:80], f"unknown outcome {value!r}; recorded as failure")
+        return "failure"
+    if not isinstance(value, bool):
+        warn_once(f"outcome-{value!r}"[:80], f"outcome {value!r} recorded as {mapped!r}")
+    return mapped
+
+
+def plain(value: Any) -> Any:
+    """``value`` as MessagePack-able builtins with string keys (for detail/summary)."""
+    if value is None:
+        return None
+    try:
+        result = msgspec.to_builtins(value, str_keys=True, enc_hook=_str)
+        size = len(msgspec.msgpack.encode(result))
+    except Exception as exc:  # noqa: BLE001 - any object at all may be passed in
+        warn_once(f"plain-{type(value).__name__}", f"cannot encode {type(value).__name__}: {exc}")
+        return {"unencodable": _str(value)[:4000]}
+    if size > MAX_PLAIN_BYTES:
+        warn_once("plain-size", f"a {size}-byte detail/summary was cut to a short repr")
+        return {"truncated": True, "bytes": size, "repr": _str(value)[:4000]}
+    return result
+
+
+def _str(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        try:
+            return repr(value)
+        except Exception:  # noqa: BLE001
+            return f"<unprintable {type(value).__name__}>"
