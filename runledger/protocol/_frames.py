@@ -39,6 +39,10 @@ _encoder = msgspec.msgpack.Encoder()
 _client_decoder = msgspec.msgpack.Decoder(ClientMessage)
 _server_decoder = msgspec.msgpack.Decoder(ServerMessage)
 _any_decoder = msgspec.msgpack.Decoder()
+# What decoding garbage can raise: msgspec raises UnicodeDecodeError (not
+# DecodeError) for invalid UTF-8 in a str, and RecursionError for nesting deeper
+# than the interpreter's recursion limit (a few kB of 0x91 bytes suffice).
+_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 def check_length(length: int, max_frame: int = MAX_FRAME) -> None:
@@ -139,7 +143,7 @@ def decode_client_message(frame: bytes) -> ClientMessage | Refusal:
         return _client_decoder.decode(frame)
     except msgspec.ValidationError as exc:
         error: Exception = exc
-    except msgspec.DecodeError as exc:
+    except _MALFORMED as exc:
         return Refusal("broken", f"not a MessagePack message: {exc}")
     return _classify(frame, error)
 
@@ -148,7 +152,8 @@ def _classify(frame: bytes, error: Exception) -> Refusal:
     # Slow path only: work out what kind of wrong the frame is.
     try:
         raw = _any_decoder.decode(frame)
-    except msgspec.DecodeError as exc:  # pragma: no cover - typed decode catches first
+    except _MALFORMED as exc:
+        # The typed decode skips unknown keys unparsed; the untyped one does not.
         return Refusal("broken", f"not a MessagePack message: {exc}")
     if not isinstance(raw, dict):
         return Refusal("broken", f"message is a {type(raw).__name__}, not a map")
@@ -164,5 +169,12 @@ def _classify(frame: bytes, error: Exception) -> Refusal:
 
 
 def decode_server_message(frame: bytes) -> ServerMessage:
-    """Decode a daemon reply (client side). Raises msgspec errors on garbage."""
-    return _server_decoder.decode(frame)
+    """Decode a daemon reply (client side).
+
+    Raises ``msgspec.ValidationError`` for a well-formed reply with bad fields
+    and ``msgspec.DecodeError`` for any other garbage, nothing else.
+    """
+    try:
+        return _server_decoder.decode(frame)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"MessagePack data is malformed: {exc}") from exc

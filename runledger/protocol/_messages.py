@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = [
-    "MAX_STACK",
     "MAX_MESSAGE",
+    "MAX_STACK",
     "PROTOCOL_VERSION",
     "Ack",
     "ClientMessage",
@@ -60,7 +60,9 @@ class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True):
 # -- control messages (client -> daemon) ---------------------------------------
 
 
-class Hello(_Msg, tag="hello"):
+# ``protocol`` is always sent: its default is this build's version, so leaving
+# it out when equal to the default would mean different things to v1 and v2.
+class Hello(_Msg, tag="hello", omit_defaults=False):
     protocol: int = PROTOCOL_VERSION
     client: str = ""
 
@@ -147,7 +149,7 @@ CONTROL_TYPES: frozenset[str] = frozenset(
 # -- replies (daemon -> client) -------------------------------------------------
 
 
-class Welcome(_Msg, tag="welcome"):
+class Welcome(_Msg, tag="welcome", omit_defaults=False):
     protocol: int = PROTOCOL_VERSION
     server: str = ""
 

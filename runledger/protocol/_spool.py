@@ -18,7 +18,7 @@ from typing import Literal
 
 import msgspec
 
-from ._frames import MAX_FRAME
+from ._frames import MAX_FRAME, check_length
 
 __all__ = ["SPOOL_MAGIC", "SpoolReader", "SpoolTail", "encode_record", "read_spool"]
 
@@ -27,7 +27,12 @@ _RECORD = struct.Struct(">II")
 
 
 def encode_record(payload: bytes) -> bytes:
-    """One spool record for ``payload`` (an encoded event)."""
+    """One spool record for ``payload`` (an encoded event).
+
+    Raises FrameError unless ``1 <= len(payload) <= MAX_FRAME``: the reader
+    would call such a record corrupt and quarantine the whole file.
+    """
+    check_length(len(payload))
     return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
