@@ -505,9 +505,9 @@ class Client:
         self._set_state(_T.BROKEN)
 
     def _disconnect(self) -> None:
-        for entry in self._window.values():
-            if not entry.in_spool:
-                self._spool(entry.payload)
+        unacked = [e.payload for e in self._window.values() if not e.in_spool]
+        if unacked:
+            self.spooled += self.spool.append_many(unacked)
         self._window.clear()
         self._spooled_pending = 0
         self._out.clear()

@@ -24,9 +24,10 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from runledger.protocol import SPOOL_MAGIC, FrameError, encode_record, read_spool
+from runledger.protocol import MAX_FRAME, SPOOL_MAGIC, FrameError, encode_record, read_spool
 
 from ._warn import warn, warn_once
 
@@ -74,31 +75,37 @@ class SpoolWriter:
 
     def append(self, payload: bytes) -> bool:
         """Append one event; False (and the event is dropped) if the spool is unusable."""
+        return self.append_many((payload,)) == 1
+
+    def append_many(self, payloads: Iterable[bytes]) -> int:
+        """Append events with one ``os.write``; returns how many were kept (all or none)."""
+        try:
+            records = [encode_record(p) for p in payloads]
+        except FrameError as exc:  # empty or over 1 MiB: the replayer would call it corrupt
+            warn(f"not spooling an event: {exc}")
+            records = [encode_record(p) for p in payloads if 1 <= len(p) <= MAX_FRAME]
+        if not records:
+            return 0
         fd = self._fd if self._fd is not None else self._open()
         if fd is None:
-            self.dropped += 1
-            return False
+            self.dropped += len(records)
+            return 0
+        data = records[0] if len(records) == 1 else b"".join(records)
         try:
-            record = encode_record(payload)
-        except FrameError as exc:  # empty or over 1 MiB: the replayer would call it corrupt
-            self.dropped += 1
-            warn(f"not spooling an event: {exc}")
-            return False
-        try:
-            written = os.write(fd, record)
+            written = os.write(fd, data)
         except OSError as exc:
             written, error = 0, exc
         else:
-            if written == len(record):
-                self.records += 1
+            if written == len(data):
+                self.records += len(records)
                 self.size += written
-                return True
+                return len(records)
             error = OSError(errno.ENOSPC, "short write")
-        self.dropped += 1
+        self.dropped += len(records)
         self._warn_write(error)
         if written:
             self._undo_partial_write()
-        return False
+        return 0
 
     def _undo_partial_write(self) -> None:
         # A torn record followed by more records would make the file corrupt,
