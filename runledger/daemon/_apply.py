@@ -21,8 +21,11 @@ run_end     its run                                 UPDATE runs if its end_key i
 An event whose run or step does not exist yet is *parked*: stored in
 ``parked_events`` (keyed by event id, so parking twice is parking once) in the
 same transaction as its ack.  When the run or step appears, the parked events
-waiting for it are applied in that same transaction.  Totals are always
-recomputed as sums of the steps, never incremented, so late, repeated or
+waiting for it are applied in that same transaction; one that turns out to
+contradict the db then (its step belongs to another run) is handed back in
+``refused`` for the Store to dead-letter, without failing the event that
+released it.  Totals are always recomputed as sums of the steps (TOTAL, which
+saturates instead of overflowing), never incremented, so late, repeated or
 parked step ends cannot double-count.  ``end_key`` (``ts:id``) makes two
 different ends of the same step or run resolve to the same winner whatever
 order they arrive in.
@@ -94,6 +97,8 @@ class Applier:
         self._runs: dict[str, _Run] = {}
         self._steps: dict[str, _Step] = {}
         self._dirty_runs: set[int] = set()
+        #: Parked events refused when released (Rejected): the Store dead-letters them.
+        self.refused: list[tuple[Event, str]] = []
         self.parked_count = conn.execute("SELECT count(*) FROM parked_events").fetchone()[0]
 
     def forget(self) -> None:
@@ -101,6 +106,7 @@ class Applier:
         self._runs.clear()
         self._steps.clear()
         self._dirty_runs.clear()
+        self.refused.clear()
         self.parked_count = self._conn.execute("SELECT count(*) FROM parked_events").fetchone()[0]
 
     # -- public ---------------------------------------------------------------
@@ -127,9 +133,11 @@ class Applier:
         if not self._dirty_runs:
             return
         self._conn.executemany(
+            # TOTAL, not SUM: SUM raises "integer overflow" on huge counts, which
+            # would fail every later batch; CAST saturates at the int64 maximum.
             "UPDATE runs SET (total_created, total_updated, total_skipped, total_failed) = ("
-            " SELECT COALESCE(SUM(created_count), 0), COALESCE(SUM(updated_count), 0),"
-            " COALESCE(SUM(skipped_count), 0), COALESCE(SUM(failed_count), 0)"
+            " SELECT CAST(TOTAL(created_count) AS INTEGER), CAST(TOTAL(updated_count) AS INTEGER),"
+            " CAST(TOTAL(skipped_count) AS INTEGER), CAST(TOTAL(failed_count) AS INTEGER)"
             " FROM run_steps WHERE run_id = ?1) WHERE id = ?1",
             [(run_id,) for run_id in self._dirty_runs],
         )
@@ -174,6 +182,12 @@ class Applier:
     # -- parking ----------------------------------------------------------------
 
     def _park(self, event: Event, waiting_for: str) -> str:
+        # Fail now, like the in-order path would, rather than when released:
+        # a parked event that cannot be encoded would roll back its run's start.
+        if isinstance(event, StepEnd):
+            _json_or_none(event.detail)
+        elif isinstance(event, RunEnd):
+            _json_or_none(event.summary)
         cur = self._conn.execute(
             "INSERT INTO parked_events (event_id, waiting_for, parked_at, payload)"
             " VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
@@ -190,7 +204,13 @@ class Applier:
         ).fetchall()
         self.parked_count -= len(rows)
         for (payload,) in rows:
-            self.apply(_event_decoder.decode(payload))
+            event = _event_decoder.decode(payload)
+            # A parked event that contradicts the db is refused on its own: it
+            # must not fail the event that released it (nor the ones after it).
+            try:
+                self.apply(event)
+            except Rejected as exc:
+                self.refused.append((event, str(exc)))
 
     # -- events -----------------------------------------------------------------
 

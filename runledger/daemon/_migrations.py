@@ -92,6 +92,12 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     for migration in pending(conn):
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # Another process may have applied it since pending() looked.
+            if conn.execute(
+                "SELECT 1 FROM schema_migrations WHERE id = ?", (migration.id,)
+            ).fetchone():
+                conn.execute("ROLLBACK")
+                continue
             # executescript would COMMIT first; run the statements one by one.
             for statement in _statements(migration.sql):
                 conn.execute(statement)

@@ -164,6 +164,12 @@ class Store:
                     )
                 else:
                     results.append(None)
+            # Parked events that their run's or step's arrival showed to be wrong.
+            refused.extend(
+                DeadLetter(_reencode(event), reason, event.id, Origin(source="parked"))
+                for event, reason in applier.refused
+            )
+            applier.refused.clear()
             applier.finish()
             self._write_dead_letters(refused)
             self._write_audit(audit)
