@@ -100,6 +100,8 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"unknown setting {name!r}")
     kind = str(field_types[name])
     try:
+        if name == "config_file" and value is None:
+            return None
         if name in ("socket", "db", "spool", "config_file"):
             return Path(value).expanduser()
         if name == "synchronous":
