@@ -11,6 +11,9 @@ import click
 from .._version import __version__
 from ._daemon import daemon
 from ._db import db
+from ._read import errors, runs, show
+from ._replay import replay
+from ._status import status
 
 __all__ = ["daemon_main", "main"]
 
@@ -23,6 +26,11 @@ def main() -> None:
 
 main.add_command(daemon)
 main.add_command(db)
+main.add_command(runs)
+main.add_command(show)
+main.add_command(errors)
+main.add_command(status)
+main.add_command(replay)
 
 
 def daemon_main() -> None:
