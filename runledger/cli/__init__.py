@@ -11,6 +11,7 @@ import click
 from .._version import __version__
 from ._daemon import daemon
 from ._db import db
+from ._exec import exec_command
 from ._read import errors, runs, show
 from ._replay import replay
 from ._status import status
@@ -31,6 +32,7 @@ main.add_command(show)
 main.add_command(errors)
 main.add_command(status)
 main.add_command(replay)
+main.add_command(exec_command)
 
 
 def daemon_main() -> None:
