@@ -1,0 +1,305 @@
+"""``runledger status`` and ``runledger replay`` against a real daemon process, up and down."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from click.testing import CliRunner, Result
+from daemon_helpers import DaemonProcess, RawClient, count, run_events, wait_until
+
+from runledger.cli import main
+from runledger.daemon._migrations import SCHEMA_VERSION
+from runledger.daemon._store import Store
+from runledger.daemon._timefmt import iso_from_ms
+from runledger.protocol import SPOOL_MAGIC, RunEnd, RunStart, encode_record
+
+
+def cli(*args: str) -> Result:
+    env = {
+        "RUNLEDGER_CONFIG": None,
+        "RUNLEDGER_DB": None,
+        "RUNLEDGER_SOCKET": None,
+        "RUNLEDGER_SPOOL": None,
+    }
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def paths(root: Path) -> list[str]:
+    return [
+        "--socket",
+        str(root / "d.sock"),
+        "--db",
+        str(root / "dashboard.sqlite"),
+        "--spool",
+        str(root / "spool"),
+    ]
+
+
+def status_json(root: Path, *extra: str) -> tuple[int, dict]:
+    result = cli("status", *paths(root), "--json", *extra)
+    assert "Traceback" not in result.output
+    return result.exit_code, json.loads(result.output)
+
+
+def write_spool(spool: Path, events: list, name: str | None = None) -> Path:
+    """A spool file exactly as a client writes it (spool format v1)."""
+    spool.mkdir(parents=True, exist_ok=True)
+    path = spool / (name or f"{int(time.time() * 1000)}-testhost-{os.getpid()}-abcd.spool")
+    data = SPOOL_MAGIC + b"".join(encode_record(msgspec.msgpack.encode(e)) for e in events)
+    path.write_bytes(data)
+    return path
+
+
+def send_events(sock: Path, events: list) -> None:
+    with RawClient(sock) as c:
+        c.send(*events)
+        replies = c.recv(len(events))
+    assert [r.__struct_config__.tag for r in replies] == ["ack"] * len(events)
+
+
+def build_db(root: Path, ts: int) -> None:
+    store = Store.open(root / "dashboard.sqlite")
+    try:
+        store.apply(run_events("gone", ts=ts))
+        store.checkpoint()
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def held_spool_file(short_root: Path) -> Iterator[Path]:
+    """A spool file with a 2-minute-old event whose writer is alive (flock held)."""
+    old = int(time.time() * 1000) - 120_000
+    path = write_spool(
+        short_root / "spool",
+        [RunStart(id="w1", ts=old, run="waiting", pipeline="people")],
+        name=f"{old}-testhost-1-held.spool",
+    )
+    with path.open("rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield path
+
+
+class TestDaemonUp:
+    def test_json_report(self, daemon_proc: DaemonProcess) -> None:
+        root = daemon_proc.root
+        ts = int(time.time() * 1000) - 3_600_000
+        events = run_events("r1", ts=ts)
+        send_events(daemon_proc.socket, events)
+        code, report = status_json(root)
+        assert code == 0, report
+        assert list(report) == [
+            "healthy",
+            "problems",
+            "warnings",
+            "daemon",
+            "database",
+            "spool",
+            "pipelines",
+        ]
+        assert report["healthy"] is True
+        assert report["problems"] == []
+        assert report["warnings"] == []
+
+        daemon = report["daemon"]
+        assert daemon["up"] is True
+        assert daemon["socket"] == str(daemon_proc.socket)
+        assert daemon["error"] is None
+        s = daemon["status"]
+        assert s["pid"] == daemon_proc.proc.pid
+        assert s["schema_version"] == SCHEMA_VERSION
+        assert s["db_path"] == str(daemon_proc.db)
+        assert s["events_committed"] >= len(events)
+        assert s["queue_depth"] == 0
+        assert s["uptime_s"] > 0
+        assert s["version"]
+        assert isinstance(s["last_commit_ts"], int)
+
+        db = report["database"]
+        assert db["path"] == str(daemon_proc.db)
+        assert db["exists"] is True
+        assert db["error"] is None
+        assert db["schema_version"] == SCHEMA_VERSION
+        assert db["size_bytes"] == daemon_proc.db.stat().st_size
+        assert db["wal_bytes"] is not None  # the daemon holds it open in WAL mode
+        assert db["row_counts"]["runs"] == 1
+        assert db["row_counts"]["run_steps"] == 2
+        assert db["row_counts"]["run_errors"] == 2
+        assert db["row_counts"]["dead_letters"] == 0
+        assert db["row_counts"]["parked_events"] == 0
+        assert db["last_write"] == iso_from_ms(max(e.ts for e in events))
+        assert db["file_modified_at"].endswith("Z")
+
+        spool = report["spool"]
+        assert spool["path"] == str(daemon_proc.spool)
+        assert (spool["pending_files"], spool["bytes"], spool["oldest_at"]) == (0, 0, None)
+        assert spool["backing_up"] is False
+        assert spool["max_age_s"] == 60
+
+        (people,) = report["pipelines"]
+        assert people["pipeline"] == "people"
+        assert people["club_slug"] == "rondo"
+        assert people["run_uid"] == "r1"
+        assert people["outcome"] == "success"
+        assert people["started_at"] == iso_from_ms(ts)
+        assert people["error_count"] == 2
+        assert 3590 < people["age_s"] < 3700
+
+    def test_human_report(self, daemon_proc: DaemonProcess) -> None:
+        send_events(daemon_proc.socket, run_events("r1"))
+        result = cli("status", *paths(daemon_proc.root))
+        assert result.exit_code == 0, result.output
+        out = result.output
+        assert f"daemon     up, pid {daemon_proc.proc.pid}" in out
+        assert f"schema {SCHEMA_VERSION}" in out
+        assert "runs 1  run_steps 2  run_errors 2" in out
+        assert "nothing waiting" in out
+        assert "people" in out
+        assert out.rstrip().endswith("healthy")
+        assert "\x1b[" not in out
+
+    def test_a_backed_up_spool_fails_the_check(
+        self, daemon_proc: DaemonProcess, held_spool_file: Path
+    ) -> None:
+        root = daemon_proc.root
+        header_only = root / "spool" / "1-testhost-2-idle.spool"
+        header_only.write_bytes(SPOOL_MAGIC)  # a live client with nothing spooled
+        with header_only.open("rb") as idle:
+            fcntl.flock(idle.fileno(), fcntl.LOCK_EX)  # alive: the daemon leaves it be
+            self._check_backed_up(root, held_spool_file)
+
+    def _check_backed_up(self, root: Path, held_spool_file: Path) -> None:
+        code, report = status_json(root)
+        assert code == 1
+        assert report["healthy"] is False
+        assert report["daemon"]["up"] is True
+        spool = report["spool"]
+        assert spool["files"] == 2
+        assert spool["pending_files"] == 1
+        assert spool["bytes"] == held_spool_file.stat().st_size + len(SPOOL_MAGIC)
+        assert 115 < spool["oldest_age_s"] < 200
+        assert spool["backing_up"] is True
+        (problem,) = report["problems"]
+        assert problem.startswith("spool: an event has waited 2m")
+
+        code, report = status_json(root, "--max-spool-age", "600")
+        assert code == 0
+        assert report["spool"]["backing_up"] is False
+        assert report["spool"]["pending_files"] == 1
+
+        human = cli("status", *paths(root))
+        assert human.exit_code == 1
+        assert "BACKING UP (limit 60 s)" in human.output
+        assert "problem: spool:" in human.output
+
+    def test_replay_now(self, short_root: Path) -> None:
+        config = short_root / "runledger.toml"
+        config.write_text("[runledger]\nreplay_interval_s = 3600\n")  # only on request
+        d = DaemonProcess(short_root, extra_env={"RUNLEDGER_CONFIG": str(config)}).start()
+        try:
+            ts = int(time.time() * 1000)
+            write_spool(
+                d.spool,
+                [
+                    RunStart(id="s1", ts=ts, run="spooled", pipeline="people"),
+                    RunEnd(id="s2", ts=ts + 5, run="spooled", outcome="success"),
+                ],
+            )
+            time.sleep(0.3)
+            assert count(d.db, "runs") == 0  # not replayed by itself
+            result = cli("replay", "--socket", str(d.socket))
+            assert result.exit_code == 0, result.output
+            assert result.output == "replayed 1 file(s), 2 event(s); 0 quarantined\n"
+            assert count(d.db, "runs", "uid = ? AND outcome = 'success'", ["spooled"]) == 1
+            assert list(d.spool.glob("*.spool")) == []
+            again = cli("replay", "--socket", str(d.socket), "--json")
+            assert json.loads(again.output) == {"files": 0, "events": 0, "quarantined": 0}
+        finally:
+            d.stop()
+
+
+class TestDaemonDown:
+    def test_no_socket(self, short_root: Path) -> None:
+        build_db(short_root, int(time.time() * 1000) - 60_000)
+        code, report = status_json(short_root)
+        assert code == 1
+        assert report["healthy"] is False
+        assert report["daemon"]["up"] is False
+        assert report["daemon"]["status"] is None
+        assert "not running (no socket at" in report["daemon"]["error"]
+        assert report["problems"] == [f"daemon: {report['daemon']['error']}"]
+        # Everything else is still reported, read-only.
+        assert report["database"]["error"] is None
+        assert report["database"]["row_counts"]["runs"] == 1
+        assert [p["run_uid"] for p in report["pipelines"]] == ["gone"]
+        assert report["spool"]["pending_files"] == 0
+
+        human = cli("status", *paths(short_root))
+        assert human.exit_code == 1
+        assert "daemon     DOWN: not running" in human.output
+        assert "problem: daemon:" in human.output
+
+    def test_stale_socket_file(self, short_root: Path) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(short_root / "d.sock"))
+        sock.close()  # the file stays, nobody listens: a daemon killed by -9
+        code, report = status_json(short_root)
+        assert code == 1
+        assert "refuses connections" in report["daemon"]["error"]
+
+    def test_a_daemon_that_does_not_answer_is_down_within_the_timeout(
+        self, short_root: Path
+    ) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wedged:
+            wedged.bind(str(short_root / "d.sock"))
+            wedged.listen(1)
+            started = time.monotonic()
+            code, report = status_json(short_root, "--timeout", "0.3")
+            assert time.monotonic() - started < 2
+        assert code == 1
+        assert report["daemon"]["error"].startswith("no answer from")
+
+    def test_missing_database_and_spool_are_reported_not_raised(self, short_root: Path) -> None:
+        code, report = status_json(short_root)
+        assert code == 1
+        assert report["database"]["exists"] is False
+        assert "does not exist" in report["database"]["error"]
+        assert any(p.startswith("database: ") for p in report["problems"])
+        assert report["pipelines"] == []
+        assert not (short_root / "dashboard.sqlite").exists()
+        assert not (short_root / "spool").exists()
+
+    def test_spool_backlog_while_down(self, short_root: Path) -> None:
+        old = int(time.time() * 1000) - 90_000
+        write_spool(short_root / "spool", [RunStart(id="x", ts=old, run="x", pipeline="p")])
+        code, report = status_json(short_root)
+        assert code == 1
+        assert report["spool"]["backing_up"] is True
+        assert report["spool"]["oldest_at"] == iso_from_ms(old)
+        assert len(report["problems"]) == 3  # daemon, database, spool
+
+    def test_replay_with_the_daemon_down_is_one_line(self, short_root: Path) -> None:
+        result = cli("replay", "--socket", str(short_root / "d.sock"))
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            f"Error: daemon not running (no socket at {short_root / 'd.sock'})"
+        ]
+
+
+def test_status_waits_for_a_replay_to_land(daemon_proc: DaemonProcess) -> None:
+    """A spool whose writer is gone is replayed by the daemon; status then shows it gone."""
+    ts = int(time.time() * 1000) - 120_000
+    write_spool(daemon_proc.spool, [RunStart(id="g1", ts=ts, run="g", pipeline="late")])
+    wait_until(lambda: count(daemon_proc.db, "runs", "uid = 'g'") == 1, 10, what="replay")
+    code, report = status_json(daemon_proc.root)
+    assert code == 0, report
+    assert report["spool"]["pending_files"] == 0
+    assert [p["pipeline"] for p in report["pipelines"]] == ["late"]
