@@ -459,6 +459,30 @@ class TestShow:
         assert "      line 1" in out
         assert "ValueError" in out
 
+    def test_many_errors_are_cut_for_people_not_for_json(self, tmp_path: Path) -> None:
+        path = tmp_path / "dashboard.sqlite"
+        store = Store.open(path)
+        try:
+            store.apply(
+                [
+                    RunStart(id="m0", ts=NOW, run="many", pipeline="p"),
+                    *(
+                        ErrorEvent(
+                            id=f"m{i}", ts=NOW + i, run="many", step_name="s", message=f"err {i}"
+                        )
+                        for i in range(1, 56)
+                    ),
+                ]
+            )
+        finally:
+            store.close()
+        out = ok("show", "many", "--db", str(path))
+        assert "Errors (55)" in out
+        assert "err 50" in out
+        assert "err 51" not in out
+        assert "the first 50 of 55 errors" in out
+        assert len(as_json("show", "many", "--db", str(path))["errors"]) == 55
+
     @pytest.mark.parametrize(
         ("args", "says"),
         [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,13 @@ def _explain(path: Path, exc: sqlite3.Error) -> str:
 @contextlib.contextmanager
 def read_only(path: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to ``path``; every failure is one ClickException line."""
-    if not path.exists():
-        raise click.ClickException(f"database {path} does not exist: {_NOT_INITIALIZED}")
-    if path.is_dir():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise click.ClickException(f"database {path} does not exist: {_NOT_INITIALIZED}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise click.ClickException(f"{path} is a directory, not a database file")
     idle = not any(path.with_name(path.name + s).exists() for s in ("-wal", "-shm", "-journal"))
     try:

@@ -35,6 +35,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Longest error message shown in a table cell (``--json`` and ``--stack`` show all).
 MESSAGE_CELL = 300
+#: Errors ``show`` prints for people (``--json`` has them all).
+SHOW_ERRORS = 50
 
 _COUNTS = ("CREATED", "UPDATED", "SKIPPED", "FAILED", "ERRORS")
 
@@ -229,10 +231,19 @@ def show(
         out.print(Text("\nno steps", style="dim"))
     if errs:
         out.print()
+        shown = errs[:SHOW_ERRORS]
         if stack:
-            _print_error_blocks(out, errs)
+            _print_error_blocks(out, shown, total=len(errs))
         else:
-            out.print(_errors_table(errs, title=f"Errors ({len(errs)})", with_run=False))
+            out.print(_errors_table(shown, title=f"Errors ({len(errs)})", with_run=False))
+        if len(errs) > len(shown):
+            out.print(
+                Text(
+                    f"(the first {len(shown)} of {len(errs)} errors; all of them: "
+                    f"runledger errors --run {found['id']} --limit 0)",
+                    style="dim",
+                )
+            )
     if children:
         out.print()
         out.print(_runs_table(children, title=f"Child runs ({len(children)})"))
@@ -331,8 +342,8 @@ def _errors_table(errs: list[dict[str, Any]], *, title: str | None, with_run: bo
     return t
 
 
-def _print_error_blocks(out: Console, errs: list[dict[str, Any]]) -> None:
-    out.print(Text(f"Errors ({len(errs)})", style="bold"))
+def _print_error_blocks(out: Console, errs: list[dict[str, Any]], total: int | None = None) -> None:
+    out.print(Text(f"Errors ({len(errs) if total is None else total})", style="bold"))
     for e in errs:
         head = Text(f"#{e['id']} {fmt_local(e['created_at'])}  run {e['run_id']} {e['pipeline']}")
         head.append(f"  step {e['step_name']}")

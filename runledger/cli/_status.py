@@ -180,11 +180,19 @@ def _size(path: Path) -> int | None:
         return None
 
 
+def _exists(path: Path) -> bool:
+    try:
+        path.stat()
+    except OSError:
+        return False
+    return True
+
+
 def _database(path: Path, now: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     wal = path.with_name(path.name + "-wal")
     out: dict[str, Any] = {
         "path": str(path),
-        "exists": path.exists(),
+        "exists": _exists(path),
         "size_bytes": _size(path),
         "wal_bytes": _size(wal),
         "file_modified_at": None,
