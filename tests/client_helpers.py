@@ -24,6 +24,7 @@ from runledger.client import Client
 from runledger.protocol import (
     SPOOL_MAGIC,
     Ack,
+    ErrorReply,
     FrameDecoder,
     Nack,
     Refusal,
@@ -89,13 +90,15 @@ def make_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
 class Peer:
     """A Unix-socket server in a thread.
 
-    mode ``ack``: acks every event (nacks the ids in ``nack``), hangs up after
+    mode ``ack``: acks every event (nacks the ids in ``nack``, answers ``error``
+    to those in ``error``), hangs up after
     ``hangup_after`` events if set; mode ``wedged``: accepts, never reads.
     """
 
     path: Path
     mode: str = "ack"
     nack: set[str] = field(default_factory=set)
+    error: set[str] = field(default_factory=set)
     hangup_after: int | None = None
     received: list[str] = field(default_factory=list)
     connections: int = 0
@@ -150,6 +153,8 @@ class Peer:
                 self.received.append(event_id)
                 if event_id in self.nack:
                     replies.append(Nack(id=event_id, error="refused by the test"))
+                elif event_id in self.error:
+                    replies.append(ErrorReply(error="unreadable (says the test)"))
                 else:
                     replies.append(Ack(id=event_id))
             if replies:

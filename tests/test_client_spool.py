@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -228,6 +229,40 @@ class TestDaemonAbsent:
             mine = [x for x in got if x.startswith(f"t{t}-")]
             assert mine == [f"t{t}-{i}" for i in range(500)]
 
+    def test_unusable_socket_path_warns_once_and_spools(
+        self, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        client = Client(sandbox.root / ("x" * 120), sandbox.spool)  # over AF_UNIX's 108
+        for i in range(10):
+            client.emit(ev(f"e{i}"))
+        client.close()
+        err = capsys.readouterr().err
+        assert err.count("runledger:") == 1, err
+        assert "cannot connect" in err
+        assert ids_of(sandbox.spooled()) == [f"e{i}" for i in range(10)]
+
+    def test_emit_from_a_signal_handler_is_not_lost(self, sandbox: Sandbox) -> None:
+        client = sandbox.client()
+        fired: list[str] = []
+
+        def handler(signum: int, frame: object) -> None:
+            event_id = f"sig{len(fired)}"
+            fired.append(event_id)
+            client.emit(ev(event_id))  # may interrupt an emit holding the lock
+
+        old = signal.signal(signal.SIGVTALRM, handler)
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0.0002, 0.0002)
+        try:
+            for i in range(20_000):
+                client.emit(ev(f"m{i}"))
+        finally:
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+            signal.signal(signal.SIGVTALRM, old)
+        client.close()
+        got = ids_of(sandbox.spooled())
+        assert fired
+        assert sorted(got) == sorted([f"m{i}" for i in range(20_000)] + fired)
+
     def test_forked_child_writes_its_own_spool_file(self, sandbox: Sandbox) -> None:
         client = sandbox.client()
         for i in range(5):
@@ -329,6 +364,39 @@ class TestPeers:
         assert err.count("runledger:") == 1
         assert "e3" in err
         assert "refused by the test" in err
+
+    def test_error_reply_keeps_the_event(
+        self, sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with peer(sandbox.sock, error={"e2"}) as p:
+            client = sandbox.client()
+            for i in range(5):
+                client.emit(ev(f"e{i}"))
+            client.flush(1)
+            client.close(0.5)
+            acked = set(p.received) - {"e2"}
+        spooled = set(ids_of(sandbox.spooled()))
+        assert "e2" in spooled
+        assert acked | spooled == {f"e{i}" for i in range(5)}
+        assert "error" in capsys.readouterr().err
+
+    def test_daemon_restart_mid_run(self, sandbox: Sandbox) -> None:
+        client = sandbox.client()
+        with peer(sandbox.sock) as first:
+            for i in range(100):
+                client.emit(ev(f"a{i}"))
+            assert client.flush(5) is True
+        # The first peer hung up on us; a new one listens on the same path.
+        with peer(sandbox.sock) as second:
+            time.sleep(0.3)
+            for i in range(100):
+                client.emit(ev(f"b{i}"))
+            assert client.flush(5) is True
+            assert client.connect_attempts == 2
+            client.close()
+        assert first.received == [f"a{i}" for i in range(100)]
+        assert sorted(second.received) == sorted(f"b{i}" for i in range(100))
+        assert sandbox.spool_files() == []
 
     def test_hangup_spools_every_unacked_event(self, sandbox: Sandbox) -> None:
         with peer(sandbox.sock, hangup_after=5) as p:

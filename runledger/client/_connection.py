@@ -141,6 +141,11 @@ RECV_SIZE = 1 << 18
 #: Nack warnings shown per process before they are summarised.
 MAX_NACK_WARNINGS = 20
 
+#: Connect failures that just mean "the daemon is not there right now".
+_ROUTINE_CONNECT_ERRORS = frozenset(
+    {errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR}
+)
+
 _HEADER = struct.Struct(">I")
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a closed daemon must not SIGPIPE the pipeline
 
@@ -198,9 +203,9 @@ class Client:
 
     def _init_state(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._lock_owner: int | None = None
-        self._pending: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._lock = threading.RLock()
+        self._busy = False  # a locked section is running (see _locked)
+        self._pending: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
         self._state = IDLE
         self._sock: socket.socket | None = None
         self._out = bytearray()
@@ -232,12 +237,7 @@ class Client:
                 warn(f"dropping a {len(payload)}-byte event: over the {MAX_FRAME}-byte limit")
                 return
             event_id = event.id  # type: ignore[attr-defined]
-            if self._lock_owner == threading.get_ident():
-                # Re-entered from a signal handler while this thread holds the
-                # lock mid-update: park it, the interrupted call sends it.
-                self._pending.append((event_id, payload))
-                return
-            self._locked(self._emit, event_id, payload)
+            self._locked(self._emit, event_id, payload, park=True)
         except Exception as exc:  # noqa: BLE001 - tracking never raises into a pipeline
             warn_once(f"emit-{type(exc).__name__}", f"event not recorded: {exc!r}")
 
@@ -268,17 +268,30 @@ class Client:
         self.spool.close()
         self._set_state(_T.CLOSE)
 
-    def _locked(self, fn: Callable[..., _R], *args: Any) -> _R:
-        """Run ``fn`` under the lock, then send whatever a signal handler parked."""
+    def _locked(self, fn: Callable[..., _R], *args: Any, park: bool = False) -> _R | None:
+        """Run ``fn`` under the lock, safe against re-entry from a signal handler.
+
+        A handler runs on a thread that may be inside this very method,
+        half-way through an update.  The lock is an RLock so that thread cannot
+        deadlock on itself; ``_busy`` tells the handler's call to wait its turn:
+        an emit is parked and sent as soon as the interrupted call is done, any
+        other call is skipped.  Parked work is checked for only after ``_busy``
+        is cleared, so nothing parked can be left behind.
+        """
         with self._lock:
-            self._lock_owner = threading.get_ident()
-            try:
-                result = fn(*args)
-                while self._pending:
-                    self._emit(*self._pending.popleft())
-                return result
-            finally:
-                self._lock_owner = None
+            if self._busy:
+                if park:
+                    self._pending.append((fn, args))
+                return None
+            while True:
+                self._busy = True
+                try:
+                    result = fn(*args)
+                finally:
+                    self._busy = False
+                if not self._pending:
+                    return result
+                fn, args = self._pending.popleft()
 
     # -- fork ------------------------------------------------------------------------
 
@@ -350,15 +363,24 @@ class Client:
             err = sock.connect_ex(self.socket_path)
             if err == errno.EINPROGRESS:
                 _, writable, _ = select.select([], [sock], [], CONNECT_TIMEOUT_S)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if writable else 1
-            if err:
-                # ENOENT/ECONNREFUSED: daemon absent; EAGAIN: its backlog is full.
-                sock.close()
-                return None
-        except OSError:
-            sock.close()
-            return None
-        return sock
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if writable else 0
+                err = err or (0 if writable else errno.ETIMEDOUT)
+        except OSError as exc:
+            err = exc.errno or errno.EINVAL
+            detail = str(exc)
+        else:
+            detail = os.strerror(err) if err else ""
+        if not err:
+            return sock
+        sock.close()
+        if err not in _ROUTINE_CONNECT_ERRORS:
+            # Not "daemon down" but something an operator must fix, such as
+            # EACCES: this user is not in the socket's group.
+            warn_once(
+                f"connect-{err}",
+                f"cannot connect to {self.socket_path}: {detail}; spooling events instead",
+            )
+        return None
 
     def _schedule_retry(self, *, useful: bool) -> None:
         if useful:
@@ -454,7 +476,9 @@ class Client:
                 return
             for frame in frames:
                 self._on_reply(frame)
-            if len(data) < RECV_SIZE or self._state not in _LIVE:
+                if self._state not in _LIVE:
+                    return
+            if len(data) < RECV_SIZE:
                 return
 
     def _on_reply(self, frame: bytes) -> None:
@@ -467,14 +491,22 @@ class Client:
             self.acked += 1
             self._got_ack = True
             self._resolve(reply.id)
-        elif isinstance(reply, Nack | ErrorReply):
+        elif isinstance(reply, Nack):
+            # Invalid, never retried: the daemon keeps the raw frame in dead_letters.
             self.nacked += 1
-            event_id = reply.id if isinstance(reply, Nack) else None
-            if event_id is None or event_id not in self._window:
-                event_id = next(iter(self._window), None)  # replies come in send order
+            event_id = reply.id if reply.id in self._window else self._oldest()
             if event_id is not None:
                 self._resolve(event_id)
             self._warn_refused(event_id, reply.error)
+        elif isinstance(reply, ErrorReply):
+            # Answers a frame the daemon could not read.  Ours are always
+            # well-formed, so trust the event over the refusal: spool it with
+            # everything else unacked and start over on a fresh connection.
+            self._break(f"the daemon answered 'error: {reply.error}'", stuck=True)
+
+    def _oldest(self) -> str | None:
+        """The event the next reply belongs to: replies come in send order."""
+        return next(iter(self._window), None)
 
     def _warn_refused(self, event_id: str | None, reason: str) -> None:
         if self.nacked <= MAX_NACK_WARNINGS:
@@ -530,8 +562,8 @@ class Client:
         poller = select.poll()
         while True:
             step = self._locked(self._flush_step, target, deadline, timeout)
-            if isinstance(step, bool):
-                return step
+            if step is None or isinstance(step, bool):
+                return bool(step)  # None: re-entered from a signal handler, skip
             # Wait outside the lock so other threads keep emitting; short slices
             # so a state change made by one of them is noticed promptly.
             fd, mask, remaining = step

@@ -65,7 +65,14 @@ class SpoolWriter:
         self.size = 0  # bytes in the open file, header included
         self.dropped = 0  # events lost because the spool was unusable
         self._fd: int | None = None
+        self._pid = os.getpid()  # the process that opened _fd and holds its lock
         self._retry_at = 0.0
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing to report to
+            pass
 
     @property
     def is_open(self) -> bool:
@@ -154,6 +161,9 @@ class SpoolWriter:
 
     def close(self) -> None:
         """Release the file to the daemon's replayer (an empty file is removed)."""
+        if self._pid != os.getpid():
+            self.forget()  # a forked child never unlocks or removes the parent's file
+            return
         fd, path, empty = self._fd, self.path, self.records == 0
         self._reset()
         if fd is None:
@@ -181,6 +191,7 @@ class SpoolWriter:
         """
         fd = self._fd
         self._reset()
+        self._pid = os.getpid()
         self._retry_at = 0.0
         self.dropped = 0
         if fd is not None:
@@ -209,7 +220,7 @@ class SpoolWriter:
                 "events are being dropped while the daemon is unreachable",
             )
             return None
-        self._fd, self.path = fd, path
+        self._fd, self.path, self._pid = fd, path, os.getpid()
         self.records, self.size = 0, len(SPOOL_MAGIC)
         return fd
 
