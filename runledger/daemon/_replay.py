@@ -65,7 +65,7 @@ class Replayer:
         spool_dir: Path,
         writer: Writer,
         *,
-        owner_allowed: Callable[[int], bool],
+        owner_allowed: Callable[[int, int], bool],
         interval_s: float = 1.0,
     ) -> None:
         self.spool_dir = spool_dir
@@ -105,8 +105,9 @@ class Replayer:
                 return ReplayStats()  # its writer is alive
             if not path.exists():
                 return ReplayStats()  # replayed and deleted by someone before we locked
-            owner = os.fstat(fd).st_uid
-            if not self.owner_allowed(owner):
+            st = os.fstat(fd)
+            owner = st.st_uid
+            if not self.owner_allowed(owner, st.st_gid):
                 await self._quarantine(path, f"owner uid {owner} is not allowed to emit", 0)
                 return ReplayStats(quarantined=1)
             events, tail = await self._apply_records(path, fh)

@@ -102,7 +102,7 @@ class Daemon(ServerHooks):
         self.replayer = Replayer(
             settings.spool,
             self.writer,
-            owner_allowed=lambda uid: is_allowed(settings, uid, None),
+            owner_allowed=lambda uid, gid: is_allowed(settings, uid, gid),
             interval_s=settings.replay_interval_s,
         )
         self.started = time.monotonic()
