@@ -25,9 +25,14 @@ which does a bounded amount of non-blocking I/O and returns:
   its flock and the daemon's replayer takes it within seconds.
 
 Replies arrive in the order messages were sent, one each.  ``ack`` and
-``nack`` name the event; a ``nack`` (the event is in ``dead_letters``) or an
-``error`` reply drops the event with a warning - resending would only be
-refused again.
+``nack`` name the event.  A ``nack`` drops the event with a warning: the
+daemon keeps it in ``dead_letters`` and resending would only be refused
+again.  An ``error`` reply means the daemon could not read a frame; ours are
+always well-formed, so that connection is treated as broken (spool, retry).
+
+Threads share one RLock.  A signal handler that emits while its thread is
+inside a locked section does not deadlock: its event is parked and sent as
+soon as the interrupted section ends (``_locked``).
 
 States and the triggers that move between them (``_TRANSITIONS`` is the
 table; ``_set_state`` refuses anything it does not list):
@@ -106,7 +111,7 @@ class _Trigger(enum.Enum):
     RESEND = "resend"  # connect succeeded, own spool records sent first
     REFUSED = "refused"  # connect failed (absent, refused, too slow)
     SPOOL_ACKED = "spool_acked"  # every resent spool record is acked
-    BROKEN = "broken"  # socket error/EOF, overflow, flush timeout: spool and drop it
+    BROKEN = "broken"  # socket error/EOF, overflow, error reply, flush timeout
     CLOSE = "close"
 
 
@@ -646,15 +651,9 @@ def _after_fork_in_child() -> None:
 
 
 def _close_all_at_exit() -> None:
+    """Flush and release every client: acks awaited (bounded), spool files unlocked."""
     for client in list(_all_clients):
-        _call_quietly(client.close)
-
-
-def _call_quietly(fn: Callable[[], _R]) -> _R | None:
-    try:
-        return fn()
-    except Exception:  # noqa: BLE001
-        return None
+        client.close()  # never raises
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
