@@ -7,6 +7,7 @@ Real files and real Unix sockets throughout; the peers are small real servers
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import signal
@@ -43,6 +44,12 @@ def _fresh_warnings() -> None:
 
 def ev(event_id: str) -> StepStart:
     return StepStart(id=event_id, ts=1_700_000_000_000, run="r1", step="s1", name="step")
+
+
+def _emit_in_child(client: Client, n: int) -> None:
+    for i in range(n):
+        client.emit(ev(f"child{i}"))
+    assert client.state is State.CONNECTED  # in flight, unacked: only a flush saves them
 
 
 def ids_of(events: list) -> list[str]:
@@ -427,6 +434,19 @@ class TestPeers:
         assert set(spooled) == set(ids)
         if count == 50:  # one connection, one flush timeout: each exactly once
             assert sorted(spooled) == sorted(ids)
+
+    def test_multiprocessing_child_flushes_at_exit(self, sandbox: Sandbox) -> None:
+        # A fork-started multiprocessing child ends in os._exit (no atexit):
+        # its events still in flight must reach the spool, not vanish.
+        ctx = multiprocessing.get_context("fork")
+        with peer(sandbox.sock, mode="wedged"):
+            client = sandbox.client(flush_timeout=0.2)
+            proc = ctx.Process(target=_emit_in_child, args=(client, 20))
+            proc.start()
+            proc.join(10)
+            assert proc.exitcode == 0
+        got = ids_of(sandbox.spooled())
+        assert sorted(got) == sorted(f"child{i}" for i in range(20))
 
     def test_forked_child_opens_its_own_connection(self, sandbox: Sandbox) -> None:
         with peer(sandbox.sock) as p:

@@ -73,6 +73,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -656,5 +657,34 @@ def _close_all_at_exit() -> None:
         client.close()  # never raises
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+class _MultiprocessingHook:
+    """Weak-referenceable key for multiprocessing's after-fork registry."""
+
+
+_mp_hook = _MultiprocessingHook()
+_mp_hook_registered = False
+
+
+def _before_fork() -> None:
+    # multiprocessing's fork-started children leave through os._exit: atexit
+    # never runs there.  Its own finalizers do, so arm one in each child (its
+    # registry is cleared in the child, then its after-fork hooks run).
+    global _mp_hook_registered  # noqa: PLW0603
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None or _mp_hook_registered:
+        return
+    try:
+        mp_util.register_after_fork(_mp_hook, _arm_multiprocessing_exit)
+        _mp_hook_registered = True
+    except Exception:  # noqa: BLE001 - a private-ish API: best effort, never fatal
+        pass
+
+
+def _arm_multiprocessing_exit(_hook: object) -> None:
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(None, _close_all_at_exit, exitpriority=0)
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 atexit.register(_close_all_at_exit)
