@@ -169,6 +169,19 @@ class TestWithDaemon:
         assert error["error_stack"] is None
         assert json.loads(run["summary_json"])["signal"] == f"SIG{sig}"
 
+    @pytest.mark.parametrize("code", [127, 126, 143])
+    def test_a_command_exiting_with_a_special_status_is_not_dressed_up(
+        self, daemon_proc: DaemonProcess, code: int
+    ) -> None:
+        done = run_exec(daemon_proc, "sh", "-c", f"exit {code}", pipeline=f"own{code}")
+        assert (done.returncode, done.stdout, done.stderr) == (code, b"", b"")
+        run = finished_run(daemon_proc.db, f"own{code}")
+        assert run["errors"][0]["error_message"] == f"sh exited with status {code}"
+        assert json.loads(run["summary_json"]) == {
+            "argv": ["sh", "-c", f"exit {code}"],
+            "exit_code": code,
+        }
+
     def test_bytes_pass_through_untouched(self, daemon_proc: DaemonProcess) -> None:
         code = (
             "import sys; sys.stdout.buffer.write(bytes(range(256)));"

@@ -139,23 +139,31 @@ class _Tracking:
     def start(self, step_name: str) -> None:
         if self.tracker is None:
             return
-        self.run_id = self.tracker.start_run()
-        self.step_id = self.tracker.start_step(step_name)
+        try:
+            self.run_id = self.tracker.start_run()
+            self.step_id = self.tracker.start_step(step_name)
+        except Exception as exc:  # noqa: BLE001 - RunTracker never raises; belt and braces
+            _warn(f"could not record the start of the run ({exc!r})")
 
-    def finish(self, step_name: str, argv: Sequence[str], code: int, why: str | None) -> None:
+    def finish(
+        self, step_name: str, argv: Sequence[str], code: int, why: str | None, sig: str | None
+    ) -> None:
         """Record the outcome; ``why`` (a failure's message) adds an error row."""
         if self.tracker is None:
             return
-        detail = {"argv": list(argv), "exit_code": code}
-        if code > 128 and _signal_name(code - 128):
-            detail["signal"] = _signal_name(code - 128)
+        detail: dict[str, Any] = {"argv": list(argv), "exit_code": code}
+        if sig is not None:
+            detail["signal"] = sig
         ok = code == 0
         t = self.tracker
-        if not ok:
-            t.record_error(step_name, self.step_id, None, why, self.stack)
-        t.end_step(self.step_id, "success" if ok else "failure", detail=detail)
-        t.end_run(success=ok, stats=detail)
-        t.close()
+        try:
+            if not ok:
+                t.record_error(step_name, self.step_id, None, why, self.stack)
+            t.end_step(self.step_id, "success" if ok else "failure", detail=detail)
+            t.end_run(success=ok, stats=detail)
+            t.close()
+        except Exception as exc:  # noqa: BLE001 - RunTracker never raises; belt and braces
+            _warn(f"could not record the end of the run ({exc!r})")
 
 
 def _warn(message: str) -> None:
@@ -172,8 +180,7 @@ def _signal_name(number: int) -> str | None:
         return None
 
 
-def _failure_message(name: str, code: int, tail: str) -> str:
-    sig = _signal_name(code - 128) if code > 128 else None
+def _failure_message(name: str, code: int, sig: str | None, tail: str) -> str:
     if sig is not None:
         message = f"{name} was killed by {sig} (exit status {code})"
     else:
@@ -189,7 +196,7 @@ def _should_forward(info: Any, child_pid: int) -> bool:
 
 
 def _wait(proc: subprocess.Popen[bytes], waited: set[signal.Signals]) -> int:
-    """Wait for the command, passing on the signals we are sent."""
+    """Wait for the command, passing on the signals we are sent; its return code."""
     while proc.poll() is None:
         info = signal.sigtimedwait(waited, 1.0)
         if info is None or info.si_signo == signal.SIGCHLD:
@@ -199,7 +206,7 @@ def _wait(proc: subprocess.Popen[bytes], waited: set[signal.Signals]) -> int:
                 proc.send_signal(info.si_signo)
             except ProcessLookupError:
                 pass
-    return exit_status(proc.returncode)
+    return proc.returncode
 
 
 def _drain_pending(waited: set[signal.Signals]) -> None:
@@ -254,12 +261,12 @@ def exec_command(
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
         tracking = _Tracking(pipeline, club, socket, spool, config_file)
-        code, why = _run(tracking, argv, name, step_name, waited, old_mask)
+        code, cannot_start = _run(tracking, argv, name, step_name, waited, old_mask)
     finally:
         _drain_pending(waited)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    if why is not None and code in (126, 127):
-        error = click.ClickException(why)
+    if cannot_start is not None:
+        error = click.ClickException(cannot_start)
         error.exit_code = code
         raise error
     raise SystemExit(code)
@@ -273,7 +280,10 @@ def _run(  # noqa: PLR0917 - private helper of one command
     waited: set[signal.Signals],
     old_mask: set[signal.Signals],
 ) -> tuple[int, str | None]:
-    """Start and wait for the command; its exit status and, if it failed, why."""
+    """Start and wait for the command.
+
+    Returns its exit status, and why it could not be started (None if it was).
+    """
     tracking.start(step_name)
     env = dict(os.environ)
     if tracking.run_id:
@@ -285,23 +295,27 @@ def _run(  # noqa: PLR0917 - private helper of one command
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     why: str | None = None
+    cannot_start: str | None = None
+    sig: str | None = None
     try:
         proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, preexec_fn=child_mask)  # noqa: PLW1509 - no other thread exists yet
     except FileNotFoundError:
-        code, why = 127, f"cannot run {argv[0]!r}: command not found"
+        code, cannot_start = 127, f"cannot run {argv[0]!r}: command not found"
     except PermissionError:
-        code, why = 126, f"cannot run {argv[0]!r}: permission denied"
+        code, cannot_start = 126, f"cannot run {argv[0]!r}: permission denied"
     except OSError as exc:
-        code, why = 126, f"cannot run {argv[0]!r}: {exc.strerror or exc}"
+        code, cannot_start = 126, f"cannot run {argv[0]!r}: {exc.strerror or exc}"
     else:
         assert proc.stderr is not None
         tee = StderrTee(os.dup(proc.stderr.fileno()), _binary_stderr())
         proc.stderr.close()
         tee.start()
-        code = _wait(proc, waited)
+        returncode = _wait(proc, waited)
+        code = exit_status(returncode)
+        sig = _signal_name(-returncode) if returncode < 0 else None
         tee.join(_DRAIN_S)
         tracking.stack = tee.tail()[-_MAX_STACK:] or None
         if code != 0:
-            why = _failure_message(name, code, tracking.stack or "")
-    tracking.finish(step_name, argv, code, why)
-    return code, why
+            why = _failure_message(name, code, sig, tracking.stack or "")
+    tracking.finish(step_name, argv, code, why or cannot_start, sig)
+    return code, cannot_start
