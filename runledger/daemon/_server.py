@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import stat
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from ._peer import is_admin, is_allowed, peer_origin
 from ._replay import Replayer, spool_backlog
 from ._store import AuditEntry, Origin, Store
 from ._systemd import Notifier, listen_fds
-from ._writer import Job, Writer
+from ._writer import Job, Writer, log
 
 __all__ = ["DaemonError", "run_daemon", "serve"]
 
@@ -188,7 +187,7 @@ class Daemon(ServerHooks):
         try:
             await conn.serve()
         except Exception as exc:  # noqa: BLE001 - one client's failure never stops the daemon
-            print(f"runledgerd: connection from pid {origin.pid} failed: {exc!r}", file=sys.stderr)
+            log(f"runledgerd: connection from pid {origin.pid} failed: {exc!r}")
         finally:
             self.connections.discard(conn)
 
@@ -308,7 +307,7 @@ async def _signals(daemon: Daemon) -> None:
             if not daemon.stop_requested.is_set():
                 daemon.request_stop()
                 continue
-            print(f"runledgerd: {signal.Signals(signum).name} again; exiting now", file=sys.stderr)
+            log(f"runledgerd: {signal.Signals(signum).name} again; exiting now")
             os._exit(1)
 
 

@@ -27,11 +27,19 @@ import trio
 from ..protocol import Event
 from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy
 
-__all__ = ["Job", "Writer"]
+__all__ = ["Job", "Writer", "log"]
 
 _MAX_BATCH_EVENTS = 20_000
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 2.0
+
+
+def log(message: str) -> None:
+    """One line on stderr that never raises: stderr may be a file on the full disk."""
+    try:
+        print(message, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
 
 
 @dataclass(eq=False, slots=True)
@@ -120,14 +128,14 @@ class Writer:
                 except StoreBusy as exc:
                     if self.busy_since is None:
                         self.busy_since = trio.current_time()
-                        print(f"runledgerd: database busy, retrying: {exc}", file=sys.stderr)
+                        log(f"runledgerd: database busy, retrying: {exc}")
                     self.busy_reason = str(exc)
                     await trio.sleep(delay)
                     delay = min(delay * 2, _BACKOFF_MAX_S)
                     continue
                 break
             if self.busy_since is not None:
-                print("runledgerd: database writable again", file=sys.stderr)
+                log("runledgerd: database writable again")
                 self.busy_since = None
                 self.busy_reason = ""
         self.commits += 1
