@@ -239,8 +239,9 @@ def test_socket_activation(short_root: Path) -> None:
         start_new_session=True,
     )
     try:
-        wait_until(sock.exists, what="activation socket")
-        with RawClient(sock, timeout=15) as c:
+        # The path exists from bind(); connections are refused until listen().
+        client = wait_until(lambda: RawClient(sock, timeout=15), what="activation socket")
+        with client as c:
             ev = run_events("activated", steps=2, errors=1)
             c.send(*ev)
             assert c.recv(len(ev)) == [Ack(e.id) for e in ev]

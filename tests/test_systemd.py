@@ -318,6 +318,19 @@ with conn:
 """
 
 
+def connect_when_listening(sock: socket.socket, path: str) -> None:
+    """The path exists from bind(); connect is refused until listen() follows it."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def activate(short_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     activate_bin = tool("systemd-socket-activate")
     path = str(short_dir / "rl.sock")
@@ -350,7 +363,7 @@ def test_listen_fds_real_socket_activation(short_dir: Path) -> None:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
             c.settimeout(TIMEOUT)
-            c.connect(path)  # the first connection launches the child
+            connect_when_listening(c, path)  # the first connection launches the child
             c.sendall(b"hello")
             assert c.recv(100) == b"echo:hello"
         out, err = proc.communicate(timeout=TIMEOUT)
@@ -377,7 +390,7 @@ def test_listen_fds_refuses_other_socket_types(
             if kind == socket.SOCK_DGRAM:
                 c.sendto(b"wake up", path)
             else:
-                c.connect(path)
+                connect_when_listening(c, str(path))
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         proc.kill()
