@@ -266,9 +266,10 @@ controls = st.one_of(
 )
 valid_messages = valid_events | controls
 # Known (and unknown) types with fields that are right, wrong, or missing.
-typed_maps = st.fixed_dictionaries(
-    {"type": st.sampled_from(ALL_TYPES) | st.text(max_size=8) | scalars},
-    optional=dict.fromkeys(FIELDS, values | uids | millis),
+typed_maps = st.builds(
+    lambda kind, fields: {"type": kind, **fields},
+    st.sampled_from(ALL_TYPES) | st.text(max_size=8) | scalars,
+    st.dictionaries(st.sampled_from(FIELDS), values | uids | millis, max_size=6),
 )
 
 
@@ -390,7 +391,7 @@ def test_fuzzed_streams_against_a_live_daemon(short_root: Path) -> None:
             traffic.start()
             t0 = time.monotonic()
 
-            @settings(FUZZ, max_examples=2000)
+            @settings(FUZZ, max_examples=1600)
             @given(streams)
             def fuzz_streams(data: bytes) -> None:
                 exchange(d.socket, data, tally)
@@ -444,7 +445,7 @@ def test_fuzzed_streams_against_a_live_daemon(short_root: Path) -> None:
     finally:
         d.ensure_dead()
     print(f"fuzz: {tally.examples} streams, {tally} in {fuzz_s:.1f}s")
-    assert tally.examples == 2300
+    assert tally.examples == 1900
     assert sum(tally.by_kind.values()) >= 4000  # thousands of frames answered (~5,300)
     for kind in ("ack", "nack", "error", "pong", "welcome", "status"):
         assert tally.by_kind.get(kind, 0) > 0, (kind, tally.by_kind)
