@@ -59,7 +59,7 @@ APPLIED = "applied"
 DUPLICATE = "duplicate"
 PARKED = "parked"
 
-_CACHE_LIMIT = 200_000
+_CACHE_LIMIT = 10_000
 _json = msgspec.json.Encoder()
 _event_encoder = msgspec.msgpack.Encoder()
 _event_decoder = msgspec.msgpack.Decoder(Event)

@@ -15,6 +15,7 @@ both cases are written to ``audit_log``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -32,7 +33,8 @@ from ._writer import Job, Writer
 __all__ = ["ReplayStats", "Replayer", "spool_backlog"]
 
 _READ_SIZE = 1 << 20
-_JOB_EVENTS = 5000
+_JOB_EVENTS = 2000
+_IN_FLIGHT = 3
 _STALE_TMP_S = 60.0
 
 
@@ -131,10 +133,17 @@ class Replayer:
             return ReplayStats(files=1, events=events)
 
     async def _apply_records(self, path: Path, fh) -> tuple[int, str | None]:
-        """Submit every good record; return (events, corruption reason or None)."""
+        """Submit every good record; return (events, corruption reason or None).
+
+        Memory stays bounded whatever the file's size: a job is cut at
+        ``_JOB_EVENTS`` records (refused ones included), at most ``_IN_FLIGHT``
+        of them wait for their commit, and each is forgotten once committed.
+        That is enough to keep the writer busy (one job commits while the next
+        is decoded) without filling its whole queue budget with one file.
+        """
         origin = Origin(f"spool:{path.name}")
         reader = SpoolReader()
-        jobs: list[Job] = []
+        pending: collections.deque[Job] = collections.deque()
         job = Job(origin=origin)
         events = 0
         while chunk := fh.read(_READ_SIZE):
@@ -153,19 +162,26 @@ class Replayer:
                     job.events.append(message)
                     job.frames.append(record)
                     events += 1
-                if len(job.events) >= _JOB_EVENTS:
-                    await self.writer.submit(job)
-                    jobs.append(job)
+                if job.cost >= _JOB_EVENTS:
+                    await self._submit(job, pending)
                     job = Job(origin=origin)
             if reader.corrupt is not None:
                 break
         if not job.empty:
-            await self.writer.submit(job)
-            jobs.append(job)
-        for submitted in jobs:
+            await self._submit(job, pending)
+        # The file may go only after the COMMIT of its last record.
+        for submitted in pending:
             await submitted.done.wait()
         tail = reader.finish()
         return events, (tail.reason if tail.state == "corrupt" else None)
+
+    async def _submit(self, job: Job, pending: collections.deque[Job]) -> None:
+        """Queue a job; keep at most ``_IN_FLIGHT`` of this file's jobs uncommitted."""
+        await self.writer.submit(job)
+        pending.append(job)
+        while pending and (len(pending) > _IN_FLIGHT or pending[0].done.is_set()):
+            await pending[0].done.wait()
+            pending.popleft()
 
     async def _quarantine(self, path: Path, reason: str, events: int) -> None:
         self.corrupt_dir.mkdir(mode=0o750, exist_ok=True)
