@@ -7,7 +7,9 @@ Imports and connects nothing until told: it prints ``ready``, waits for a line
 on stdin (the go signal, sent to every process at once), then does ``--runs``
 runs of the workload in ``_bench.RUN_SHAPE``, one tracker per run as a
 pipeline does, with ``time.perf_counter_ns()`` around every tracking call.  It
-writes what it saw to ``--out`` as JSON and exits.
+writes what it saw to ``--out`` as JSON (runledger: after flushing, i.e. once
+every event is acked or spooled), then waits for a second line before it
+exits, so that no process's exit competes with the others' measurement.
 """
 
 from __future__ import annotations
@@ -111,7 +113,12 @@ def main() -> None:
         result["spooled"] = client.spooled
         result["state"] = client.state.value
     result["cpu_s"] = time.process_time() - cpu0
-    args.out.write_text(json.dumps(result))
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.rename(args.out)  # "done"
+    # Exit only when told: interpreter teardown is the pipeline's cost, not the
+    # tracker's, and must not compete for the CPU with the measurement.
+    sys.stdin.readline()
 
 
 if __name__ == "__main__":

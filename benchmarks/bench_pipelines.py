@@ -22,6 +22,7 @@ around each tracking call inside the pipeline processes, merged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -91,9 +92,9 @@ def _race(workers: list[Any], db: Path, runs: int, timeout: float) -> float:
             if finished_runs(conn) >= runs:
                 return time.perf_counter() - start
             # Direct writers are synchronous: what is not there when they are all
-            # gone never will be.  runledger: a flush that timed out spooled, and
+            # done never will be.  runledger: a flush that timed out spooled, and
             # the replay still counts, up to ``timeout``.
-            if all(proc.poll() is not None for proc, _ in workers) and (
+            if all(out.exists() or proc.poll() is not None for proc, out in workers) and (
                 db.name == "direct.sqlite" or time.perf_counter() - start > timeout
             ):
                 return time.perf_counter() - start
@@ -106,6 +107,10 @@ def _collect(workers: list[Any], folder: Path) -> dict[str, Any]:
     lat: list[int] = []
     merged: dict[str, Any] = {"lock_errors": 0, "stalls": 0, "other_errors": {}, "cpu_s": 0.0}
     flush: list[float] = []
+    for proc, _ in workers:
+        with contextlib.suppress(OSError):
+            proc.stdin.write(b"exit\n")
+            proc.stdin.close()
     for proc, out in workers:
         proc.wait(120)
         if proc.returncode:
