@@ -114,3 +114,52 @@ def test_outside_lock_longer_than_busy_timeout_during_load(short_root: Path) -> 
         d.ensure_dead()
     # Recovery is the writer's own backoff (capped at 2 s), not a restart.
     assert recovered_s < 6.0, recovered_s
+
+
+def test_outside_lock_with_a_full_queue_applies_backpressure(short_root: Path) -> None:
+    """queue_events = 300: while the lock is held the daemon stops reading once 300
+    events wait (its queue stays bounded instead of growing with the load); the
+    pipelines, unacknowledged, spool what they emitted and exit 0 on time.  After
+    the release everything is in the database exactly once."""
+    config = write_config(
+        short_root, busy_timeout_ms=BUSY_TIMEOUT_MS, queue_events=300, replay_interval_s=0.2
+    )
+    d = FaultDaemon(short_root, extra_env={"RUNLEDGER_CONFIG": str(config)}).start()
+    names = ["fault-bp-0", "fault-bp-1"]
+    locker = sqlite3.connect(d.db, isolation_level=None, timeout=10)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        held_at = time.monotonic()
+        pipes = [
+            Pipeline.spawn(
+                short_root,
+                name,
+                socket_path=d.socket,
+                spool=d.spool,
+                seconds=1.5,
+                max_runs=300,
+                pause=0.0,
+                seed=10 + i,
+            )
+            for i, name in enumerate(names)
+        ]
+        with reaped(pipes):
+            depths = []
+            while any(p.proc.poll() is None for p in pipes) and time.monotonic() - held_at < 20:
+                assert ping(d.socket, timeout=2) < 1.0
+                depths.append(status(d.socket, timeout=2).queue_depth)
+                time.sleep(0.1)
+            results = [p.wait(timeout=10) for p in pipes]
+            assert time.monotonic() - held_at < 10  # nobody waited on the daemon for long
+        emitted = sum(r["calls"] for r in results)
+        assert emitted > 2000
+        assert 0 < max(depths) <= 1000, depths  # bounded by the budget (+ one read's worth)
+        assert sum(r["acked"] for r in results) == 0
+        locker.execute("ROLLBACK")
+        wait_spool_drained(d.spool)
+        wait_idle(d.socket)
+        assert_ledger(d.db, results, names)
+        assert "Traceback" not in d.read_log()
+    finally:
+        locker.close()
+        d.ensure_dead()
