@@ -113,20 +113,10 @@ class Applier:
 
     def apply(self, event: Event) -> str:
         """Apply one event; return APPLIED, DUPLICATE or PARKED. Raises Rejected."""
-        match event:
-            case RunStart():
-                result = self._run_start(event)
-            case StepStart():
-                result = self._step_start(event)
-            case StepEnd():
-                result = self._step_end(event)
-            case ErrorEvent():
-                result = self._error(event)
-            case RunEnd():
-                result = self._run_end(event)
-            case _:  # pragma: no cover - the Event union is closed
-                raise Rejected(f"not an event: {type(event).__name__}")
-        return result
+        handler = _HANDLERS.get(type(event))
+        if handler is None:  # pragma: no cover - the Event union is closed
+            raise Rejected(f"not an event: {type(event).__name__}")
+        return handler(self, event)
 
     def finish(self) -> None:
         """End of a batch: recompute the totals of every run whose steps changed."""
@@ -215,16 +205,19 @@ class Applier:
     # -- events -----------------------------------------------------------------
 
     def _run_start(self, e: RunStart) -> str:
-        if self._run(e.run) is not None:
+        if e.run in self._runs:
             return DUPLICATE
         parent_id = None
         if e.parent is not None:
             parent = self._run(e.parent)
             parent_id = parent.id if parent is not None else None
         club = e.club_slug if e.club_slug is not None else "rondo"
+        # A new run is the rule: insert, and let the uid index say "already
+        # there" rather than looking it up first.
         cur = self._conn.execute(
             "INSERT INTO runs (uid, club_slug, pipeline, started_at, outcome,"
-            " parent_uid, parent_run_id, meta_json) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+            " parent_uid, parent_run_id, meta_json) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)"
+            " ON CONFLICT (uid) DO NOTHING",
             (
                 e.run,
                 club,
@@ -235,6 +228,8 @@ class Applier:
                 _json_or_none(e.meta),
             ),
         )
+        if not cur.rowcount:
+            return DUPLICATE
         run_id = cur.lastrowid
         assert run_id is not None
         self._runs[e.run] = _Run(run_id, club, e.ts)
@@ -250,13 +245,17 @@ class Applier:
         run = self._run(e.run)
         if run is None:
             return self._park(e, "run:" + e.run)
-        if self._step_of(run, e.step, e) is not None:
+        if e.step in self._steps:
+            self._step_of(run, e.step, e)  # Rejected if it is another run's
             return DUPLICATE
         cur = self._conn.execute(
             "INSERT INTO run_steps (uid, run_id, club_slug, step_name, started_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
             (e.step, run.id, run.club_slug, e.name, iso_from_ms(e.ts)),
         )
+        if not cur.rowcount:
+            self._step_of(run, e.step, e)  # already there: Rejected if it is another run's
+            return DUPLICATE
         step_id = cur.lastrowid
         assert step_id is not None
         self._steps[e.step] = _Step(step_id, run.id, e.ts)
@@ -339,3 +338,13 @@ class Applier:
             return DUPLICATE
         self._dirty_runs.add(run.id)
         return APPLIED
+
+
+#: One dict lookup per event instead of a chain of isinstance checks.
+_HANDLERS: dict[type, Any] = {
+    RunStart: Applier._run_start,
+    StepStart: Applier._step_start,
+    StepEnd: Applier._step_end,
+    ErrorEvent: Applier._error,
+    RunEnd: Applier._run_end,
+}
