@@ -285,16 +285,20 @@ def status(sock: Path, timeout: float = 5.0) -> StatusReply:
     return reply
 
 
-def no_reply_within(client: RawClient, seconds: float) -> bool:
-    """True if nothing at all (not even EOF) arrives on ``client`` for ``seconds``."""
+def arrival(client: RawClient, seconds: float) -> str | None:
+    """What arrives on ``client`` within ``seconds``: None (nothing), "EOF" or the reply."""
     client.sock.settimeout(seconds)
     try:
-        client.sock.recv(1, socket.MSG_PEEK)
+        data = client.sock.recv(65536, socket.MSG_PEEK)
     except TimeoutError:
-        return True
+        return None
+    except OSError as exc:
+        return f"error {exc!r}"
     finally:
         client.sock.settimeout(10.0)
-    return False
+    if not data:
+        return "EOF (the daemon closed the connection)"
+    return f"{len(data)} bytes: {data[:64]!r}"
 
 
 def spool_files(spool: Path) -> list[Path]:
