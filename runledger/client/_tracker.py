@@ -414,7 +414,13 @@ def _user() -> str | None:
     for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
         if os.environ.get(var):
             return os.environ[var]
+    return _user_name(os.getuid())
+
+
+@functools.lru_cache(maxsize=4)
+def _user_name(uid: int) -> str:
+    """The passwd name of ``uid``: an NSS lookup (~30 us) done once, not at every run."""
     try:
-        return pwd.getpwuid(os.getuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except (KeyError, OSError):
-        return str(os.getuid())
+        return str(uid)
