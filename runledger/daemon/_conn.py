@@ -78,6 +78,8 @@ class Batch:
 
     job: Job
     entries: list[int | bytes | Render] = field(default_factory=list)
+    #: The id of each of the job's events (the job drops its events once committed).
+    ids: list[str] = field(default_factory=list)
     close: bool = False
 
 
@@ -157,7 +159,7 @@ class Connection:
     def _decode_chunk(self, data: bytes) -> Batch:
         job = Job(origin=self.origin)
         batch = Batch(job)
-        events, frames, entries = job.events, job.frames, batch.entries
+        events, frames, entries, ids = job.events, job.frames, batch.entries, batch.ids
         decoder = self._decoder
         decoder.receive_data(data)
         while True:
@@ -173,6 +175,7 @@ class Connection:
                 entries.append(len(events))
                 events.append(message)
                 frames.append(frame)
+                ids.append(message.id)
             elif isinstance(message, Refusal):
                 self._refuse(
                     batch,
@@ -229,11 +232,11 @@ class Connection:
             async for batch in batches:
                 await batch.job.done.wait()
                 out = bytearray()
-                events, results = batch.job.events, batch.job.results
+                ids, results = batch.ids, batch.job.results
                 for entry in batch.entries:
                     if type(entry) is int:
                         reason = results[entry]
-                        event_id = events[entry].id
+                        event_id = ids[entry]
                         out += encode_frame(
                             Ack(event_id) if reason is None else Nack(event_id, reason)
                         )

@@ -65,6 +65,18 @@ class Job:
     def empty(self) -> bool:
         return not (self.events or self.dead_letters or self.audit)
 
+    def drop_payload(self) -> None:
+        """Once committed, only ``results`` are needed: the rest is in the database.
+
+        Connections keep a committed job until its replies are sent, which
+        waits on a client reading them; without this, 32 slow readers could
+        hold 8 batches of decoded events each, outside the queue budget.
+        """
+        self.events = []
+        self.frames = []
+        self.dead_letters = []
+        self.audit = []
+
 
 class Writer:
     """Owns the Store; everything else talks to it through ``submit``."""
@@ -146,6 +158,7 @@ class Writer:
         for job in jobs:
             self.events_committed += sum(1 for r in job.results if r is None)
             freed += job.cost
+            job.drop_payload()
             job.done.set()
         self.queued_events -= freed
         self._space.set()
