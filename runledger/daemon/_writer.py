@@ -4,9 +4,10 @@ Connections and the spool replayer hand the writer ``Job``s; the writer is the
 only task that touches the Store.  Each loop it takes every job queued (one
 event or thousands), applies them in one transaction in a worker thread, and
 only after COMMIT sets each job's ``done`` — so an ack can never precede its
-commit.  The queue is bounded by a budget of events: when it is spent,
-``submit`` blocks, the connection stops reading its socket, and the clients'
-own timeouts push them to their spools (backpressure; memory stays flat).
+commit.  The queue is bounded by a budget of events and one of frame bytes
+(events may be up to 1 MiB each): when either is spent, ``submit`` blocks,
+the connection stops reading its socket, and the clients' own timeouts push
+them to their spools (backpressure; memory stays flat).
 
 A commit that fails because the database is locked, the disk is full or I/O
 failed (StoreBusy) is retried with backoff, nothing acked meanwhile.  A batch
@@ -29,6 +30,10 @@ from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy
 
 __all__ = ["Job", "Writer", "log"]
 
+#: Raw frame bytes queued at most, whatever the event budget: events can be
+#: up to 1 MiB each, so 20,000 of them could otherwise hold gigabytes.  Typical
+#: events (~300 B) reach the event budget long before this.
+_MAX_QUEUE_BYTES = 8 << 20
 #: Events per transaction at most: a bigger batch commits no faster, but holds
 #: its decoded events (~0.9 kB each) in memory longer and delays its acks.
 _MAX_BATCH_EVENTS = 5_000
@@ -55,6 +60,7 @@ class Job:
     audit: list[AuditEntry] = field(default_factory=list)
     results: list[str | None] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
+    nbytes: int = 0  # its frames' bytes, counted against the queue's byte budget
 
     @property
     def cost(self) -> int:
@@ -81,13 +87,22 @@ class Job:
 class Writer:
     """Owns the Store; everything else talks to it through ``submit``."""
 
-    def __init__(self, store: Store, *, max_queue_events: int = 20_000, tick_s: float = 1.0):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_queue_events: int = 20_000,
+        max_queue_bytes: int = _MAX_QUEUE_BYTES,
+        tick_s: float = 1.0,
+    ):
         self.store = store
         self._budget = max_queue_events
+        self._max_bytes = max_queue_bytes
         self._tick_s = tick_s
         self._send, self._recv = trio.open_memory_channel[Job](math.inf)
         self._space = trio.Event()
         self.queued_events = 0
+        self.queued_bytes = 0  # raw frames of the queued events
         self.events_committed = 0
         self.commits = 0
         self.last_commit_ms: int | None = None
@@ -99,11 +114,15 @@ class Writer:
     # -- producers ------------------------------------------------------------------
 
     async def submit(self, job: Job) -> None:
-        """Queue a job, waiting while the event budget is spent (backpressure)."""
+        """Queue a job, waiting while the event or byte budget is spent (backpressure)."""
         cost = job.cost
-        while self.queued_events and self.queued_events + cost > self._budget:
+        job.nbytes = size = sum(map(len, job.frames))
+        while self.queued_events and (
+            self.queued_events + cost > self._budget or self.queued_bytes + size > self._max_bytes
+        ):
             await self._space.wait()
         self.queued_events += cost
+        self.queued_bytes += size
         self._send.send_nowait(job)
 
     def close(self) -> None:
@@ -154,13 +173,15 @@ class Writer:
                 self.busy_reason = ""
         self.commits += 1
         self.last_commit_ms = time.time_ns() // 1_000_000
-        freed = 0
+        freed = freed_bytes = 0
         for job in jobs:
             self.events_committed += sum(1 for r in job.results if r is None)
             freed += job.cost
+            freed_bytes += job.nbytes
             job.drop_payload()
             job.done.set()
         self.queued_events -= freed
+        self.queued_bytes -= freed_bytes
         self._space.set()
         self._space = trio.Event()
 
