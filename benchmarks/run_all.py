@@ -28,7 +28,10 @@ from _bench import HERE, PYTHON, machine
 
 PARTS: dict[str, tuple[list[str], list[str]]] = {
     # name: (full arguments, --quick arguments)
-    "pipelines": (["--runs", "480", "--repeat", "3"], ["--runs", "160", "--repeat", "1"]),
+    "pipelines": (
+        ["--runs", "480", "--repeat", "3"],
+        ["--runs", "160", "--repeat", "1", "--sustained", "32", "640"],
+    ),
     "spooling": (["--runs", "480"], ["--runs", "160"]),
     "replay": (["--events", "1000000"], ["--events", "100000"]),
     "apply": (["--events", "27000", "--repeat", "3"], ["--events", "5400", "--repeat", "1"]),
@@ -82,6 +85,13 @@ def targets(parts: dict[str, Any]) -> dict[str, Any]:
     ]
     if rss:
         out["daemon_peak_rss_mb_pipelines"] = _check(max(rss), "<=", 64)
+    sustained = parts.get("pipelines", {}).get("sustained")
+    if sustained:
+        p = sustained["procs"]
+        out[f"daemon_peak_rss_mb_sustained_P{p}"] = _check(
+            sustained.get("daemon_peak_rss_mb"), "<=", 64
+        )
+        out[f"p99_us_daemon_up_sustained_P{p}"] = _check(sustained["latency"]["p99_us"], "<=", 100)
     replay = parts.get("replay", {})
     if "events_per_s" in replay:
         out["daemon_peak_rss_mb_replay"] = _check(replay.get("daemon_peak_rss_mb"), "<=", 64)
