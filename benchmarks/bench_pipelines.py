@@ -8,7 +8,9 @@ end_step), 5 x record_error, end_run`` (27 tracking calls), back to back.
   (WAL, busy_timeout 5000) with the old tracker's SQL, one autocommit statement
   per call (benchmarks/legacy_tracker.py), synchronous FULL or NORMAL;
 * ``runledger``: ``runledger.RunTracker`` and a real daemon subprocess
-  (``python -m runledger.cli daemon``, its default synchronous=NORMAL).
+  (``python -m runledger.cli daemon``, its default synchronous=NORMAL);
+* ``runledger_full``: the same with ``--synchronous FULL`` (one fsync per
+  group commit): the like-for-like comparison with ``direct_full``.
 
 Every process is started and has imported everything before the clock starts;
 all get the go signal at once.  The clock stops when a read-only poll of the
@@ -50,7 +52,7 @@ from _bench import (
 from legacy_tracker import open_db
 
 POLL_S = 0.005
-VARIANTS = ("direct_full", "direct_normal", "runledger")
+VARIANTS = ("direct_full", "direct_normal", "runledger", "runledger_full")
 
 
 def _cpu_s(pid: int) -> float:
@@ -156,7 +158,8 @@ def run_variant(variant: str, procs: int, runs: int, folder: Path) -> dict[str, 
         result = _collect(workers, folder)
         daemon_info: dict[str, Any] = {}
     else:
-        with running_daemon(folder / "d") as daemon:
+        sync = "FULL" if variant == "runledger_full" else "NORMAL"
+        with running_daemon(folder / "d", synchronous=sync) as daemon:
             workers = _spawn_workers(
                 procs,
                 runs,
@@ -242,10 +245,10 @@ def main() -> None:
                     runs[variant].append(r)
                     print(f"# P={procs} {variant}: {r['events_per_s']} ev/s", file=sys.stderr)
             by_variant = {v: _median_run(rs) for v, rs in runs.items()}
-            rl = by_variant.get("runledger")
-            if rl:
+            for mine in ("runledger", "runledger_full"):
+                rl = by_variant.get(mine)
                 for variant in ("direct_full", "direct_normal"):
-                    if variant in by_variant:
+                    if rl and variant in by_variant:
                         ratio = rl["events_per_s"] / by_variant[variant]["events_per_s"]
                         rl[f"x_{variant}"] = round(ratio, 2)
             results[str(procs)] = by_variant
