@@ -31,7 +31,7 @@ lint: $(STAMP)
 
 ## bench: benchmarks/ figures as one JSON object (not part of test)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	@$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -43,7 +43,7 @@ class Settings:
     admin_uids: tuple[int, ...] | None = None
     max_connections: int = 1024
     idle_timeout_s: float = 300.0
-    queue_events: int = 20000
+    queue_events: int = 5000
     replay_interval_s: float = 1.0
     client_flush_timeout_s: float = 2.0
     config_file: Path | None = None

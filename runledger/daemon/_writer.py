@@ -31,7 +31,7 @@ from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy
 __all__ = ["Job", "Writer", "log"]
 
 #: Raw frame bytes queued at most, whatever the event budget: events can be
-#: up to 1 MiB each, so 20,000 of them could otherwise hold gigabytes.  Typical
+#: up to 1 MiB each, so 5,000 of them could otherwise hold gigabytes.  Typical
 #: events (~300 B) reach the event budget long before this.
 _MAX_QUEUE_BYTES = 8 << 20
 #: Events per transaction at most: a bigger batch commits no faster, but holds
@@ -91,7 +91,7 @@ class Writer:
         self,
         store: Store,
         *,
-        max_queue_events: int = 20_000,
+        max_queue_events: int = 5_000,
         max_queue_bytes: int = _MAX_QUEUE_BYTES,
         tick_s: float = 1.0,
     ):
