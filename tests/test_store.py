@@ -773,3 +773,33 @@ def test_random_interleavings_of_many_runs(dbs: Databases) -> None:
             batches.append(shuffled[:size])
             shuffled = shuffled[size:]
         assert _final_state(dbs, batches) == expected
+
+
+def test_parked_events_survive_a_rollback_and_a_reopen(dbs: Databases) -> None:
+    """What waits for which run is rebuilt from parked_events after a rollback or restart."""
+    path = dbs.fresh()
+    store = Store.open(path)
+    try:
+        ss = StepStart(id="p-ss", ts=T + 1, run="P", step="PS", name="x")
+        se = StepEnd(id="p-se", ts=T + 9, run="P", step="PS", outcome="success", created=4)
+        assert store.apply([se, ss]) == [None, None]
+        assert store.parked == 2
+        with pytest.raises(ApplyError):  # rolled back: the store re-reads what is parked
+            store.apply(
+                [
+                    RunStart(id="p-rs0", ts=T, run="Q", pipeline="q"),
+                    _unencodable_step_end(run="Q", step="QS"),
+                ]
+            )
+        assert store.parked == 2
+    finally:
+        store.close()
+    store = Store.open(path)  # a restarted daemon
+    try:
+        assert store.parked == 2
+        assert store.apply([RunStart(id="p-rs", ts=T, run="P", pipeline="p")]) == [None]
+        assert store.parked == 0
+        assert store.query("SELECT total_created FROM runs WHERE uid = 'P'") == [(4,)]
+        assert store.query("SELECT outcome FROM run_steps WHERE uid = 'PS'") == [("success",)]
+    finally:
+        store.close()

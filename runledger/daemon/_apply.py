@@ -37,6 +37,7 @@ the one writer.  ``forget()`` must be called whenever a transaction rolls back.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -99,7 +100,11 @@ class Applier:
         self._dirty_runs: set[int] = set()
         #: Parked events refused when released (Rejected): the Store dead-letters them.
         self.refused: list[tuple[Event, str]] = []
-        self.parked_count = conn.execute("SELECT count(*) FROM parked_events").fetchone()[0]
+        #: How many parked events wait for each "run:<uid>"/"step:<uid>": a new
+        #: run or step nobody waits for costs no query (stale parked rows, e.g.
+        #: the dependants of a dead-lettered run_start, would otherwise make
+        #: every later start pay a DELETE).
+        self._waiting = self._load_waiting()
 
     def forget(self) -> None:
         """Drop cached ids and pending work (after a rollback)."""
@@ -107,7 +112,21 @@ class Applier:
         self._steps.clear()
         self._dirty_runs.clear()
         self.refused.clear()
-        self.parked_count = self._conn.execute("SELECT count(*) FROM parked_events").fetchone()[0]
+        self._waiting = self._load_waiting()
+
+    def _load_waiting(self) -> Counter[str]:
+        return Counter(
+            dict(
+                self._conn.execute(
+                    "SELECT waiting_for, count(*) FROM parked_events GROUP BY waiting_for"
+                )
+            )
+        )
+
+    @property
+    def parked_count(self) -> int:
+        """Events parked until their run or step appears."""
+        return sum(self._waiting.values())
 
     # -- public ---------------------------------------------------------------
 
@@ -183,16 +202,17 @@ class Applier:
             " VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
             (event.id, waiting_for, now_iso(), _event_encoder.encode(event)),
         )
-        self.parked_count += cur.rowcount
-        return PARKED if cur.rowcount else DUPLICATE
+        if not cur.rowcount:
+            return DUPLICATE
+        self._waiting[waiting_for] += 1
+        return PARKED
 
     def _release(self, waiting_for: str) -> None:
-        if not self.parked_count:
+        if self._waiting.pop(waiting_for, 0) == 0:
             return
         rows = self._conn.execute(
             "DELETE FROM parked_events WHERE waiting_for = ? RETURNING payload", (waiting_for,)
         ).fetchall()
-        self.parked_count -= len(rows)
         for (payload,) in rows:
             event = _event_decoder.decode(payload)
             # A parked event that contradicts the db is refused on its own: it
