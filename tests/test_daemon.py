@@ -236,6 +236,9 @@ class TestRefusals:
             await other.send(*ev)
             assert await other.recv(len(ev)) == [Ack(e.id) for e in ev]
         assert count(daemon.store.path, "dead_letters") == 1
+        (kept,) = ro_connect(daemon.store.path).execute("SELECT frame FROM dead_letters").fetchone()
+        # A bad length keeps the header that announced it; a bad body keeps the body.
+        assert kept == (payload[:16] if "frame length" in reason else payload[4:])
 
     async def test_replay_requires_admin_and_reports(self, daemon: Daemon) -> None:
         # The test runs as the daemon's own uid: an admin by default.

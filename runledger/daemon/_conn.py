@@ -166,7 +166,7 @@ class Connection:
             try:
                 frame = decoder.next_frame()
             except FrameError as exc:
-                self._refuse(batch, bytes(data[:16]), str(exc), close=True)
+                self._refuse(batch, decoder.head(), str(exc), close=True)
                 break
             if frame is None:
                 break

@@ -91,6 +91,10 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return len(self._buf) - self._pos
 
+    def head(self, n: int = 16) -> bytes:
+        """The first bytes not yet returned (after a FrameError: the bad header)."""
+        return bytes(self._buf[self._pos : self._pos + n])
+
     def receive_data(self, data: bytes) -> None:
         if self._pos:
             # Compact once per chunk rather than once per frame.
