@@ -490,6 +490,8 @@ class TestShow:
             (["show", "no-such-uid"], "no run with id or uid 'no-such-uid'"),
             (["show", "latest", "--pipeline", "nobody"], "no runs for pipeline 'nobody' yet"),
             (["errors", "--run", "nope"], "no run with id or uid 'nope'"),
+            (["show", "\u00b2"], "no run with id or uid '\u00b2'"),  # isdigit(), not an int
+            (["errors", "--run", "\u00b2"], "no run with id or uid '\u00b2'"),
         ],
     )
     def test_an_unknown_run_is_one_line(self, db: Path, args: list[str], says: str) -> None:

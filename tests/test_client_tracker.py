@@ -382,6 +382,21 @@ class TestTrackRun:
         assert "sync_members" in err.stack
         assert of(RunEnd, evs)[0].outcome == "failure"
 
+    def test_exception_in_nested_steps_is_one_error_row(self, sandbox: Sandbox) -> None:
+        with (
+            pytest.raises(ValueError, match="inner boom"),
+            track_run("people") as run,
+            run.step("outer") as outer,
+            run.step("inner") as inner,
+        ):
+            raise ValueError("inner boom")
+        evs = events(sandbox, run.tracker)
+        (err,) = of(ErrorEvent, evs)  # recorded by the innermost step only
+        assert (err.step, err.step_name) == (inner.uid, "inner")
+        ends = {e.step: e.outcome for e in of(StepEnd, evs)}
+        assert ends == {inner.uid: "failure", outer.uid: "failure"}
+        assert of(RunEnd, evs)[0].outcome == "failure"
+
     def test_exception_outside_steps(self, sandbox: Sandbox) -> None:
         with pytest.raises(KeyError), track_run("people") as run:
             raise KeyError("config")

@@ -205,7 +205,7 @@ def find_run(
             raise click.ClickException(f"no runs{' for ' + scope if scope else ''} yet")
         return found[0]
     run = None
-    if ref.isdigit():
+    if ref.isascii() and ref.isdigit():  # "²".isdigit() too, and int() refuses it
         run = _run_by(conn, "id", int(ref))
     if run is None:
         run = _run_by(conn, "uid", ref)

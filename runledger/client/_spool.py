@@ -86,6 +86,7 @@ class SpoolWriter:
 
     def append_many(self, payloads: Iterable[bytes]) -> int:
         """Append events with one ``os.write``; returns how many were kept (all or none)."""
+        payloads = list(payloads)  # read twice below if one is refused
         try:
             records = [encode_record(p) for p in payloads]
         except FrameError as exc:  # empty or over 1 MiB: the replayer would call it corrupt

@@ -150,8 +150,9 @@ class Step:
             tracker = self.run.tracker
             outcome = self.outcome
             if _is_failure(exc):
-                tracker.record_error(self.name, self.uid, None, exc)
-                self.run._recorded = exc
+                if exc is not self.run._recorded:  # an inner step recorded it already
+                    tracker.record_error(self.name, self.uid, None, exc)
+                    self.run._recorded = exc
                 self.run.success = False
                 outcome = "failure"
             tracker.end_step(
