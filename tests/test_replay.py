@@ -17,7 +17,13 @@ import trio
 from daemon_helpers import DaemonProcess, count, run_events, settings_for, wait_until
 
 from runledger.daemon._server import Daemon, serve
-from runledger.protocol import SPOOL_MAGIC, encode_record
+from runledger.protocol import (
+    SPOOL_MAGIC,
+    Pong,
+    decode_server_message,
+    encode_frame,
+    encode_record,
+)
 
 EVENT_COUNT_PER_RUN = len(run_events("x", steps=2, errors=1))
 
@@ -262,3 +268,33 @@ def test_killed_between_commit_and_delete_counts_nothing_twice(short_root: Path)
         )
     finally:
         d2.stop()
+
+
+async def test_a_file_that_cannot_be_quarantined_does_not_stop_the_daemon(
+    short_root: Path, nursery: trio.Nursery
+) -> None:
+    """`corrupt` is a regular file, so moving a bad spool there fails: logged, audited
+    once, retried; the daemon keeps serving and replays the other files."""
+    spool = short_root / "spool"
+    spool.mkdir()
+    (spool / "corrupt").write_text("not a directory")
+    bad = spool / spool_name("bad")
+    bad.write_bytes(b"NOTSPOOL" + b"\0" * 20)
+    d = await start(short_root, nursery)
+    good = spool / spool_name("good")
+    write_spool(good, run_events("after", steps=1, errors=0))
+    await wait_gone(good)
+    await trio.sleep(0.6)  # several more rounds over the bad file
+    assert bad.exists()
+    db = d.settings.db
+    failed = "event = 'spool_replay_failed'"
+    await trio.to_thread.run_sync(lambda: wait_until(lambda: count(db, "audit_log", failed)))
+    assert count(db, "audit_log", failed) == 1
+    assert count(db, "runs", "uid = 'after'") == 1
+    stream = await trio.open_unix_socket(str(d.settings.socket))
+    await stream.send_all(encode_frame({"type": "ping"}))
+    with trio.fail_after(5):
+        reply = await stream.receive_some(100)
+    assert decode_server_message(reply[4:]) == Pong()
+    await stream.aclose()
+    d.request_stop()

@@ -28,7 +28,7 @@ import trio
 
 from ..protocol import EVENT_TYPES, Refusal, SpoolReader, decode_client_message
 from ._store import AuditEntry, DeadLetter, Origin
-from ._writer import Job, Writer
+from ._writer import Job, Writer, log
 
 __all__ = ["ReplayStats", "Replayer", "spool_backlog"]
 
@@ -76,6 +76,8 @@ class Replayer:
         self.owner_allowed = owner_allowed
         self.interval_s = interval_s
         self._lock = trio.Lock()
+        #: File name -> the last failure reported for it (reported once per reason).
+        self._failed: dict[str, str] = {}
         self.total = ReplayStats()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -90,10 +92,38 @@ class Replayer:
         async with self._lock:
             stats = ReplayStats()
             for path in spool_backlog(self.spool_dir):
-                stats += await self._replay_file(path)
+                try:
+                    stats += await self._replay_file(path)
+                except OSError as exc:
+                    # One file we cannot read, delete or move must not stop the
+                    # daemon (nor the other files): it stays, and is retried.
+                    await self._report_failure(path, exc)
+                else:
+                    self._failed.pop(path.name, None)
             self._sweep_stale_tmp()
             self.total += stats
             return stats
+
+    async def _report_failure(self, path: Path, exc: OSError) -> None:
+        """Log and audit a file's failure once (per reason), not every round."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if self._failed.get(path.name) == reason:
+            return
+        self._failed[path.name] = reason
+        log(f"runledgerd: cannot replay {path.name}, will retry: {reason}")
+        await self.writer.submit(
+            Job(
+                audit=[
+                    AuditEntry(
+                        "spool_replay_failed",
+                        f"{path.name} left in the spool, retried every round: {reason}",
+                        level="error",
+                        scope="replay",
+                        data={"file": path.name, "reason": reason},
+                    )
+                ]
+            )
+        )
 
     async def _replay_file(self, path: Path) -> ReplayStats:
         try:
@@ -146,7 +176,8 @@ class Replayer:
         pending: collections.deque[Job] = collections.deque()
         job = Job(origin=origin)
         events = 0
-        while chunk := fh.read(_READ_SIZE):
+        # Reads go to a worker thread: a big or slow file must not stall the loop.
+        while chunk := await trio.to_thread.run_sync(fh.read, _READ_SIZE):
             reader.receive_data(chunk)
             for record in reader.records():
                 message = decode_client_message(record)
