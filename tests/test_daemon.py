@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import msgpack
+import msgspec
 import pytest
 import trio
 from daemon_helpers import count, ro_connect, run_events, settings_for
@@ -203,6 +204,36 @@ class TestRefusals:
         assert row[0] == "bad-1" and "$.created" in row[1]
         assert msgpack.unpackb(row[2]) == bad
         assert row[3] is not None  # SO_PEERCRED recorded
+
+    async def test_an_event_the_store_cannot_apply_is_isolated_and_nacked(
+        self, daemon: Daemon
+    ) -> None:
+        """One unapplyable event (JSON cannot hold an Ext) fails its batch; the writer
+        splits it: the others are acked, it is nacked and dead-lettered once, and the
+        queue budget is whole again."""
+        c = await TrioClient.connect(daemon.settings.socket)
+        ev = run_events("iso", steps=1, errors=0)
+        poison = {
+            "type": "step_end",
+            "id": "poison",
+            "ts": 2,
+            "run": "iso",
+            "step": "iso-s0",
+            "outcome": "success",
+            "detail": msgspec.msgpack.Ext(1, b"x"),
+        }
+        invalid = {"type": "run_end", "id": "bad-outcome", "ts": 3, "run": "iso", "outcome": "?"}
+        with trio.fail_after(10):
+            await c.send(*ev[:2], invalid, poison, *ev[2:], {"type": "status"})
+            replies = await c.recv(len(ev) + 3)
+        assert replies[:2] == [Ack(e.id) for e in ev[:2]]
+        assert isinstance(replies[2], Nack) and replies[2].id == "bad-outcome"
+        assert isinstance(replies[3], Nack) and replies[3].id == "poison"
+        assert "cannot be applied" in replies[3].error
+        assert replies[4:-1] == [Ack(e.id) for e in ev[2:]]
+        assert replies[-1].queue_depth == 0
+        assert count(daemon.store.path, "dead_letters") == 2
+        assert count(daemon.store.path, "runs", "uid = 'iso' AND outcome = 'success'") == 1
 
     async def test_unknown_type_gets_error_and_connection_stays(self, daemon: Daemon) -> None:
         c = await TrioClient.connect(daemon.settings.socket)

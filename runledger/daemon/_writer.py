@@ -61,6 +61,10 @@ class Job:
     results: list[str | None] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
     nbytes: int = 0  # its frames' bytes, counted against the queue's byte budget
+    queued_cost: int = 0  # its cost when queued, given back once committed
+    #: Its results are final: set once committed, so a batch retried after a
+    #: StoreBusy in the slow path does not write its dead letters twice.
+    committed: bool = False
 
     @property
     def cost(self) -> int:
@@ -115,7 +119,7 @@ class Writer:
 
     async def submit(self, job: Job) -> None:
         """Queue a job, waiting while the event or byte budget is spent (backpressure)."""
-        cost = job.cost
+        job.queued_cost = cost = job.cost
         job.nbytes = size = sum(map(len, job.frames))
         while self.queued_events and (
             self.queued_events + cost > self._budget or self.queued_bytes + size > self._max_bytes
@@ -176,7 +180,7 @@ class Writer:
         freed = freed_bytes = 0
         for job in jobs:
             self.events_committed += sum(1 for r in job.results if r is None)
-            freed += job.cost
+            freed += job.queued_cost  # what it took, whatever it holds now
             freed_bytes += job.nbytes
             job.drop_payload()
             job.done.set()
@@ -188,6 +192,7 @@ class Writer:
     # -- in the worker thread -----------------------------------------------------------
 
     def _apply_all(self, jobs: Sequence[Job]) -> None:
+        jobs = [job for job in jobs if not job.committed]
         events: list[Event] = []
         frames: list[bytes] = []
         origins: list[Origin] = []
@@ -206,10 +211,12 @@ class Writer:
         except ApplyError:
             for job in jobs:
                 self._apply_isolated(job)
+                job.committed = True
             return
         start = 0
         for job in jobs:
             job.results = results[start : start + len(job.events)]
+            job.committed = True
             start += len(job.events)
 
     def _apply_isolated(self, job: Job) -> None:
@@ -226,6 +233,7 @@ class Writer:
         except ApplyError:
             pass
         self.store.apply((), dead_letters=job.dead_letters, audit=job.audit)
+        job.dead_letters, job.audit = [], []  # committed: not again if a retry follows
         job.results = []
         for event, frame in zip(job.events, job.frames, strict=True):
             try:
