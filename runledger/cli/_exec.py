@@ -34,6 +34,7 @@ from typing import Any
 
 import click
 
+from ..protocol import MAX_STACK
 from ._common import config_option, socket_option, spool_option
 
 __all__ = ["StderrTee", "exec_command", "exit_status"]
@@ -46,8 +47,6 @@ SI_KERNEL = 0x80
 #: Lines of stderr kept for the error row of a failed command.
 TAIL_LINES = 20
 _TAIL_BYTES = 16 * 1024
-#: The error row's stack is cut to this (the daemon's limit) keeping the end.
-_MAX_STACK = 4000
 #: After the command exits, how long to wait for the rest of its stderr (a
 #: background grandchild may hold the pipe open forever).
 _DRAIN_S = 1.0
@@ -314,7 +313,7 @@ def _run(  # noqa: PLR0917 - private helper of one command
         code = exit_status(returncode)
         sig = _signal_name(-returncode) if returncode < 0 else None
         tee.join(_DRAIN_S)
-        tracking.stack = tee.tail()[-_MAX_STACK:] or None
+        tracking.stack = tee.tail()[-MAX_STACK:] or None  # the seed's limit, keeping the end
         if code != 0:
             why = _failure_message(name, code, sig, tracking.stack or "")
     tracking.finish(step_name, argv, code, why or cannot_start, sig)
