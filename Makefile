@@ -1,4 +1,4 @@
-# runledger — everything a fresh machine needs goes through these targets.
+# runtally — everything a fresh machine needs goes through these targets.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -18,16 +18,16 @@ system-deps:
 
 ## test: the whole suite (unit, daemon processes, fault suite)
 test: $(STAMP) system-deps
-	$(BIN)/ruff check runledger tests benchmarks
+	$(BIN)/ruff check runtally tests benchmarks
 	$(BIN)/python -m pytest
 
 ## run: start the daemon in the foreground on zero-config defaults
 run: $(STAMP)
-	$(BIN)/runledger daemon
+	$(BIN)/runtally daemon
 
 lint: $(STAMP)
-	$(BIN)/ruff check runledger tests benchmarks
-	$(BIN)/ruff format --check runledger tests benchmarks
+	$(BIN)/ruff check runtally tests benchmarks
+	$(BIN)/ruff format --check runtally tests benchmarks
 
 ## bench: benchmarks/ figures as one JSON object (not part of test)
 bench: $(STAMP)

@@ -145,19 +145,19 @@ class Daemon:
 
 
 def spawn_daemon(folder: Path, *, synchronous: str = "NORMAL") -> Daemon:
-    """``python -m runledger.cli daemon`` on fresh paths in ``folder`` (not waited for)."""
+    """``python -m runtally.cli daemon`` on fresh paths in ``folder`` (not waited for)."""
     folder.mkdir(parents=True, exist_ok=True)
     sock, db, spool = folder / "rl.sock", folder / "dashboard.sqlite", folder / "spool"
     log = folder / "daemon.log"
-    config = folder / "runledger.toml"
+    config = folder / "runtally.toml"
     config.write_text("# benchmark: everything comes from the command line\n")
-    env = dict(os.environ, RUNLEDGER_CONFIG=str(config))
+    env = dict(os.environ, RUNTALLY_CONFIG=str(config))
     with log.open("ab") as err:
         proc = subprocess.Popen(
             [
                 PYTHON,
                 "-m",
-                "runledger.cli",
+                "runtally.cli",
                 "daemon",
                 "--socket",
                 str(sock),

@@ -1,13 +1,13 @@
 """One benchmark pipeline process: tracker calls in a loop, each one timed.
 
     python benchmarks/_pipeline.py --mode direct --db D --synchronous FULL --runs N --out F
-    python benchmarks/_pipeline.py --mode runledger --socket S --spool P --runs N --out F
+    python benchmarks/_pipeline.py --mode runtally --socket S --spool P --runs N --out F
 
 Imports and connects nothing until told: it prints ``ready``, waits for a line
 on stdin (the go signal, sent to every process at once), then does ``--runs``
 runs of the workload in ``_bench.RUN_SHAPE``, one tracker per run as a
 pipeline does, with ``time.perf_counter_ns()`` around every tracking call.  It
-writes what it saw to ``--out`` as JSON (runledger: after flushing, i.e. once
+writes what it saw to ``--out`` as JSON (runtally: after flushing, i.e. once
 every event is acked or spooled), then waits for a second line before it
 exits, so that no process's exit competes with the others' measurement.
 """
@@ -40,7 +40,7 @@ class Counters:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=("direct", "runledger"), required=True)
+    parser.add_argument("--mode", choices=("direct", "runtally"), required=True)
     parser.add_argument("--db", type=Path)
     parser.add_argument("--synchronous", default="FULL")
     parser.add_argument("--socket", type=Path)
@@ -59,7 +59,7 @@ def main() -> None:
                 "people", args.db, synchronous=args.synchronous, on_error=counters.on_error
             )
     else:
-        from runledger import RunTracker
+        from runtally import RunTracker
 
         def make() -> Any:
             return RunTracker("people", "rondo", socket=args.socket, spool=args.spool)
@@ -104,7 +104,7 @@ def main() -> None:
         "stalls": sum(1 for v in lat if v > STALL_NS),
         "calls_s": (calls_done - began) / 1e9,
     }
-    if args.mode == "runledger" and tracker is not None:
+    if args.mode == "runtally" and tracker is not None:
         t0 = clock()
         tracker.close()  # flush: wait for the acks (what atexit does in a pipeline)
         result["flush_s"] = (clock() - t0) / 1e9

@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from runledger.daemon._store import Store
-from runledger.protocol import ErrorEvent, Event, RunEnd, RunStart, StepEnd, StepStart
+from runtally.daemon._store import Store
+from runtally.protocol import ErrorEvent, Event, RunEnd, RunStart, StepEnd, StepStart
 
 BATCH_SIZES = (1, 100, 1000)
 MODES = ("NORMAL", "FULL")

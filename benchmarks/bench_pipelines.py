@@ -1,4 +1,4 @@
-"""Pipelines writing dashboard.sqlite directly vs. through runledgerd.  Prints ONE JSON object.
+"""Pipelines writing dashboard.sqlite directly vs. through runtallyd.  Prints ONE JSON object.
 
 The same workload each way: P pipeline processes (default 1, 8, 32), each
 doing its share of ``--runs`` runs of ``start_run, 10 x (start_step,
@@ -7,18 +7,18 @@ end_step), 5 x record_error, end_run`` (27 tracking calls), back to back.
 * ``direct_full`` / ``direct_normal``: every process opens the database itself
   (WAL, busy_timeout 5000) with the old tracker's SQL, one autocommit statement
   per call (benchmarks/legacy_tracker.py), synchronous FULL or NORMAL;
-* ``runledger``: ``runledger.RunTracker`` and a real daemon subprocess
-  (``python -m runledger.cli daemon``, its default synchronous=NORMAL);
-* ``runledger_full``: the same with ``--synchronous FULL`` (one fsync per
+* ``runtally``: ``runtally.RunTracker`` and a real daemon subprocess
+  (``python -m runtally.cli daemon``, its default synchronous=NORMAL);
+* ``runtally_full``: the same with ``--synchronous FULL`` (one fsync per
   group commit): the like-for-like comparison with ``direct_full``.
 
 Every process is started and has imported everything before the clock starts;
 all get the go signal at once.  The clock stops when a read-only poll of the
-database (every 5 ms) sees every run finished - for runledger that is after
+database (every 5 ms) sees every run finished - for runtally that is after
 group commit, not when the calls return.  Latencies are ``perf_counter_ns``
 around each tracking call inside the pipeline processes, merged.
 
-Then, ``--sustained 32 2400``: runledger alone, 32 processes x 75 runs (64,800
+Then, ``--sustained 32 2400``: runtally alone, 32 processes x 75 runs (64,800
 events), long enough to keep the daemon's queue full: its peak RSS at full load.
 
     .venv/bin/python benchmarks/bench_pipelines.py [--procs 1 8 32] [--runs 320]
@@ -52,7 +52,7 @@ from _bench import (
 from legacy_tracker import open_db
 
 POLL_S = 0.005
-VARIANTS = ("direct_full", "direct_normal", "runledger", "runledger_full")
+VARIANTS = ("direct_full", "direct_normal", "runtally", "runtally_full")
 
 
 def _cpu_s(pid: int) -> float:
@@ -107,7 +107,7 @@ def _race(workers: list[Any], db: Path, runs: int, timeout: float) -> float:
                 return time.perf_counter() - start
             if all(out.exists() or proc.poll() is not None for proc, out in workers):
                 # Direct writers are synchronous: what is not there when they are
-                # all done never will be.  runledger: what a pipeline spooled (its
+                # all done never will be.  runtally: what a pipeline spooled (its
                 # window of unacked events was full, or a flush timed out) is
                 # replayed once the pipeline has exited, as in real life; the
                 # clock runs on until it is committed, up to ``timeout``.
@@ -158,7 +158,7 @@ def run_variant(variant: str, procs: int, runs: int, folder: Path) -> dict[str, 
         result = _collect(workers, folder)
         daemon_info: dict[str, Any] = {}
     else:
-        sync = "FULL" if variant == "runledger_full" else "NORMAL"
+        sync = "FULL" if variant == "runtally_full" else "NORMAL"
         with running_daemon(folder / "d", synchronous=sync) as daemon:
             workers = _spawn_workers(
                 procs,
@@ -166,7 +166,7 @@ def run_variant(variant: str, procs: int, runs: int, folder: Path) -> dict[str, 
                 folder,
                 [
                     "--mode",
-                    "runledger",
+                    "runtally",
                     "--socket",
                     str(daemon.socket),
                     "--spool",
@@ -230,7 +230,7 @@ def main() -> None:
         nargs=2,
         default=[32, 2400],
         metavar=("PROCS", "RUNS"),
-        help="then runledger alone under a longer full load (RUNS 0: skip)",
+        help="then runtally alone under a longer full load (RUNS 0: skip)",
     )
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
@@ -245,7 +245,7 @@ def main() -> None:
                     runs[variant].append(r)
                     print(f"# P={procs} {variant}: {r['events_per_s']} ev/s", file=sys.stderr)
             by_variant = {v: _median_run(rs) for v, rs in runs.items()}
-            for mine in ("runledger", "runledger_full"):
+            for mine in ("runtally", "runtally_full"):
                 rl = by_variant.get(mine)
                 for variant in ("direct_full", "direct_normal"):
                     if rl and variant in by_variant:
@@ -257,9 +257,9 @@ def main() -> None:
             # The workload above (12,960 events at 480 runs) is smaller than the
             # daemon's queue budget; this one keeps the queue full for a while.
             sustained = {"procs": procs, "runs": runs}
-            sustained |= run_variant("runledger", procs, runs, Path(tmp) / "sustained")
+            sustained |= run_variant("runtally", procs, runs, Path(tmp) / "sustained")
             print(f"# sustained P={procs}: {sustained['events_per_s']} ev/s", file=sys.stderr)
-    rss = [v["runledger"]["daemon_peak_rss_mb"] for v in results.values() if "runledger" in v]
+    rss = [v["runtally"]["daemon_peak_rss_mb"] for v in results.values() if "runtally" in v]
     print(
         json.dumps(
             {

@@ -1,10 +1,10 @@
 """Spool replay throughput: a spool of N events (default 1M) and a fresh daemon.  ONE JSON object.
 
 The spool is written in spool format v1 (the ``RLSPOOL1`` header, then
-``runledger.protocol.encode_record`` of each event's MessagePack, exactly as
+``runtally.protocol.encode_record`` of each event's MessagePack, exactly as
 a client that could not reach the daemon writes it): runs of ``start_run, 10
 x (step_start, step_end), 5 errors, run_end`` with the RunTracker's uuid7 ids,
-in ``--files`` files.  Then ``python -m runledger.cli daemon`` is started on
+in ``--files`` files.  Then ``python -m runtally.cli daemon`` is started on
 a fresh database with that spool directory, and the clock runs from its
 start until every spool file is gone and a read-only poll sees every run
 finished (start-up is included: the daemon replays as it starts).
@@ -36,8 +36,8 @@ from _bench import (
     spawn_daemon,
 )
 
-from runledger.client._ids import uuid7
-from runledger.protocol import (
+from runtally.client._ids import uuid7
+from runtally.protocol import (
     SPOOL_MAGIC,
     ErrorEvent,
     RunEnd,

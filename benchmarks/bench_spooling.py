@@ -21,7 +21,7 @@ from typing import Any
 from _bench import CALLS_PER_RUN, RUN_SHAPE, machine
 from bench_pipelines import _collect, _spawn_workers
 
-from runledger.protocol import read_spool
+from runtally.protocol import read_spool
 
 
 def spool_records(spool: Path) -> tuple[int, int]:
@@ -40,7 +40,7 @@ def run(procs: int, runs: int, folder: Path) -> dict[str, Any]:
     folder.mkdir(parents=True)
     sock, spool = folder / "nobody-listens.sock", folder / "spool"
     workers = _spawn_workers(
-        procs, runs, folder, ["--mode", "runledger", "--socket", str(sock), "--spool", str(spool)]
+        procs, runs, folder, ["--mode", "runtally", "--socket", str(sock), "--spool", str(spool)]
     )
     start = time.perf_counter()
     for proc, _ in workers:

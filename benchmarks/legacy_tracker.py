@@ -37,8 +37,8 @@ MEMBER_KEYS = ("knvb_id", "email", "dossier_id", "team_name", "commissie_name")
 
 
 def seed_schema() -> str:
-    """The old ``initDb`` schema, exactly as runledger adopts it."""
-    migrations = resources.files("runledger.daemon") / "migrations"
+    """The old ``initDb`` schema, exactly as runtally adopts it."""
+    migrations = resources.files("runtally.daemon") / "migrations"
     return (migrations / "0001_seed_schema.sql").read_text()
 
 

@@ -3,7 +3,7 @@
 Parts, each also runnable alone (each prints one JSON object):
 
 * ``pipelines`` (bench_pipelines.py): P = 1, 8, 32 pipeline processes, direct
-  SQLite (synchronous FULL and NORMAL) vs. RunTracker + runledgerd;
+  SQLite (synchronous FULL and NORMAL) vs. RunTracker + runtallyd;
 * ``spooling`` (bench_spooling.py): tracking calls with the daemon down;
 * ``replay`` (bench_replay.py): a 1M-event spool replayed by a fresh daemon;
 * ``apply`` (bench_apply.py): Store.apply alone, by batch size.
@@ -68,20 +68,20 @@ def _check(value: float | None, op: str, limit: float) -> dict[str, Any]:
 def targets(parts: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     pipelines = parts.get("pipelines", {}).get("results", {})
-    rl8 = pipelines.get(TARGET_PROCS, {}).get("runledger", {})
+    rl8 = pipelines.get(TARGET_PROCS, {}).get("runtally", {})
     if rl8:
         out["x_direct_full_at_8"] = _check(rl8.get("x_direct_full"), ">=", 5)
         out["x_direct_normal_at_8"] = _check(rl8.get("x_direct_normal"), ">=", 1.5)
     for procs, by_variant in pipelines.items():
-        rl = by_variant.get("runledger")
+        rl = by_variant.get("runtally")
         if rl:
             out[f"p99_us_daemon_up_P{procs}"] = _check(rl["latency"]["p99_us"], "<=", 100)
     for procs, r in parts.get("spooling", {}).get("results", {}).items():
         out[f"p99_us_daemon_down_P{procs}"] = _check(r["latency"]["p99_us"], "<=", 100)
     rss = [
-        v["runledger"]["daemon_peak_rss_mb"]
+        v["runtally"]["daemon_peak_rss_mb"]
         for v in pipelines.values()
-        if v.get("runledger", {}).get("daemon_peak_rss_mb") is not None
+        if v.get("runtally", {}).get("daemon_peak_rss_mb") is not None
     ]
     if rss:
         out["daemon_peak_rss_mb_pipelines"] = _check(max(rss), "<=", 64)
@@ -110,7 +110,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "benchmark": "runledger",
+                "benchmark": "runtally",
                 "quick": args.quick,
                 "machine": machine(),
                 "targets": checked,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from runledger.client import Client
-from runledger.protocol import (
+from runtally.client import Client
+from runtally.protocol import (
     SPOOL_MAGIC,
     Ack,
     ErrorReply,
@@ -76,10 +76,10 @@ def make_sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     """Body of the ``sandbox`` fixture each client test module declares."""
     root = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))
     # Nothing in a test may reach the user's real daemon or spool.
-    monkeypatch.setenv("RUNLEDGER_SOCKET", str(root / "d.sock"))
-    monkeypatch.setenv("RUNLEDGER_SPOOL", str(root / "spool"))
-    monkeypatch.delenv("RUNLEDGER_PARENT_RUN", raising=False)
-    monkeypatch.delenv("RUNLEDGER_CONFIG", raising=False)
+    monkeypatch.setenv("RUNTALLY_SOCKET", str(root / "d.sock"))
+    monkeypatch.setenv("RUNTALLY_SPOOL", str(root / "spool"))
+    monkeypatch.delenv("RUNTALLY_PARENT_RUN", raising=False)
+    monkeypatch.delenv("RUNTALLY_CONFIG", raising=False)
     try:
         yield Sandbox(root)
     finally:

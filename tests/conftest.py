@@ -10,7 +10,7 @@ import pytest
 import trio
 from daemon_helpers import DaemonProcess, settings_for, short_dir
 
-from runledger.daemon._server import Daemon, serve
+from runtally.daemon._server import Daemon, serve
 
 
 @pytest.fixture

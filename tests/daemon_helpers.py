@@ -21,9 +21,9 @@ from pathlib import Path
 
 import msgspec
 
-from runledger.config import Settings
-from runledger.protocol import ErrorEvent as ErrorEventMsg
-from runledger.protocol import (
+from runtally.config import Settings
+from runtally.protocol import ErrorEvent as ErrorEventMsg
+from runtally.protocol import (
     FrameDecoder,
     RunEnd,
     RunStart,
@@ -171,7 +171,7 @@ class RawClient:
 
 @dataclass
 class DaemonProcess:
-    """``python -m runledger.cli daemon`` as a real child process."""
+    """``python -m runtally.cli daemon`` as a real child process."""
 
     root: Path
     proc: subprocess.Popen | None = None
@@ -194,7 +194,7 @@ class DaemonProcess:
         return [
             sys.executable,
             "-m",
-            "runledger.cli",
+            "runtally.cli",
             "daemon",
             "--socket",
             str(self.socket),
@@ -209,7 +209,7 @@ class DaemonProcess:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("RUNLEDGER_", "NOTIFY_", "WATCHDOG_", "LISTEN_"))
+            if not k.startswith(("RUNTALLY_", "NOTIFY_", "WATCHDOG_", "LISTEN_"))
         }
         env["PYTHONPATH"] = str(REPO)
         env.update(self.extra_env or {})

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from daemon_helpers import REPO, DaemonProcess, RawClient, ro_connect, wait_until
 
-from runledger.protocol import Pong, StatusReply
+from runtally.protocol import Pong, StatusReply
 
 # A pipeline process: many small runs with steps, counts and errors, through
 # the real RunTracker, until its time or run budget is spent.  Every tracking
@@ -34,7 +34,7 @@ from runledger.protocol import Pong, StatusReply
 PIPELINE = r"""
 import json, os, random, sys, time
 cfg = json.loads(sys.argv[1])
-from runledger import RunTracker
+from runtally import RunTracker
 
 rng = random.Random(cfg["seed"])
 tracker = RunTracker(cfg["pipeline"], club_slug="rondo", socket=cfg["socket"], spool=cfg["spool"])
@@ -119,8 +119,8 @@ FORBIDDEN_STDERR = (
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any RUNLEDGER_* (nothing may reach a real daemon)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEDGER_")}
+    """This environment without any RUNTALLY_* (nothing may reach a real daemon)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNTALLY_")}
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
     return env
@@ -214,14 +214,14 @@ def reaped(pipelines: list[Pipeline]) -> Iterator[list[Pipeline]]:
 
 
 def write_config(root: Path, **settings: object) -> Path:
-    """A TOML config file with a [runledger] table; pass it as RUNLEDGER_CONFIG."""
-    lines = ["[runledger]"]
+    """A TOML config file with a [runtally] table; pass it as RUNTALLY_CONFIG."""
+    lines = ["[runtally]"]
     for key, value in settings.items():
         if isinstance(value, str):
             lines.append(f"{key} = {json.dumps(value)}")
         else:
             lines.append(f"{key} = {value!r}".replace("True", "true").replace("False", "false"))
-    path = root / "runledger.toml"
+    path = root / "runtally.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 

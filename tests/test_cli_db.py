@@ -1,4 +1,4 @@
-"""``runledger db migrate|doctor|vacuum`` through click's CliRunner, on real files."""
+"""``runtally db migrate|doctor|vacuum`` through click's CliRunner, on real files."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner, Result
 from test_migrations import build_old_database  # the old tracker's database
 
-from runledger._version import __version__
-from runledger.cli import main
-from runledger.cli._db import db as db_group
-from runledger.daemon._migrations import MIGRATIONS, SCHEMA_VERSION
-from runledger.daemon._store import Store
-from runledger.protocol import ErrorEvent, RunStart, StepEnd, StepStart
+from runtally._version import __version__
+from runtally.cli import main
+from runtally.cli._db import db as db_group
+from runtally.daemon._migrations import MIGRATIONS, SCHEMA_VERSION
+from runtally.daemon._store import Store
+from runtally.protocol import ErrorEvent, RunStart, StepEnd, StepStart
 
 T = 1_770_562_380_123
 IDS = [m.id for m in MIGRATIONS]
@@ -39,7 +39,7 @@ def no_socket(short_dir: Path) -> Path:
 
 
 def run(*args: str) -> Result:
-    env = {"RUNLEDGER_CONFIG": None, "RUNLEDGER_DB": None, "RUNLEDGER_SOCKET": None}
+    env = {"RUNTALLY_CONFIG": None, "RUNTALLY_DB": None, "RUNTALLY_SOCKET": None}
     return CliRunner().invoke(main, list(args), env=env)
 
 
@@ -100,9 +100,9 @@ def test_migrate_takes_the_path_from_the_environment(tmp_path: Path, no_socket: 
         main,
         ["db", "migrate"],
         env={
-            "RUNLEDGER_DB": str(path),
-            "RUNLEDGER_SOCKET": str(no_socket),
-            "RUNLEDGER_CONFIG": None,
+            "RUNTALLY_DB": str(path),
+            "RUNTALLY_SOCKET": str(no_socket),
+            "RUNTALLY_CONFIG": None,
         },
     )
     assert result.exit_code == 0, result.output
@@ -287,7 +287,7 @@ def test_doctor_on_the_adopted_old_database_is_healthy(tmp_path: Path) -> None:
     build_old_database(path)
     result = run("db", "doctor", "--db", str(path))  # not migrated yet
     assert result.exit_code == 1
-    assert "runledger db migrate" in result.output
+    assert "runtally db migrate" in result.output
     assert "3 migration(s) pending" in result.output
     Store.open(path).close()  # what the daemon does on start
     result = run("db", "doctor", "--db", str(path), "--json")

@@ -1,4 +1,4 @@
-"""``runledger exec`` as a real process, against a real daemon process (and without one).
+"""``runtally exec`` as a real process, against a real daemon process (and without one).
 
 What is checked is what a crontab line relies on: the command's output and
 exit status pass through untouched, signals reach it once, and the run, its
@@ -27,8 +27,8 @@ import pytest
 from click.testing import CliRunner
 from daemon_helpers import DaemonProcess, ro_connect, wait_until
 
-from runledger.cli import main
-from runledger.protocol import read_spool
+from runtally.cli import main
+from runtally.protocol import read_spool
 
 PY = sys.executable
 
@@ -55,7 +55,7 @@ def exec_argv(d: DaemonProcess, *command: str, pipeline: str = "cron", extra=())
     return [
         PY,
         "-m",
-        "runledger.cli",
+        "runtally.cli",
         "exec",
         "--socket",
         str(d.socket),
@@ -116,7 +116,7 @@ class TestWithDaemon:
     def test_success_passes_output_through_and_records_the_run(
         self, daemon_proc: DaemonProcess
     ) -> None:
-        script = 'printf "out\\n"; printf "err\\n" >&2; echo "parent=$RUNLEDGER_PARENT_RUN"'
+        script = 'printf "out\\n"; printf "err\\n" >&2; echo "parent=$RUNTALLY_PARENT_RUN"'
         done = run_exec(
             daemon_proc, "sh", "-c", script, pipeline="ok", extra=["--club", "hq", "--step", "sync"]
         )

@@ -1,4 +1,4 @@
-"""``runledger runs|show|errors`` through CliRunner on databases built by the real store.
+"""``runtally runs|show|errors`` through CliRunner on databases built by the real store.
 
 Every database here is made by ``Store.apply`` from protocol events, exactly
 as the daemon would write it; the commands open it read-only.
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from runledger.cli import main
-from runledger.cli._render import fmt_ago, fmt_duration, parse_since
-from runledger.daemon._store import Store
-from runledger.daemon._timefmt import iso_from_ms
-from runledger.protocol import ErrorEvent, RunEnd, RunStart, StepEnd, StepStart
+from runtally.cli import main
+from runtally.cli._render import fmt_ago, fmt_duration, parse_since
+from runtally.daemon._store import Store
+from runtally.daemon._timefmt import iso_from_ms
+from runtally.protocol import ErrorEvent, RunEnd, RunStart, StepEnd, StepStart
 
 NOW = int(time.time() * 1000)
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -157,7 +157,7 @@ def ids(ledger: tuple[Path, dict[str, int]]) -> dict[str, int]:
 
 
 def cli(*args: str) -> Result:
-    env = {"RUNLEDGER_CONFIG": None, "RUNLEDGER_DB": None, "RUNLEDGER_SOCKET": None}
+    env = {"RUNTALLY_CONFIG": None, "RUNTALLY_DB": None, "RUNTALLY_SOCKET": None}
     return CliRunner().invoke(main, list(args), env=env)
 
 
@@ -583,11 +583,11 @@ class TestDatabase:
         path = tmp_path / "empty.sqlite"
         sqlite3.connect(path).execute("CREATE TABLE other (x)").connection.close()
         line = one_line_error(cli("errors", "--db", str(path)))
-        assert "no runledger tables" in line
+        assert "no runtally tables" in line
 
     def test_the_database_comes_from_the_environment(self, db: Path) -> None:
         result = CliRunner().invoke(
-            main, ["runs", "--json"], env={"RUNLEDGER_DB": str(db), "RUNLEDGER_CONFIG": None}
+            main, ["runs", "--json"], env={"RUNTALLY_DB": str(db), "RUNTALLY_CONFIG": None}
         )
         assert result.exit_code == 0, result.output
         assert len(json.loads(result.output)["runs"]) == 5

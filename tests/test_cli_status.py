@@ -1,4 +1,4 @@
-"""``runledger status`` and ``runledger replay`` against a real daemon process, up and down."""
+"""``runtally status`` and ``runtally replay`` against a real daemon process, up and down."""
 
 from __future__ import annotations
 
@@ -15,19 +15,19 @@ import pytest
 from click.testing import CliRunner, Result
 from daemon_helpers import DaemonProcess, RawClient, count, run_events, wait_until
 
-from runledger.cli import main
-from runledger.daemon._migrations import SCHEMA_VERSION
-from runledger.daemon._store import Store
-from runledger.daemon._timefmt import iso_from_ms
-from runledger.protocol import SPOOL_MAGIC, RunEnd, RunStart, encode_record
+from runtally.cli import main
+from runtally.daemon._migrations import SCHEMA_VERSION
+from runtally.daemon._store import Store
+from runtally.daemon._timefmt import iso_from_ms
+from runtally.protocol import SPOOL_MAGIC, RunEnd, RunStart, encode_record
 
 
 def cli(*args: str) -> Result:
     env = {
-        "RUNLEDGER_CONFIG": None,
-        "RUNLEDGER_DB": None,
-        "RUNLEDGER_SOCKET": None,
-        "RUNLEDGER_SPOOL": None,
+        "RUNTALLY_CONFIG": None,
+        "RUNTALLY_DB": None,
+        "RUNTALLY_SOCKET": None,
+        "RUNTALLY_SPOOL": None,
     }
     return CliRunner().invoke(main, list(args), env=env)
 
@@ -201,9 +201,9 @@ class TestDaemonUp:
         assert "problem: spool:" in human.output
 
     def test_replay_now(self, short_root: Path) -> None:
-        config = short_root / "runledger.toml"
-        config.write_text("[runledger]\nreplay_interval_s = 3600\n")  # only on request
-        d = DaemonProcess(short_root, extra_env={"RUNLEDGER_CONFIG": str(config)}).start()
+        config = short_root / "runtally.toml"
+        config.write_text("[runtally]\nreplay_interval_s = 3600\n")  # only on request
+        d = DaemonProcess(short_root, extra_env={"RUNTALLY_CONFIG": str(config)}).start()
         try:
             ts = int(time.time() * 1000)
             write_spool(

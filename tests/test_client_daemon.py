@@ -1,4 +1,4 @@
-"""The client against the real daemon (``python -m runledger.cli daemon`` as a child process).
+"""The client against the real daemon (``python -m runtally.cli daemon`` as a child process).
 
 Promise 1 end to end: whether the daemon is up, down for the whole pipeline,
 or killed half-way, every event a RunTracker emits is in dashboard.sqlite
@@ -18,8 +18,8 @@ import pytest
 from client_helpers import Sandbox, make_sandbox
 from daemon_helpers import DaemonProcess, count, daemon_process, ro_connect, wait_until
 
-from runledger import RunTracker
-from runledger.client._warn import reset_after_fork
+from runtally import RunTracker
+from runtally.client._warn import reset_after_fork
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,9 +188,7 @@ def test_child_process_run_is_linked_to_its_parent(sandbox: Sandbox) -> None:
         run = t.start_run()
         assert run is not None
         child = (
-            "from runledger import track_run\n"
-            "with track_run('discipline') as r:\n"
-            "    print(r.uid)\n"
+            "from runtally import track_run\nwith track_run('discipline') as r:\n    print(r.uid)\n"
         )
         out = subprocess.run(
             [sys.executable, "-c", child],

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from client_helpers import Sandbox, is_locked, make_sandbox, peer, read_events
 
-from runledger.client import Client, SpoolWriter, State
-from runledger.client._ids import uuid7
-from runledger.client._warn import reset_after_fork
-from runledger.protocol import SPOOL_MAGIC, StepStart
+from runtally.client import Client, SpoolWriter, State
+from runtally.client._ids import uuid7
+from runtally.client._warn import reset_after_fork
+from runtally.protocol import SPOOL_MAGIC, StepStart
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,12 +59,12 @@ def ids_of(events: list) -> list[str]:
 class TestImport:
     def test_client_import_loads_no_daemon_dependencies(self) -> None:
         code = (
-            "import sys, runledger, runledger.client\n"
-            "from runledger import RunTracker, track_run\n"
+            "import sys, runtally, runtally.client\n"
+            "from runtally import RunTracker, track_run\n"
             "heavy = {'trio', 'click', 'rich', 'sqlite3', '_sqlite3'}\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy\n"
-            "             or m.split('.')[:2] in (['runledger', 'daemon'],\n"
-            "                                     ['runledger', 'cli'])))\n"
+            "             or m.split('.')[:2] in (['runtally', 'daemon'],\n"
+            "                                     ['runtally', 'cli'])))\n"
         )
         out = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
@@ -148,7 +148,7 @@ class TestSpoolWriter:
         client.flush(0.1)
         client.close()
         err = capsys.readouterr().err
-        assert err.count("runledger:") == 1, err
+        assert err.count("runtally:") == 1, err
         assert "spool" in err
         assert client.spool.dropped == 200
 
@@ -159,8 +159,8 @@ class TestSpoolWriter:
             f"""
             import resource, signal
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            from runledger.client import Client
-            from runledger.protocol import StepStart
+            from runtally.client import Client
+            from runtally.protocol import StepStart
             c = Client({str(sandbox.sock)!r}, {str(sandbox.spool)!r})
             ev = lambda i: StepStart(id=f"e{{i}}", ts=1, run="r", step="s", name="n")
             c.emit(ev(0))
@@ -183,7 +183,7 @@ class TestSpoolWriter:
         records, dropped = map(int, out.stdout.split())
         assert records + dropped == 200
         assert 0 < records < 200
-        assert out.stderr.count("runledger:") == 1, out.stderr
+        assert out.stderr.count("runtally:") == 1, out.stderr
         (path,) = sandbox.spool_files()
         events = read_events(path)  # a clean tail: the short write was cut off
         assert ids_of(events) == [f"e{i}" for i in range(records)]
@@ -244,7 +244,7 @@ class TestDaemonAbsent:
             client.emit(ev(f"e{i}"))
         client.close()
         err = capsys.readouterr().err
-        assert err.count("runledger:") == 1, err
+        assert err.count("runtally:") == 1, err
         assert "cannot connect" in err
         assert ids_of(sandbox.spooled()) == [f"e{i}" for i in range(10)]
 
@@ -368,7 +368,7 @@ class TestPeers:
             client.close()
         assert sandbox.spool_files() == []
         err = capsys.readouterr().err
-        assert err.count("runledger:") == 1
+        assert err.count("runtally:") == 1
         assert "e3" in err
         assert "refused by the test" in err
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from client_helpers import Sandbox, make_sandbox
 
-from runledger import RunTracker, track_run
-from runledger.client import PARENT_ENV, RUN_STEP_NAME, uuid7
-from runledger.client._ids import now_ms
-from runledger.client._warn import reset_after_fork
-from runledger.protocol import (
+from runtally import RunTracker, track_run
+from runtally.client import PARENT_ENV, RUN_STEP_NAME, uuid7
+from runtally.client._ids import now_ms
+from runtally.client._warn import reset_after_fork
+from runtally.protocol import (
     MAX_MESSAGE,
     MAX_STACK,
     ErrorEvent,
@@ -68,7 +68,7 @@ def of(kind: type, evs: list[Any]) -> list[Any]:
 class TestPipelineWithoutDaemon:
     def test_whole_pipeline_lands_in_one_spool_file(self, sandbox: Sandbox) -> None:
         before = now_ms()
-        t = RunTracker("people", club_slug="rondo")  # paths from RUNLEDGER_SOCKET/SPOOL
+        t = RunTracker("people", club_slug="rondo")  # paths from RUNTALLY_SOCKET/SPOOL
         run = t.start_run()
         sid = t.start_step("sportlink-download")
         t.end_step(sid, created=10, failed=1, detail={"files": 3})
@@ -142,7 +142,7 @@ class TestPipelineWithoutDaemon:
     def test_git_sha_from_the_environment(
         self, sandbox: Sandbox, tracker: RunTracker, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setenv("RUNLEDGER_GIT_SHA", "abc123")
+        monkeypatch.setenv("RUNTALLY_GIT_SHA", "abc123")
         tracker.start_run()
         tracker.end_run()
         (start,) = of(RunStart, events(sandbox, tracker))
@@ -170,12 +170,12 @@ class TestPipelineWithoutDaemon:
         assert tracker.record_error("s", error_message="m") is None
         assert tracker.record_errors("s", None, [{"message": "m"}]) is None
         assert tracker.end_run() is None
-        assert capsys.readouterr().err.count("runledger:") == 1
+        assert capsys.readouterr().err.count("runtally:") == 1
         tracker.start_run()
         tracker.end_run()
         assert tracker.start_step("late") is None
         assert tracker.end_run() is None
-        assert capsys.readouterr().err.count("runledger:") == 1
+        assert capsys.readouterr().err.count("runtally:") == 1
         assert [type(e) for e in events(sandbox, tracker)] == [RunStart, RunEnd]
 
     def test_close_ends_an_open_run_as_failure(self, sandbox: Sandbox, tracker: RunTracker) -> None:
@@ -420,9 +420,7 @@ class TestNesting:
         run = tracker.start_run()
         assert os.environ[PARENT_ENV] == run
         child = (
-            "from runledger import track_run\n"
-            "with track_run('discipline') as r:\n"
-            "    print(r.uid)\n"
+            "from runtally import track_run\nwith track_run('discipline') as r:\n    print(r.uid)\n"
         )
         out = subprocess.run(
             [sys.executable, "-c", child],

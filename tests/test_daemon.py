@@ -16,9 +16,9 @@ import pytest
 import trio
 from daemon_helpers import count, ro_connect, run_events, settings_for
 
-from runledger.daemon._peer import is_allowed
-from runledger.daemon._server import Daemon, serve
-from runledger.protocol import (
+from runtally.daemon._peer import is_allowed
+from runtally.daemon._server import Daemon, serve
+from runtally.protocol import (
     Ack,
     ErrorReply,
     FrameDecoder,
@@ -371,7 +371,7 @@ class TestOutsideLock:
 async def test_stale_socket_is_replaced_and_live_daemon_refused(
     short_root: Path, nursery: trio.Nursery
 ) -> None:
-    from runledger.daemon._server import DaemonError
+    from runtally.daemon._server import DaemonError
 
     s = settings_for(short_root)
     stale = socket.socket(socket.AF_UNIX)
@@ -387,7 +387,7 @@ async def test_stale_socket_is_replaced_and_live_daemon_refused(
 
 
 async def test_regular_file_at_socket_path_is_not_deleted(short_root: Path) -> None:
-    from runledger.daemon._server import DaemonError
+    from runtally.daemon._server import DaemonError
 
     s = settings_for(short_root)
     s.socket.write_text("precious")

@@ -24,7 +24,7 @@ from daemon_helpers import (
     wait_until,
 )
 
-from runledger.protocol import Ack, Pong
+from runtally.protocol import Ack, Pong
 
 
 def test_sigterm_under_load_commits_and_acks_everything_received(short_root: Path) -> None:
@@ -175,14 +175,14 @@ def test_sd_notify_ready_watchdog_stopping(short_root: Path) -> None:
 def test_watchdog_stops_while_the_writer_is_wedged(short_root: Path) -> None:
     """A writer stuck inside SQLite (busy handler, 10 s) must stop the WATCHDOG=1 pings."""
     config = short_root / "rl.toml"
-    config.write_text("[runledger]\nbusy_timeout_ms = 10000\n")
+    config.write_text("[runtally]\nbusy_timeout_ms = 10000\n")
     listener = NotifyListener(short_root / "notify")
     d = DaemonProcess(
         short_root,
         extra_env={
             "NOTIFY_SOCKET": str(listener.path),
             "WATCHDOG_USEC": "400000",
-            "RUNLEDGER_CONFIG": str(config),
+            "RUNTALLY_CONFIG": str(config),
         },
     ).start()
     try:
@@ -213,7 +213,7 @@ def test_socket_activation(short_root: Path) -> None:
     tool = shutil.which("systemd-socket-activate")
     assert tool, "systemd-socket-activate missing: run `make system-deps`"
     sock = short_root / "act.sock"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEDGER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNTALLY_")}
     env["PYTHONPATH"] = str(REPO)
     log = (short_root / "act.log").open("wb")
     proc = subprocess.Popen(
@@ -224,7 +224,7 @@ def test_socket_activation(short_root: Path) -> None:
             "--setenv=PYTHONPATH",
             sys.executable,
             "-m",
-            "runledger.cli",
+            "runtally.cli",
             "daemon",
             "--socket",
             str(sock),

@@ -1,7 +1,7 @@
 """Fault suite: many idle connections, the connection limit, the idle timeout.
 
 The daemon is a real process; limits come from a TOML config file passed in
-RUNLEDGER_CONFIG.  Connections are real Unix sockets held open by the test.
+RUNTALLY_CONFIG.  Connections are real Unix sockets held open by the test.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from fault_helpers import (
     write_config,
 )
 
-from runledger.protocol import Ack, ErrorReply, Pong, StatusReply
+from runtally.protocol import Ack, ErrorReply, Pong, StatusReply
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -150,7 +150,7 @@ def test_connection_limit_refuses_clearly_and_recovers(short_root: Path) -> None
     accepted and the next is refused again.  A RunTracker pipeline that only ever
     meets the refusal spools everything, exits 0, and its spool is replayed."""
     config = write_config(short_root, max_connections=50, replay_interval_s=0.2)
-    d = FaultDaemon(short_root, extra_env={"RUNLEDGER_CONFIG": str(config)}).start()
+    d = FaultDaemon(short_root, extra_env={"RUNTALLY_CONFIG": str(config)}).start()
     held: list[RawClient] = []
     try:
         for _ in range(50):
@@ -212,7 +212,7 @@ def test_idle_timeout_closes_idle_connections_and_clients_come_back(short_root: 
     one that keeps talking stays open; a RunTracker that pauses longer than the
     timeout between runs reconnects by itself and loses nothing."""
     config = write_config(short_root, idle_timeout_s=0.3, replay_interval_s=0.2)
-    d = FaultDaemon(short_root, extra_env={"RUNLEDGER_CONFIG": str(config)}).start()
+    d = FaultDaemon(short_root, extra_env={"RUNTALLY_CONFIG": str(config)}).start()
     try:
         pipe = Pipeline.spawn(
             short_root,

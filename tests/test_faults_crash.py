@@ -1,6 +1,6 @@
 """Fault suite: the daemon and the pipelines killed with SIGKILL, nothing lost or doubled.
 
-Real processes only: the daemon is ``python -m runledger.cli daemon``, the
+Real processes only: the daemon is ``python -m runtally.cli daemon``, the
 pipelines are ``python -c`` processes using the real RunTracker; the test
 kills them with SIGKILL on a seeded schedule and then compares the database,
 row by row, with what every pipeline says it emitted.
@@ -26,7 +26,7 @@ from fault_helpers import (
     wait_spool_drained,
 )
 
-from runledger.protocol import (
+from runtally.protocol import (
     ErrorEvent,
     RunEnd,
     RunStart,

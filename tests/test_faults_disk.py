@@ -4,7 +4,7 @@ Two ways to fill it, the same scenario and assertions for both:
 
 ``tmpfs``
     The real thing: the database and the daemon's log (its stderr, as with
-    ``runledgerd 2>>/var/lib/runledger/log``) live on a small tmpfs mounted for
+    ``runtallyd 2>>/var/lib/runtally/log``) live on a small tmpfs mounted for
     the test, which a filler file then fills to the last page; the log ends on a
     page boundary, so the daemon's next line on stderr fails with ENOSPC too.  The
     daemon's commits fail with SQLITE_FULL ("database or disk is full").  Space
@@ -53,7 +53,7 @@ from fault_helpers import (
     write_config,
 )
 
-from runledger.protocol import Ack, decode_client_message, read_spool
+from runtally.protocol import Ack, decode_client_message, read_spool
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -120,7 +120,7 @@ def test_disk_full_under_the_database(short_root: Path, how: str) -> None:
     all its events in its spool file.  Once space is back: every raw client gets all
     its acks in order, the spool is replayed, everything is in the db exactly once."""
     config = write_config(short_root, replay_interval_s=0.2)
-    env = {"RUNLEDGER_CONFIG": str(config)}
+    env = {"RUNTALLY_CONFIG": str(config)}
     with contextlib.ExitStack() as stack:
         if how == "tmpfs":
             fs = stack.enter_context(small_tmpfs(short_root / "fs", "8m"))

@@ -48,7 +48,7 @@ from fault_helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runledger.protocol import (
+from runtally.protocol import (
     CONTROL_TYPES,
     EVENT_TYPES,
     MAX_FRAME,

@@ -27,7 +27,7 @@ from fault_helpers import (
     write_config,
 )
 
-from runledger.protocol import Ack
+from runtally.protocol import Ack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -42,7 +42,7 @@ def test_outside_lock_longer_than_busy_timeout_during_load(short_root: Path) -> 
     on its own: every raw client gets all its acks in order, and every event of the
     pipelines is in the database exactly once."""
     config = write_config(short_root, busy_timeout_ms=BUSY_TIMEOUT_MS, replay_interval_s=0.2)
-    d = FaultDaemon(short_root, extra_env={"RUNLEDGER_CONFIG": str(config)}).start()
+    d = FaultDaemon(short_root, extra_env={"RUNTALLY_CONFIG": str(config)}).start()
     names = ["fault-lock-0", "fault-lock-1"]
     pipes = [
         Pipeline.spawn(
@@ -124,7 +124,7 @@ def test_outside_lock_with_a_full_queue_applies_backpressure(short_root: Path) -
     config = write_config(
         short_root, busy_timeout_ms=BUSY_TIMEOUT_MS, queue_events=300, replay_interval_s=0.2
     )
-    d = FaultDaemon(short_root, extra_env={"RUNLEDGER_CONFIG": str(config)}).start()
+    d = FaultDaemon(short_root, extra_env={"RUNTALLY_CONFIG": str(config)}).start()
     names = ["fault-bp-0", "fault-bp-1"]
     locker = sqlite3.connect(d.db, isolation_level=None, timeout=10)
     try:

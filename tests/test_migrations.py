@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runledger.cli import main
-from runledger.daemon._doctor import doctor
-from runledger.daemon._migrations import MIGRATIONS, SCHEMA_VERSION, MigrationError, migrate
-from runledger.daemon._store import Store, connect
-from runledger.daemon._timefmt import ms_from_iso
-from runledger.protocol import ErrorEvent, RunEnd, RunStart, StepEnd, StepStart
+from runtally.cli import main
+from runtally.daemon._doctor import doctor
+from runtally.daemon._migrations import MIGRATIONS, SCHEMA_VERSION, MigrationError, migrate
+from runtally.daemon._store import Store, connect
+from runtally.daemon._timefmt import ms_from_iso
+from runtally.protocol import ErrorEvent, RunEnd, RunStart, StepEnd, StepStart
 
 # The old dashboard-db.js initDb(), copied verbatim from
 # seeds/1-dashboard-db-schema.plan.md (Task 2).  Do not "tidy" it: the point
-# is that runledger's migrated schema matches what this text creates.
+# is that runtally's migrated schema matches what this text creates.
 OLD_DDL = """
 CREATE TABLE IF NOT EXISTS runs (
   id INTEGER PRIMARY KEY,
@@ -84,7 +84,7 @@ SEED_INDEXES = (
     "idx_run_errors_run_id",
     "idx_run_errors_club_step",
 )
-#: Columns runledger adds to the seed tables (DESIGN.md, Database).
+#: Columns runtally adds to the seed tables (DESIGN.md, Database).
 ADDED_COLUMNS = {
     "runs": ["uid", "parent_run_id", "parent_uid", "meta_json", "end_key"],
     "run_steps": ["uid", "end_key"],
@@ -265,7 +265,7 @@ def test_seed_tables_match_the_seed_ddl_exactly(tmp_path: Path) -> None:
         seed_cols = seed.execute(f"PRAGMA table_info({table})").fetchall()
         our_cols = ours.execute(f"PRAGMA table_info({table})").fetchall()
         # (cid, name, type, notnull, dflt_value, pk): the seed's columns first,
-        # identical, then only runledger's documented additions.
+        # identical, then only runtally's documented additions.
         assert our_cols[: len(seed_cols)] == seed_cols
         assert [c[1] for c in our_cols[len(seed_cols) :]] == ADDED_COLUMNS[table]
         assert all(c[3] == 0 and c[4] is None for c in our_cols[len(seed_cols) :])

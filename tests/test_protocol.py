@@ -1,4 +1,4 @@
-"""Tests of runledger.protocol: wire protocol v1 and spool format v1 (DESIGN.md).
+"""Tests of runtally.protocol: wire protocol v1 and spool format v1 (DESIGN.md).
 
 Interop tests build and read bytes with the ``msgpack`` package, ``struct`` and
 ``zlib`` by hand, never with msgspec, so they check the code against the
@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runledger.protocol import (
+from runtally.errors import RuntallyError
+from runtally.protocol import (
     MAX_FRAME,
     SPOOL_MAGIC,
     Ack,
@@ -32,11 +33,13 @@ from runledger.protocol import (
     FrameDecoder,
     FrameError,
     Hello,
+    LocalProtocolError,
     Nack,
     Ping,
     Pong,
     ProtocolError,
     Refusal,
+    RemoteProtocolError,
     Replay,
     Replayed,
     RunEnd,
@@ -434,9 +437,9 @@ class TestFrameDecoder:
         fits["pad"] += "x" * (MAX_FRAME - len(msgspec.msgpack.encode(fits)))
         assert len(encode_frame(fits)) == 4 + MAX_FRAME
         too_big = {**fits, "pad": fits["pad"] + "x"}
-        with pytest.raises(FrameError, match=rf"frame length {MAX_FRAME + 1} outside"):
+        with pytest.raises(LocalProtocolError, match=rf"frame length {MAX_FRAME + 1} outside"):
             encode_frame(too_big)
-        with pytest.raises(FrameError, match=rf"frame length {MAX_FRAME + 1} outside"):
+        with pytest.raises(LocalProtocolError, match=rf"frame length {MAX_FRAME + 1} outside"):
             encode_frames([Ping(), too_big])
 
 
@@ -688,9 +691,11 @@ class TestServerDecode:
         ],
         ids=["bad-opcode", "bad-utf8", "deep-nesting", "trailing"],
     )
-    def test_garbage_raises_decode_error(self, frame):
-        with pytest.raises(msgspec.DecodeError, match="malformed"):
+    def test_garbage_raises_remote_protocol_error(self, frame):
+        with pytest.raises(RemoteProtocolError) as info:
             decode_server_message(frame)
+        assert info.value.reason == "malformed"
+        assert not isinstance(info.value, msgspec.MsgspecError)
 
     @pytest.mark.parametrize(
         ("obj", "match"),
@@ -701,9 +706,10 @@ class TestServerDecode:
             ({"type": "ping"}, "Invalid value 'ping'"),
         ],
     )
-    def test_bad_replies_raise_validation_error(self, obj, match):
-        with pytest.raises(msgspec.ValidationError, match=match):
+    def test_bad_replies_raise_remote_protocol_error(self, obj, match):
+        with pytest.raises(RemoteProtocolError, match=match) as info:
             decode_server_message(msgpack.packb(obj))
+        assert info.value.reason == "invalid"
 
 
 # -- interop with the msgpack package ---------------------------------------------
@@ -865,7 +871,7 @@ class TestSpoolReader:
         data = head + (b"" if len(head) >= 8 else b"!") + spool_file(PAYLOADS)[8:]
         records, tail = read_spool(data)
         assert records == []
-        assert tail == SpoolTail("corrupt", "not a runledger spool (bad header)", 0)
+        assert tail == SpoolTail("corrupt", "not a runtally spool (bad header)", 0)
 
     @pytest.mark.parametrize("prefix", [b"R", b"RLSP", b"RLSPOOL"])
     def test_short_header_prefix_is_torn(self, prefix):
@@ -935,12 +941,14 @@ class TestSpoolReader:
         assert tail.state in {"clean", "torn", "corrupt"}
 
     def test_encode_record_refuses_impossible_lengths(self):
-        with pytest.raises(FrameError, match=r"frame length 0 outside"):
+        with pytest.raises(LocalProtocolError, match=r"frame length 0 outside"):
             encode_record(b"")
-        with pytest.raises(FrameError, match=rf"frame length {MAX_FRAME + 1} outside"):
+        with pytest.raises(LocalProtocolError, match=rf"frame length {MAX_FRAME + 1} outside"):
             encode_record(b"\0" * (MAX_FRAME + 1))
         assert len(encode_record(b"\0" * MAX_FRAME)) == 8 + MAX_FRAME
-        assert issubclass(FrameError, ProtocolError)
+        assert issubclass(LocalProtocolError, ProtocolError)
+        assert issubclass(FrameError, RemoteProtocolError)
+        assert issubclass(ProtocolError, RuntallyError)
 
 
 class TestSpoolInterop:

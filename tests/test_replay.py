@@ -16,8 +16,8 @@ import pytest
 import trio
 from daemon_helpers import DaemonProcess, count, run_events, settings_for, wait_until
 
-from runledger.daemon._server import Daemon, serve
-from runledger.protocol import (
+from runtally.daemon._server import Daemon, serve
+from runtally.protocol import (
     SPOOL_MAGIC,
     Pong,
     decode_server_message,

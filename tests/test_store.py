@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runledger.daemon._store import (
+from runtally.daemon._store import (
     ApplyError,
     AuditEntry,
     DeadLetter,
@@ -25,7 +25,7 @@ from runledger.daemon._store import (
     Store,
     StoreBusy,
 )
-from runledger.protocol import (
+from runtally.protocol import (
     MAX_MESSAGE,
     MAX_STACK,
     ErrorEvent,
@@ -674,7 +674,7 @@ def test_dead_letters_and_audit_rows_commit_with_the_events(dbs: Databases) -> N
             b"\x81\xa4type\xa3bad",
             "unknown message type 'bad'",
             None,
-            Origin("spool:/var/spool/runledger/x.spool", uid=0),
+            Origin("spool:/var/spool/runtally/x.spool", uid=0),
             received_ms=T,
         )
         audit = AuditEntry(
@@ -688,7 +688,7 @@ def test_dead_letters_and_audit_rows_commit_with_the_events(dbs: Databases) -> N
         ).fetchall() == [
             (
                 "2026-02-08T14:53:00.123Z",
-                "spool:/var/spool/runledger/x.spool",
+                "spool:/var/spool/runtally/x.spool",
                 0,
                 None,
                 None,

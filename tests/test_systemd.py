@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from runledger import config
-from runledger.daemon._systemd import Notifier, listen_fds, watchdog_interval
+from runtally import config
+from runtally.daemon._systemd import Notifier, listen_fds, watchdog_interval
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
@@ -58,10 +58,10 @@ def parse_unit(path: Path) -> dict[str, list[str]]:
 
 
 def daemon_command() -> str:
-    runledgerd = Path(sys.executable).parent / "runledgerd"
-    if runledgerd.exists():
-        return str(runledgerd)
-    return f"{sys.executable} -m runledger.cli daemon"
+    runtallyd = Path(sys.executable).parent / "runtallyd"
+    if runtallyd.exists():
+        return str(runtallyd)
+    return f"{sys.executable} -m runtally.cli daemon"
 
 
 # --- unit files -----------------------------------------------------------------------------
@@ -69,16 +69,14 @@ def daemon_command() -> str:
 
 def test_systemd_analyze_verify_units(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze")
-    service = (UNITS / "runledger.service").read_text()
-    assert "\nExecStart=/usr/local/bin/runledgerd\n" in service
-    (tmp_path / "runledger.service").write_text(
-        service.replace("ExecStart=/usr/local/bin/runledgerd", f"ExecStart={daemon_command()}")
+    service = (UNITS / "runtally.service").read_text()
+    assert "\nExecStart=/usr/local/bin/runtallyd\n" in service
+    (tmp_path / "runtally.service").write_text(
+        service.replace("ExecStart=/usr/local/bin/runtallyd", f"ExecStart={daemon_command()}")
     )
-    shutil.copy(UNITS / "runledger.socket", tmp_path / "runledger.socket")
-    proc = run(analyze, "verify", "--man=no", "runledger.service", "runledger.socket", cwd=tmp_path)
-    ours = [
-        line for line in (proc.stdout + proc.stderr).splitlines() if "runledger" in line.lower()
-    ]
+    shutil.copy(UNITS / "runtally.socket", tmp_path / "runtally.socket")
+    proc = run(analyze, "verify", "--man=no", "runtally.service", "runtally.socket", cwd=tmp_path)
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "runtally" in line.lower()]
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ours == [], "\n".join(ours)
 
@@ -86,39 +84,38 @@ def test_systemd_analyze_verify_units(tmp_path: Path) -> None:
 def test_systemd_analyze_verify_catches_mistakes(tmp_path: Path) -> None:
     """The verify test above would notice a bad key or a missing ExecStart binary."""
     analyze = tool("systemd-analyze")
-    shutil.copy(UNITS / "runledger.socket", tmp_path / "runledger.socket")
-    service = (UNITS / "runledger.service").read_text()
-    (tmp_path / "runledger.service").write_text(
+    shutil.copy(UNITS / "runtally.socket", tmp_path / "runtally.socket")
+    service = (UNITS / "runtally.service").read_text()
+    (tmp_path / "runtally.service").write_text(
         service.replace(
-            "ExecStart=/usr/local/bin/runledgerd", "ExecStart=/nonexistent/runledgerd"
+            "ExecStart=/usr/local/bin/runtallyd", "ExecStart=/nonexistent/runtallyd"
         ).replace("UMask=0007", "UMask=0007\nProtectHome=perhaps")
     )
-    proc = run(analyze, "verify", "--man=no", "runledger.service", "runledger.socket", cwd=tmp_path)
+    proc = run(analyze, "verify", "--man=no", "runtally.service", "runtally.socket", cwd=tmp_path)
     output = proc.stdout + proc.stderr
-    assert "/nonexistent/runledgerd" in output
+    assert "/nonexistent/runtallyd" in output
     assert "perhaps" in output
 
 
 def test_units_agree_with_each_other_and_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    service = parse_unit(UNITS / "runledger.service")
-    sock = parse_unit(UNITS / "runledger.socket")
+    service = parse_unit(UNITS / "runtally.service")
+    sock = parse_unit(UNITS / "runtally.socket")
     env = dict(v.split("=", 1) for v in service["Service.Environment"])
     assert service["Service.Type"] == ["notify"]
     assert service["Service.WatchdogSec"] == ["30"]
     assert service["Service.RuntimeDirectoryPreserve"] == ["yes"]
-    assert sock["Socket.ListenStream"] == [env["RUNLEDGER_SOCKET"]]
+    assert sock["Socket.ListenStream"] == [env["RUNTALLY_SOCKET"]]
     assert (
-        Path(env["RUNLEDGER_SOCKET"]).parent
-        == Path("/run") / service["Service.RuntimeDirectory"][0]
+        Path(env["RUNTALLY_SOCKET"]).parent == Path("/run") / service["Service.RuntimeDirectory"][0]
     )
     assert (
-        Path(env["RUNLEDGER_DB"]).parent == Path("/var/lib") / service["Service.StateDirectory"][0]
+        Path(env["RUNTALLY_DB"]).parent == Path("/var/lib") / service["Service.StateDirectory"][0]
     )
-    assert service["Service.ReadWritePaths"] == [env["RUNLEDGER_SPOOL"]]
+    assert service["Service.ReadWritePaths"] == [env["RUNTALLY_SPOOL"]]
     assert sock["Socket.SocketMode"] == ["0660"]
-    assert sock["Socket.SocketGroup"] == service["Service.Group"] == ["runledger"]
+    assert sock["Socket.SocketGroup"] == service["Service.Group"] == ["runtally"]
 
-    # The client's zero-config defaults (used when /run/runledger exists) match the units.
+    # The client's zero-config defaults (used when /run/runtally exists) match the units.
     class AlwaysDir(type(Path())):  # type: ignore[misc]
         def is_dir(self) -> bool:
             return True
@@ -126,31 +123,31 @@ def test_units_agree_with_each_other_and_config(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(config, "SYSTEM_RUNTIME_DIR", AlwaysDir(config.SYSTEM_RUNTIME_DIR))
     defaults = {k: str(v) for k, v in config.default_paths({}).items()}
     assert defaults == {
-        "socket": env["RUNLEDGER_SOCKET"],
-        "db": env["RUNLEDGER_DB"],
-        "spool": env["RUNLEDGER_SPOOL"],
+        "socket": env["RUNTALLY_SOCKET"],
+        "db": env["RUNTALLY_DB"],
+        "spool": env["RUNTALLY_SPOOL"],
     }
 
 
 def test_sysusers_dry_run(tmp_path: Path) -> None:
     sysusers = tool("systemd-sysusers")
     (tmp_path / "etc").mkdir()
-    conf = UNITS / "sysusers.d" / "runledger.conf"
+    conf = UNITS / "sysusers.d" / "runtally.conf"
     proc = run(sysusers, "--dry-run", f"--root={tmp_path}", str(conf))
     assert proc.returncode == 0, proc.stderr
-    assert "Creating group 'runledger'" in proc.stderr + proc.stdout
-    assert "Creating user 'runledger'" in proc.stderr + proc.stdout
+    assert "Creating group 'runtally'" in proc.stderr + proc.stdout
+    assert "Creating user 'runtally'" in proc.stderr + proc.stdout
 
 
 def test_tmpfiles_lines() -> None:
     entries = [
         line.split()
-        for line in (UNITS / "tmpfiles.d" / "runledger.conf").read_text().splitlines()
+        for line in (UNITS / "tmpfiles.d" / "runtally.conf").read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
     assert entries == [
-        ["d", "/var/spool/runledger", "3770", "runledger", "runledger", "-"],
-        ["d", "/var/spool/runledger/corrupt", "0750", "runledger", "runledger", "-"],
+        ["d", "/var/spool/runtally", "3770", "runtally", "runtally", "-"],
+        ["d", "/var/spool/runtally/corrupt", "0750", "runtally", "runtally", "-"],
     ]
 
 
@@ -158,21 +155,21 @@ def test_sysusers_then_tmpfiles_create_in_a_root(tmp_path: Path) -> None:
     """What an install does, into a scratch root: the user exists, the spool gets its modes."""
     sysusers, tmpfiles = tool("systemd-sysusers"), tool("systemd-tmpfiles")
     if os.geteuid() != 0:
-        pytest.skip("chown to the runledger user needs root (CI runs as root)")
+        pytest.skip("chown to the runtally user needs root (CI runs as root)")
     (tmp_path / "etc").mkdir()
-    proc = run(sysusers, f"--root={tmp_path}", str(UNITS / "sysusers.d" / "runledger.conf"))
+    proc = run(sysusers, f"--root={tmp_path}", str(UNITS / "sysusers.d" / "runtally.conf"))
     assert proc.returncode == 0, proc.stderr
     entry = next(
         line.split(":")
         for line in (tmp_path / "etc" / "passwd").read_text().splitlines()
-        if line.startswith("runledger:")
+        if line.startswith("runtally:")
     )
     uid, gid, home = int(entry[2]), int(entry[3]), entry[5]
-    assert uid < 1000 and home == "/var/lib/runledger"
-    proc = run(tmpfiles, "--create", f"--root={tmp_path}", str(UNITS / "tmpfiles.d/runledger.conf"))
+    assert uid < 1000 and home == "/var/lib/runtally"
+    proc = run(tmpfiles, "--create", f"--root={tmp_path}", str(UNITS / "tmpfiles.d/runtally.conf"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    spool = tmp_path / "var" / "spool" / "runledger"
+    spool = tmp_path / "var" / "spool" / "runtally"
     for path, mode in ((spool, 0o3770), (spool / "corrupt", 0o750)):
         st = path.stat()
         assert stat.S_ISDIR(st.st_mode)
@@ -202,7 +199,7 @@ def test_notifier_sends_exact_datagrams(short_dir: Path) -> None:
     with receiver(path) as rx:
         n = Notifier({"NOTIFY_SOCKET": path})
         assert n.enabled
-        n.ready("serving /run/runledger/runledger.sock")
+        n.ready("serving /run/runtally/runtally.sock")
         n.status("queue 0")
         n.watchdog()
         n.stopping()
@@ -211,7 +208,7 @@ def test_notifier_sends_exact_datagrams(short_dir: Path) -> None:
         n.notify_raw("RELOADING=1\nMONOTONIC_USEC=1")
         got = [rx.recv(4096) for _ in range(7)]
     assert got == [
-        b"READY=1\nSTATUS=serving /run/runledger/runledger.sock",
+        b"READY=1\nSTATUS=serving /run/runtally/runtally.sock",
         b"STATUS=queue 0",
         b"WATCHDOG=1",
         b"STOPPING=1",
@@ -222,7 +219,7 @@ def test_notifier_sends_exact_datagrams(short_dir: Path) -> None:
 
 
 def test_notifier_abstract_socket() -> None:
-    name = f"runledger-test-{os.getpid()}-{secrets.token_hex(4)}"
+    name = f"runtally-test-{os.getpid()}-{secrets.token_hex(4)}"
     with receiver("\0" + name) as rx:
         n = Notifier({"NOTIFY_SOCKET": "@" + name})
         n.ready("up")
@@ -302,7 +299,7 @@ def test_listen_fds_rejects_garbage_count() -> None:
 
 CHILD = """
 import os, socket, sys
-from runledger.daemon._systemd import listen_fds
+from runtally.daemon._systemd import listen_fds
 try:
     socks = listen_fds()
 except ValueError as exc:
@@ -401,7 +398,7 @@ def test_listen_fds_refuses_other_socket_types(
 
 FD3 = """
 import os, socket, sys
-from runledger.daemon._systemd import listen_fds
+from runtally.daemon._systemd import listen_fds
 what = sys.argv[1]
 if what == "pipe":
     r, w = os.pipe()

@@ -1,0 +1,44 @@
+"""``runtally``: the command line (click).  ``runtallyd`` is ``runtally daemon``.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit
+(click.ClickException), never a traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .._version import __version__
+from ._daemon import daemon
+from ._db import db
+from ._exec import exec_command
+from ._read import errors, runs, show
+from ._replay import replay
+from ._status import status
+
+__all__ = ["daemon_main", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="runtally")
+def main() -> None:
+    """Record every run, step and error of your pipelines in dashboard.sqlite."""
+
+
+main.add_command(daemon)
+main.add_command(db)
+main.add_command(runs)
+main.add_command(show)
+main.add_command(errors)
+main.add_command(status)
+main.add_command(replay)
+main.add_command(exec_command)
+
+
+def daemon_main() -> None:
+    """Entry point of the ``runtallyd`` script."""
+    daemon(prog_name="runtallyd")
+
+
+if __name__ == "__main__":
+    main()

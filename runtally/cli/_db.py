@@ -1,0 +1,215 @@
+"""``runtally db migrate|doctor|vacuum``.
+
+``doctor`` only reads.  ``migrate`` and ``vacuum`` write, so they first ask
+whether a daemon answers on the socket: while one runs it is the only writer
+(it migrates itself on start; vacuum through the daemon does not exist yet).
+Every failure is one line on stderr (click.ClickException), never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket as _socket
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import click
+import msgspec
+
+from ..daemon._doctor import DoctorReport, doctor
+from ..daemon._migrations import MIGRATIONS, SCHEMA_VERSION, MigrationError, applied
+from ..daemon._store import Store, StoreBusy
+from ._common import config_option, db_option, settings_from, socket_option
+
+__all__ = ["db"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_UNHEALTHY = 1
+EXIT_NOT_INITIALIZED = 2
+
+
+@click.group()
+def db() -> None:
+    """Database maintenance: migrate, doctor, vacuum."""
+
+
+def _common(f: F) -> F:
+    return config_option(socket_option(db_option(f)))
+
+
+@contextlib.contextmanager
+def _one_line(path: Path) -> Iterator[None]:
+    """Turn what the database layer raises into one ClickException line."""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except MigrationError as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    except StoreBusy as exc:
+        raise click.ClickException(f"{path}: busy, try again later ({exc})") from exc
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "not a database" in text:
+            text = f"not a SQLite database ({text})"
+        raise click.ClickException(f"{path}: {text}") from exc
+    except OSError as exc:
+        where = exc.filename or path
+        raise click.ClickException(f"{where}: {exc.strerror or exc}") from exc
+
+
+def _daemon_answers(path: Path) -> str | None:
+    """Why a daemon seems to be running on ``path``, or None if nobody answers."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(os.fspath(path))
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        return None
+    except PermissionError:
+        return f"cannot tell whether the daemon is running (socket {path}: permission denied)"
+    except OSError as exc:
+        if isinstance(exc, TimeoutError):
+            return f"the daemon's socket {path} accepts no connection (busy daemon?)"
+        return None
+    else:
+        return f"the daemon is running (socket {path} answers)"
+    finally:
+        sock.close()
+
+
+@db.command()
+@_common
+def migrate(db: Path | None, socket: Path | None, config_file: Path | None) -> None:
+    """Create the database or bring it to this runtally's schema."""
+    settings = settings_from(db=db, socket=socket, config_file=config_file)
+    path = settings.db
+    before: list[str] = []
+    if path.exists():
+        with _one_line(path):
+            before = _applied_read_only(path)
+        if ({m.id for m in MIGRATIONS} - set(before)) and (why := _daemon_answers(settings.socket)):
+            raise click.ClickException(
+                f"{why}: it is the only writer; restart it to migrate (it migrates on start)"
+            )
+    with _one_line(path):
+        store = Store.open(
+            path, synchronous=settings.synchronous, busy_timeout_ms=settings.busy_timeout_ms
+        )
+        try:
+            after = [r[0] for r in store.query("SELECT id FROM schema_migrations ORDER BY id")]
+            version = store.schema_version
+        finally:
+            store.close()
+    done = [m for m in after if m not in before]
+    if done:
+        for migration in done:
+            click.echo(f"applied {migration}")
+        click.echo(f"{path}: now at schema version {version}")
+    else:
+        click.echo(f"{path}: already at schema version {version}")
+
+
+def _human(report: DoctorReport) -> str:
+    lines = [f"database      {report.path}"]
+    if report.file_size is not None:
+        wal = f", WAL {report.wal_size:,} bytes" if report.wal_size is not None else ""
+        lines.append(f"size          {report.file_size:,} bytes{wal}")
+    if report.initialized:
+        version = report.schema_version if report.schema_version is not None else "none"
+        lines.append(f"schema        version {version} (this runtally: {SCHEMA_VERSION})")
+        lines.append(
+            f"migrations    {len(report.applied_migrations)} applied"
+            f", {len(report.pending_migrations)} pending"
+            + (f", {len(report.unknown_migrations)} unknown" if report.unknown_migrations else "")
+        )
+        lines.append(f"journal mode  {report.journal_mode}")
+        lines.append(f"integrity     {'ok' if report.integrity_ok else 'FAILED'}")
+        fk = len(report.foreign_key_violations)
+        lines.append(f"foreign keys  {'ok' if not fk else f'{fk} violation(s)'}")
+        counts = ", ".join(
+            f"{table} {'-' if n is None else f'{n:,}'}" for table, n in report.row_counts.items()
+        )
+        lines.append(f"rows          {counts}")
+    lines.append(f"status        {report.status}")
+    lines.extend(f"problem: {p}" for p in report.problems)
+    lines.extend(f"warning: {w}" for w in report.warnings)
+    return "\n".join(lines)
+
+
+@db.command(name="doctor")
+@db_option
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Use PRAGMA quick_check instead of the full integrity_check (faster on big files).",
+)
+def doctor_command(db: Path | None, config_file: Path | None, as_json: bool, quick: bool) -> None:
+    """Check the database without writing to it.
+
+    Exit status: 0 healthy, 1 unhealthy or unreadable, 2 not initialized.
+    """
+    settings = settings_from(db=db, config_file=config_file)
+    report = doctor(settings.db, quick=quick)
+    if as_json:
+        click.echo(msgspec.json.encode(report).decode())
+    elif report.error is not None:
+        raise click.ClickException(report.error)
+    else:
+        click.echo(_human(report))
+    if report.error is not None:
+        raise SystemExit(EXIT_UNHEALTHY)
+    if not report.initialized:
+        raise SystemExit(EXIT_NOT_INITIALIZED)
+    if not report.healthy:
+        raise SystemExit(EXIT_UNHEALTHY)
+
+
+@db.command()
+@_common
+def vacuum(db: Path | None, socket: Path | None, config_file: Path | None) -> None:
+    """Rebuild the database file compactly (VACUUM) and empty the WAL.
+
+    Refused while the daemon runs: it is the only writer.
+    """
+    settings = settings_from(db=db, socket=socket, config_file=config_file)
+    path = settings.db
+    if (why := _daemon_answers(settings.socket)) is not None:
+        raise click.ClickException(f"{why}: stop it before `runtally db vacuum`")
+    if not path.exists():
+        raise click.ClickException(
+            f"{path}: database does not exist (not initialized); nothing to vacuum"
+        )
+    with _one_line(path):
+        size_before = path.stat().st_size
+        # mode=rw: never create a database that is not there.
+        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=rw", uri=True, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
+            conn.execute("VACUUM")
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+        size_after = path.stat().st_size
+    note = "" if not busy else " (WAL not fully checkpointed: a reader held it)"
+    click.echo(f"{path}: vacuumed, {size_before:,} -> {size_after:,} bytes{note}")
+
+
+def _uri_path(path: Path) -> str:
+    return quote(str(path.absolute()))
+
+
+def _applied_read_only(path: Path) -> list[str]:
+    """Migrations recorded in an existing database, read without writing."""
+    conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, isolation_level=None)
+    try:
+        return applied(conn)
+    finally:
+        conn.close()

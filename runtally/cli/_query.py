@@ -1,0 +1,284 @@
+"""Read-only access to dashboard.sqlite for the read commands.
+
+The database is opened through a ``mode=ro`` URI with ``query_only`` on, so
+these commands never write and never create the file; they work whether the
+daemon runs or not.  When nobody has the database open (no ``-wal``/``-shm``
+beside it) it is opened ``immutable``, which needs no write access to the
+directory either.  Every failure becomes one ``click.ClickException`` line.
+
+Rows come back as plain dicts whose keys are the column names, which is also
+the ``--json`` shape (see README, "Everyday commands").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+__all__ = [
+    "ERROR_FIELDS",
+    "RUN_FIELDS",
+    "STEP_FIELDS",
+    "children_of",
+    "errors_of",
+    "find_run",
+    "list_errors",
+    "list_runs",
+    "parent_of",
+    "read_only",
+    "steps_of",
+]
+
+_BUSY_TIMEOUT_MS = 5000
+_NOT_INITIALIZED = "start the daemon or run `runtally db migrate`, or pass --db"
+
+#: Columns of a run in every listing (and in ``--json``), in order.
+RUN_FIELDS = (
+    "id",
+    "uid",
+    "pipeline",
+    "club_slug",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "outcome",
+    "total_created",
+    "total_updated",
+    "total_skipped",
+    "total_failed",
+    "error_count",
+    "step_count",
+    "parent_run_id",
+    "parent_uid",
+)
+
+STEP_FIELDS = (
+    "id",
+    "uid",
+    "step_name",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "outcome",
+    "created_count",
+    "updated_count",
+    "skipped_count",
+    "failed_count",
+    "error_count",
+    "detail_json",
+)
+
+ERROR_FIELDS = (
+    "id",
+    "uid",
+    "run_id",
+    "run_uid",
+    "pipeline",
+    "club_slug",
+    "run_step_id",
+    "step_name",
+    "member_identifier",
+    "error_message",
+    "error_stack",
+    "created_at",
+)
+
+_RUN_SELECT = """
+SELECT r.id, r.uid, r.pipeline, r.club_slug, r.started_at, r.finished_at, r.duration_ms,
+       r.outcome, r.total_created, r.total_updated, r.total_skipped, r.total_failed,
+       (SELECT count(*) FROM run_errors e WHERE e.run_id = r.id) AS error_count,
+       (SELECT count(*) FROM run_steps s WHERE s.run_id = r.id) AS step_count,
+       r.parent_run_id, r.parent_uid, r.summary_json, r.meta_json
+FROM runs r
+"""
+
+_ERROR_SELECT = """
+SELECT e.id, e.uid, e.run_id, r.uid AS run_uid, r.pipeline, e.club_slug, e.run_step_id,
+       e.step_name, e.member_identifier, e.error_message, e.error_stack, e.created_at
+FROM run_errors e JOIN runs r ON r.id = e.run_id
+"""
+
+
+def _uri(path: Path, *, immutable: bool) -> str:
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+    return uri + "&immutable=1" if immutable else uri
+
+
+def _explain(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "not a database" in text:
+        return f"{path} is not a SQLite database ({text})"
+    if "no such table" in text:
+        return f"{path} has no runtally tables ({text}): {_NOT_INITIALIZED}"
+    if "no such column" in text:
+        return f"{path} has an older schema ({text}): run `runtally db migrate`"
+    return f"{path}: {text}"
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to ``path``; every failure is one ClickException line."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise click.ClickException(f"database {path} does not exist: {_NOT_INITIALIZED}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise click.ClickException(f"{path} is a directory, not a database file")
+    idle = not any(path.with_name(path.name + s).exists() for s in ("-wal", "-shm", "-journal"))
+    try:
+        conn = sqlite3.connect(_uri(path, immutable=idle), uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot open {path} read-only: {exc}") from None
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only = ON")
+        yield conn
+    except sqlite3.Error as exc:
+        raise click.ClickException(_explain(path, exc)) from None
+    finally:
+        conn.close()
+
+
+def _dicts(rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    return [dict(row) for row in rows]
+
+
+def _limit(sql: str, params: list[Any], limit: int | None) -> str:
+    if limit:
+        params.append(limit)
+        return sql + " LIMIT ?"
+    return sql
+
+
+def list_runs(
+    conn: sqlite3.Connection,
+    *,
+    pipeline: str | None = None,
+    club: str | None = None,
+    outcome: str | None = None,
+    since: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Runs matching every given filter, newest first."""
+    where, params = [], []
+    for column, value in (("r.pipeline", pipeline), ("r.club_slug", club), ("r.outcome", outcome)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("r.started_at >= ?")
+        params.append(since)
+    sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY r.started_at DESC, r.id DESC"
+    return _dicts(conn.execute(_limit(sql, params, limit), params).fetchall())
+
+
+def _run_by(conn: sqlite3.Connection, column: str, value: Any) -> dict[str, Any] | None:
+    row = conn.execute(_RUN_SELECT + f" WHERE r.{column} = ?", (value,)).fetchone()
+    return dict(row) if row is not None else None
+
+
+def find_run(
+    conn: sqlite3.Connection, ref: str, *, pipeline: str | None = None, club: str | None = None
+) -> dict[str, Any]:
+    """The run ``ref`` names: an id, a uid, or ``latest`` (of ``pipeline``/``club`` if given).
+
+    Raises ClickException (one line) when there is no such run.
+    """
+    ref = ref.strip()
+    if ref.lower() == "latest":
+        found = list_runs(conn, pipeline=pipeline, club=club, limit=1)
+        if not found:
+            scope = " ".join(
+                f"{k} {v!r}" for k, v in (("pipeline", pipeline), ("club", club)) if v is not None
+            )
+            raise click.ClickException(f"no runs{' for ' + scope if scope else ''} yet")
+        return found[0]
+    run = None
+    if ref.isascii() and ref.isdigit():  # "²".isdigit() too, and int() refuses it
+        run = _run_by(conn, "id", int(ref))
+    if run is None:
+        run = _run_by(conn, "uid", ref)
+    if run is None:
+        raise click.ClickException(f"no run with id or uid {ref!r}")
+    return run
+
+
+def parent_of(conn: sqlite3.Connection, run: dict[str, Any]) -> dict[str, Any] | None:
+    if run.get("parent_run_id") is not None:
+        return _run_by(conn, "id", run["parent_run_id"])
+    if run.get("parent_uid"):
+        return _run_by(conn, "uid", run["parent_uid"])
+    return None
+
+
+def children_of(conn: sqlite3.Connection, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Runs started inside ``run`` (by parent id, or by parent uid not linked yet)."""
+    sql = _RUN_SELECT + " WHERE r.parent_run_id = ?"
+    params: list[Any] = [run["id"]]
+    if run.get("uid"):
+        sql += " OR (r.parent_run_id IS NULL AND r.parent_uid = ?)"
+        params.append(run["uid"])
+    return _dicts(conn.execute(sql + " ORDER BY r.started_at, r.id", params).fetchall())
+
+
+def steps_of(conn: sqlite3.Connection, run_id: int) -> list[dict[str, Any]]:
+    """A run's steps in the order they started, each with its error count."""
+    rows = conn.execute(
+        "SELECT s.id, s.uid, s.step_name, s.started_at, s.finished_at, s.duration_ms, s.outcome,"
+        " s.created_count, s.updated_count, s.skipped_count, s.failed_count,"
+        " (SELECT count(*) FROM run_errors e WHERE e.run_step_id = s.id) AS error_count,"
+        " s.detail_json"
+        " FROM run_steps s WHERE s.run_id = ? ORDER BY s.started_at, s.id",
+        (run_id,),
+    ).fetchall()
+    return _dicts(rows)
+
+
+def errors_of(conn: sqlite3.Connection, run_id: int) -> list[dict[str, Any]]:
+    """A run's errors in the order they happened."""
+    rows = conn.execute(
+        _ERROR_SELECT + " WHERE e.run_id = ? ORDER BY e.created_at, e.id", (run_id,)
+    ).fetchall()
+    return _dicts(rows)
+
+
+def list_errors(
+    conn: sqlite3.Connection,
+    *,
+    run_id: int | None = None,
+    pipeline: str | None = None,
+    club: str | None = None,
+    step: str | None = None,
+    member: str | None = None,
+    since: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Errors matching every given filter, newest first."""
+    where, params = [], []
+    for column, value in (
+        ("e.run_id", run_id),
+        ("r.pipeline", pipeline),
+        ("e.club_slug", club),
+        ("e.step_name", step),
+        ("e.member_identifier", member),
+    ):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        where.append("e.created_at >= ?")
+        params.append(since)
+    sql = _ERROR_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY e.created_at DESC, e.id DESC"
+    return _dicts(conn.execute(_limit(sql, params, limit), params).fetchall())

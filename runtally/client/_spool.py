@@ -1,0 +1,269 @@
+"""The client's own spool file (spool format v1): where events go when the daemon can't take them.
+
+One file per process, ``<unix-ms>-<host>-<pid>-<random>.spool`` in the spool
+directory, held under ``flock(LOCK_EX)`` for as long as it is open.  The
+daemon's replayer only takes ``*.spool`` files it can lock with
+``LOCK_EX|LOCK_NB``, so the file is created under a name that does not end in
+``.spool``, locked, given its header, and only then renamed into place: the
+replayer never sees a half-created file, and never a live one.
+
+Appends are one ``os.write`` of one record on an ``O_APPEND`` descriptor, with
+no fsync (the budget is ~100 µs per event; the page cache survives a killed
+process, which is the failure that matters here).  Any ``OSError`` - an
+unwritable directory, ENOSPC - drops the event with one warning per process:
+tracking never raises into a pipeline.
+
+Not thread-safe on its own: the Client's lock serialises every call.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from runtally.protocol import (
+    MAX_FRAME,
+    SPOOL_MAGIC,
+    LocalProtocolError,
+    encode_record,
+    read_spool,
+)
+
+from ._warn import warn, warn_once
+
+__all__ = ["SpoolWriter"]
+
+FILE_MODE = 0o640  # group-readable: the daemon runs as another user in the same group
+DIR_MODE = 0o770
+#: After the spool could not be opened, wait this long before trying again
+#: rather than paying the failing syscalls on every event.
+REOPEN_DELAY_S = 1.0
+
+_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
+
+
+def _hostname() -> str:
+    try:
+        host = socket.gethostname()
+    except OSError:
+        host = ""
+    return _HOST_UNSAFE.sub("_", host)[:64] or "localhost"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    if os.write(fd, data) != len(data):
+        raise OSError(errno.ENOSPC, "short write")
+
+
+class SpoolWriter:
+    """Appends encoded events to this process's spool file, opened on first use."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.path: Path | None = None
+        self.records = 0  # records in the open file
+        self.size = 0  # bytes in the open file, header included
+        self.dropped = 0  # events lost because the spool was unusable
+        self._fd: int | None = None
+        self._pid = os.getpid()  # the process that opened _fd and holds its lock
+        self._retry_at = 0.0
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing to report to
+            pass
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    # -- writing ---------------------------------------------------------------
+
+    def append(self, payload: bytes) -> bool:
+        """Append one event; False (and the event is dropped) if the spool is unusable."""
+        return self.append_many((payload,)) == 1
+
+    def append_many(self, payloads: Iterable[bytes]) -> int:
+        """Append events with one ``os.write``; returns how many were kept (all or none)."""
+        payloads = list(payloads)  # read twice below if one is refused
+        try:
+            records = [encode_record(p) for p in payloads]
+        except LocalProtocolError as exc:  # empty or over 1 MiB: the replayer would call it corrupt
+            warn(f"not spooling an event: {exc}")
+            records = [encode_record(p) for p in payloads if 1 <= len(p) <= MAX_FRAME]
+        if not records:
+            return 0
+        fd = self._fd if self._fd is not None else self._open()
+        if fd is None:
+            self.dropped += len(records)
+            return 0
+        data = records[0] if len(records) == 1 else b"".join(records)
+        try:
+            written = os.write(fd, data)
+        except OSError as exc:
+            written, error = 0, exc
+        else:
+            if written == len(data):
+                self.records += len(records)
+                self.size += written
+                return len(records)
+            error = OSError(errno.ENOSPC, "short write")
+        self.dropped += len(records)
+        self._warn_write(error)
+        if written:
+            self._undo_partial_write()
+        return 0
+
+    def _undo_partial_write(self) -> None:
+        # A torn record followed by more records would make the file corrupt,
+        # so cut it off; if even that fails, give the file to the replayer.
+        try:
+            os.ftruncate(self._fd, self.size)  # type: ignore[arg-type]
+        except OSError:
+            self.close()
+
+    def _warn_write(self, error: OSError) -> None:
+        warn_once(
+            "spool-write",
+            f"cannot write spool file {self.path}: {error}; events are being dropped",
+        )
+
+    # -- reading back (resend on reconnect) -----------------------------------
+
+    def read_records(self) -> list[bytes] | None:
+        """Every complete record in the open file, in order; None if unreadable."""
+        if self._fd is None or self.records == 0:
+            return []
+        try:
+            data = os.pread(self._fd, self.size, 0)
+        except OSError as exc:
+            warn(f"cannot read back spool file {self.path}: {exc}")
+            return None
+        records, tail = read_spool(data)
+        if tail.state != "clean":
+            return None
+        return records
+
+    def truncate(self) -> bool:
+        """Cut the file back to its header: its records are all acknowledged."""
+        if self._fd is None:
+            return True
+        try:
+            os.ftruncate(self._fd, len(SPOOL_MAGIC))
+        except OSError as exc:
+            warn(f"cannot truncate spool file {self.path}: {exc}")
+            return False
+        self.records = 0
+        self.size = len(SPOOL_MAGIC)
+        return True
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the file to the daemon's replayer (an empty file is removed)."""
+        if self._pid != os.getpid():
+            self.forget()  # a forked child never unlocks or removes the parent's file
+            return
+        fd, path, empty = self._fd, self.path, self.records == 0
+        self._reset()
+        if fd is None:
+            return
+        try:
+            if empty and path is not None:
+                path.unlink()  # still locked: no replayer can be looking at it
+        except OSError:
+            pass
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's file without touching it.
+
+        The flock belongs to the open file description shared with the parent,
+        so ``LOCK_UN`` here would unlock the parent's file under it; closing
+        our copy of the descriptor leaves the parent's lock in place.
+        """
+        fd = self._fd
+        self._reset()
+        self._pid = os.getpid()
+        self._retry_at = 0.0
+        self.dropped = 0
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _reset(self) -> None:
+        self._fd = None
+        self.path = None
+        self.records = 0
+        self.size = 0
+
+    def _open(self) -> int | None:
+        now = time.monotonic()
+        if now < self._retry_at:
+            return None
+        try:
+            fd, path = self._create()
+        except OSError as exc:
+            self._retry_at = now + REOPEN_DELAY_S
+            warn_once(
+                "spool-open",
+                f"cannot create a spool file in {self.directory}: {exc}; "
+                "events are being dropped while the daemon is unreachable",
+            )
+            return None
+        self._fd, self.path, self._pid = fd, path, os.getpid()
+        self.records, self.size = 0, len(SPOOL_MAGIC)
+        return fd
+
+    def _create(self) -> tuple[int, Path]:
+        self._make_directory()
+        name = (
+            f"{time.time_ns() // 1_000_000}-{_hostname()}-{os.getpid()}-{os.urandom(4).hex()}.spool"
+        )
+        final = self.directory / name
+        tmp = self.directory / f".{name}.tmp"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(tmp, flags, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)  # whatever the umask: the daemon's group must read it
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(fd, SPOOL_MAGIC)
+            self._rename(tmp, final)
+        except BaseException:
+            os.close(fd)
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise
+        return fd, final
+
+    def _rename(self, tmp: Path, final: Path) -> None:
+        """Publish the locked, headed file under its ``.spool`` name (a seam for tests)."""
+        os.rename(tmp, final)
+
+    def _make_directory(self) -> None:
+        try:
+            self.directory.mkdir(mode=DIR_MODE, parents=True)
+        except FileExistsError:
+            return
+        try:
+            os.chmod(self.directory, DIR_MODE)  # mkdir's mode is cut by the umask
+        except OSError:
+            pass

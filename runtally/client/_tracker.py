@@ -1,0 +1,426 @@
+"""RunTracker: the old tracker's API (seeds/2-run-tracker.plan.md), as events for the daemon.
+
+The seed's tracker wrote SQLite itself; this one only builds events and hands
+them to the process's Client, which sends or spools them.  What it keeps from
+the seed is what pipelines rely on: outcome defaults to success, messages are
+cut to 2000 characters and stacks to 4000, ``record_errors`` takes a list or a
+count, and *nothing* raises - every public method is wrapped, a problem is
+one line on stderr, and calls without an open run are no-ops returning None.
+
+Durations are measured here with ``time.monotonic()`` (immune to clock steps)
+and sent as ``duration_ms``; ``ts`` is the wall clock in epoch milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+from runtally.protocol import (
+    MAX_MESSAGE,
+    MAX_STACK,
+    ErrorEvent,
+    RunEnd,
+    RunStart,
+    StepEnd,
+    StepStart,
+)
+
+from . import _coerce
+from ._connection import Client, get_client
+from ._ids import now_ms, uuid7
+from ._warn import warn, warn_once
+
+__all__ = ["PARENT_ENV", "RunTracker"]
+
+#: A run's uid, exported while it is open, so a child process's run nests under it.
+PARENT_ENV = "RUNTALLY_PARENT_RUN"
+GIT_SHA_ENV = "RUNTALLY_GIT_SHA"
+MAX_MEMBER = 512
+MAX_ARGV = 64
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _safe(method: _F) -> _F:
+    """Never let a tracking problem reach the pipeline: warn once, return None."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunTracker, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the whole point
+            warn_once(
+                f"tracker-{method.__name__}-{type(exc).__name__}",
+                f"RunTracker.{method.__name__} failed ({exc!r}); the pipeline continues",
+            )
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Step(msgspec.Struct):
+    name: str
+    started: float  # time.monotonic()
+
+
+class RunTracker:
+    """Records one pipeline run at a time: its steps, their counts, its errors.
+
+    ``member_keys`` lists the attributes/keys ``record_errors`` looks in, in
+    order, for the member an error is about.
+    """
+
+    member_keys: ClassVar[tuple[str, ...]] = (
+        "knvb_id",
+        "email",
+        "dossier_id",
+        "team_name",
+        "commissie_name",
+    )
+
+    def __init__(
+        self,
+        pipeline: str,
+        club_slug: str | None = None,
+        *,
+        socket: str | os.PathLike[str] | None = None,
+        spool: str | os.PathLike[str] | None = None,
+        client: Client | None = None,
+        member_keys: Iterable[str] | None = None,
+    ) -> None:
+        self.run_id: str | None = None
+        self.pipeline = "unknown"
+        self.club_slug: str | None = None
+        self._client: Client | None = client
+        self._steps: dict[str, _Step] = {}
+        self._run_started = 0.0
+        self._env_token: tuple[str, str | None] | None = None
+        self._noop_warned = False
+        try:
+            self.pipeline = _coerce.name(pipeline, "pipeline", "unknown")
+            self.club_slug = _coerce.text(club_slug, _coerce.MAX_NAME).strip() or None
+            if member_keys is not None:
+                keys = [member_keys] if isinstance(member_keys, str) else member_keys
+                self.member_keys = tuple(str(k) for k in keys)
+            if client is None:
+                self._client = get_client(socket, spool)
+        except Exception as exc:  # noqa: BLE001
+            warn(f"RunTracker could not be set up ({exc!r}); tracking is disabled")
+
+    @property
+    def client(self) -> Client | None:
+        return self._client
+
+    # -- runs -----------------------------------------------------------------------
+
+    @_safe
+    def start_run(self, parent: str | None = None) -> str | None:
+        """Start a run; returns its uid.  Links it under ``parent`` or $RUNTALLY_PARENT_RUN."""
+        if self.run_id is not None:
+            warn(f"start_run while run {self.run_id} is open; that run is left unfinished")
+            self._restore_env()
+        parent_id = _coerce.uid(
+            parent if parent is not None else os.environ.get(PARENT_ENV), "parent"
+        )
+        ts = now_ms()
+        run_id = uuid7(ts)
+        self._emit(
+            RunStart(
+                id=uuid7(ts),
+                ts=ts,
+                run=run_id,
+                pipeline=self.pipeline,
+                club_slug=self.club_slug,
+                parent=parent_id,
+                meta=_run_meta(),
+            )
+        )
+        self.run_id = run_id
+        self._run_started = time.monotonic()
+        self._steps.clear()
+        self._noop_warned = False
+        self._env_token = (run_id, os.environ.get(PARENT_ENV))
+        os.environ[PARENT_ENV] = run_id
+        return run_id
+
+    @_safe
+    def end_run(self, success: Any = True, stats: Any = None) -> None:
+        """Finish the run: outcome success/failure, ``stats`` kept as its summary."""
+        if not self._has_run("end_run"):
+            return
+        ts = now_ms()
+        self._emit(
+            RunEnd(
+                id=uuid7(ts),
+                ts=ts,
+                run=self.run_id,  # type: ignore[arg-type]
+                outcome=_coerce.outcome(success, ("success", "failure")),  # type: ignore[arg-type]
+                summary=_coerce.plain(stats),
+                duration_ms=_elapsed_ms(self._run_started),
+            )
+        )
+        self.run_id = None
+        self._steps.clear()
+        self._restore_env()
+
+    @_safe
+    def close(self, timeout: float | None = None) -> None:
+        """Safety net: end an open run as a failure, then flush the events."""
+        if self.run_id is not None:
+            warn(f"run {self.run_id} closed without end_run; recorded as a failure")
+            self.end_run(False, {"reason": "closed without end_run"})
+        self._restore_env()
+        if self._client is not None:
+            self._client.flush(timeout)
+
+    # -- steps ----------------------------------------------------------------------
+
+    @_safe
+    def start_step(self, name: str) -> str | None:
+        """Start a step of the open run; returns its uid."""
+        if not self._has_run("start_step"):
+            return None
+        step_name = _coerce.name(name, "step name", "step")
+        ts = now_ms()
+        step_id = uuid7(ts)
+        self._emit(StepStart(id=uuid7(ts), ts=ts, run=self.run_id, step=step_id, name=step_name))  # type: ignore[arg-type]
+        self._steps[step_id] = _Step(step_name, time.monotonic())
+        return step_id
+
+    @_safe
+    def end_step(  # noqa: PLR0917 - the seed's positional call shape
+        self,
+        step_id: str | None,
+        outcome: Any = "success",
+        created: Any = 0,
+        updated: Any = 0,
+        skipped: Any = 0,
+        failed: Any = 0,
+        detail: Any = None,
+    ) -> None:
+        """Finish a step with its outcome and created/updated/skipped/failed counts.
+
+        The seed's call shape ``end_step(sid, {"outcome": ..., "created": ...})``
+        is accepted too.
+        """
+        if isinstance(outcome, Mapping):  # the seed passed options as one object
+            opts = dict(outcome)
+            outcome = opts.get("outcome", "success")
+            created = opts.get("created", created)
+            updated = opts.get("updated", updated)
+            skipped = opts.get("skipped", skipped)
+            failed = opts.get("failed", failed)
+            detail = opts.get("detail", detail)
+        if not self._has_run("end_step"):
+            return
+        sid = _coerce.uid(step_id, "step_id")
+        if sid is None:
+            return  # start_step failed (and said so) or had no run
+        step = self._steps.pop(sid, None)
+        ts = now_ms()
+        self._emit(
+            StepEnd(
+                id=uuid7(ts),
+                ts=ts,
+                run=self.run_id,  # type: ignore[arg-type]
+                step=sid,
+                outcome=_coerce.outcome(outcome, ("success", "failure", "skipped")),  # type: ignore[arg-type]
+                created=_coerce.count(created, "created"),
+                updated=_coerce.count(updated, "updated"),
+                skipped=_coerce.count(skipped, "skipped"),
+                failed=_coerce.count(failed, "failed"),
+                detail=_coerce.plain(detail),
+                duration_ms=_elapsed_ms(step.started) if step is not None else None,
+            )
+        )
+
+    # -- errors ---------------------------------------------------------------------
+
+    @_safe
+    def record_error(
+        self,
+        step_name: Any,
+        step_id: str | None = None,
+        member_identifier: Any = None,
+        error_message: Any = "",
+        error_stack: Any = None,
+    ) -> str | None:
+        """Record one error row; returns its event id.
+
+        ``error_message`` may be an exception: its text, and its traceback when
+        no stack is given.  The seed's ``record_error({stepName: ...})`` works too.
+        """
+        if isinstance(step_name, Mapping):
+            opts = step_name
+            step_name = _first(opts, "step_name", "stepName")
+            step_id = _first(opts, "step_id", "stepId") or step_id
+            member_identifier = _first(opts, "member_identifier", "memberIdentifier")
+            error_message = _first(opts, "error_message", "errorMessage") or ""
+            error_stack = _first(opts, "error_stack", "errorStack")
+        if not self._has_run("record_error"):
+            return None
+        sid = _coerce.uid(step_id, "step_id")
+        if step_name is None and sid in self._steps:
+            step_name = self._steps[sid].name
+        if isinstance(error_message, BaseException):
+            error_stack = error_stack or _format_traceback(error_message)
+            error_message = _exception_text(error_message)
+        member = _coerce.text(member_identifier, MAX_MEMBER) or None
+        stack = _coerce.text(error_stack, MAX_STACK) or None
+        ts = now_ms()
+        event_id = uuid7(ts)
+        self._emit(
+            ErrorEvent(
+                id=event_id,
+                ts=ts,
+                run=self.run_id,  # type: ignore[arg-type]
+                step_name=_coerce.name(step_name, "step name", "step"),
+                message=_coerce.text(error_message, MAX_MESSAGE),
+                step=sid,
+                member=member,
+                stack=stack,
+            )
+        )
+        return event_id
+
+    @_safe
+    def record_errors(self, step_name: Any, step_id: str | None, errors: Any) -> int | None:
+        """Record a step's errors: a list of dicts/objects/exceptions, or a count.
+
+        A count ``n > 0`` records one error "Step reported n error(s)".  Returns
+        how many error rows were recorded.
+        """
+        if not self._has_run("record_errors"):
+            return None
+        if errors is None:
+            return 0
+        if isinstance(errors, int | float) and not isinstance(errors, bool):
+            n = _coerce.count(errors, "errors")
+            if n <= 0:
+                return 0
+            self.record_error(step_name, step_id, None, f"Step reported {n} error(s)")
+            return 1
+        if isinstance(errors, str | bytes | Mapping | BaseException) or not isinstance(
+            errors, Iterable
+        ):
+            errors = [errors]
+        recorded = 0
+        for item in errors:
+            member, message, stack = self._describe(item)
+            if self.record_error(step_name, step_id, member, message, stack) is not None:
+                recorded += 1
+        return recorded
+
+    def _describe(self, item: Any) -> tuple[Any, Any, Any]:
+        """(member, message, stack) of one error as pipelines report them."""
+        if isinstance(item, str | bytes):
+            return None, item, None
+        get = item.get if isinstance(item, Mapping) else functools.partial(getattr, item)
+        member = None
+        for key in self.member_keys:
+            value = get(key, None)
+            if value is not None and value != "":
+                member = value
+                break
+        stack = get("stack", None)
+        if isinstance(item, BaseException):
+            return member, _exception_text(item), stack or _format_traceback(item)
+        message = get("message", None) or get("error", None)
+        if isinstance(message, BaseException):
+            stack = stack or _format_traceback(message)
+            message = _exception_text(message)
+        if message is None or message == "":
+            message = item
+        return member, message, stack
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _has_run(self, method: str) -> bool:
+        if self.run_id is not None:
+            return True
+        if not self._noop_warned:
+            self._noop_warned = True
+            warn(f"RunTracker.{method} without an open run (start_run first); ignored")
+        return False
+
+    def _emit(self, event: msgspec.Struct) -> None:
+        if self._client is not None:
+            self._client.emit(event)
+
+    def _restore_env(self) -> None:
+        token, self._env_token = self._env_token, None
+        if token is None:
+            return
+        run_id, previous = token
+        if os.environ.get(PARENT_ENV) != run_id:
+            return  # someone else changed it since: leave theirs
+        if previous is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = previous
+
+
+def _first(opts: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if opts.get(key) is not None:
+            return opts[key]
+    return None
+
+
+def _elapsed_ms(started: float) -> int:
+    return max(0, round((time.monotonic() - started) * 1000))
+
+
+def _exception_text(exc: BaseException) -> str:
+    return _coerce.text(exc, MAX_MESSAGE) or type(exc).__name__
+
+
+def _format_traceback(exc: BaseException) -> str | None:
+    if exc.__traceback__ is None:
+        return None
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    text = "".join(lines)
+    # Keep the end: the innermost frames and the message matter most.
+    return text if len(text) <= MAX_STACK else "..." + text[-(MAX_STACK - 3) :]
+
+
+def _run_meta() -> dict[str, Any]:
+    meta: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        meta["host"] = socket.gethostname()
+    except OSError:
+        pass
+    user = _user()
+    if user:
+        meta["user"] = user
+    meta["argv"] = [_coerce.text(a, 1000) for a in sys.argv[:MAX_ARGV]]
+    git_sha = os.environ.get(GIT_SHA_ENV)
+    if git_sha:
+        meta["git_sha"] = git_sha[:128]
+    return meta
+
+
+def _user() -> str | None:
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return _user_name(os.getuid())
+
+
+@functools.lru_cache(maxsize=4)
+def _user_name(uid: int) -> str:
+    """The passwd name of ``uid``: an NSS lookup (~30 us) done once, not at every run."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OSError):
+        return str(uid)

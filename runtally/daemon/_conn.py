@@ -1,0 +1,255 @@
+"""One client connection: read big chunks, decode every frame, reply in order.
+
+Theory of operation
+-------------------
+Two tasks per connection.  The *reader* reads up to 64 KiB at a time, decodes
+every complete frame in it with the sans-IO decoder, puts the chunk's events
+into one writer Job and queues a ``Batch``: the chunk's replies in order
+(events by index into the job, ready-made replies as bytes, slow ones as
+callables).  The *sender* takes batches in order, waits for the job's COMMIT,
+renders every reply of the batch and writes them with one ``send_all``.  So a
+``ping`` sent after 1,000 events is answered after their 1,000 acks, and no
+ack leaves before its commit.
+
+====================  ==============================================
+reader sees           reply (after the batch's commit)
+====================  ==============================================
+valid event           ack (or nack if the db refuses it)
+invalid event         nack with the reason; frame to dead_letters
+unknown/invalid type  error; frame to dead_letters
+hello/ping/status     welcome/pong/status
+replay                replayed (admins only, else error)
+broken frame          error; frame to dead_letters; connection closed
+EOF                   remaining replies sent, connection closed
+====================  ==============================================
+
+Backpressure: the batch queue per connection is small, and the writer's
+``submit`` blocks when its budget is spent, so a client that floods or never
+reads its replies stops being read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from ..protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    ErrorReply,
+    FrameDecoder,
+    FrameError,
+    Hello,
+    Nack,
+    Ping,
+    Pong,
+    Refusal,
+    Replay,
+    RunEnd,
+    RunStart,
+    Status,
+    StepEnd,
+    StepStart,
+    Welcome,
+    decode_client_message,
+    encode_frame,
+)
+from ..protocol import ErrorEvent as ErrorEventMsg
+from ._store import DeadLetter, Origin
+from ._timefmt import now_ms
+from ._writer import Job
+
+__all__ = ["Batch", "Connection", "ServerHooks"]
+
+_READ_SIZE = 65536
+_MAX_PENDING_BATCHES = 8
+_EVENT_TYPES = (RunStart, StepStart, StepEnd, ErrorEventMsg, RunEnd)
+_PONG = encode_frame(Pong())
+
+Render = Callable[[], Awaitable[bytes]]
+
+
+@dataclass(slots=True)
+class Batch:
+    """The replies owed for one chunk read, in order, and the job they wait on."""
+
+    job: Job
+    entries: list[int | bytes | Render] = field(default_factory=list)
+    #: The id of each of the job's events (the job drops its events once committed).
+    ids: list[str] = field(default_factory=list)
+    close: bool = False
+
+
+class ServerHooks:
+    """What a connection needs from the daemon (kept narrow for testing)."""
+
+    name: str = "runtallyd"
+
+    async def submit(self, job: Job) -> None:
+        raise NotImplementedError
+
+    def status_frame(self) -> bytes:
+        raise NotImplementedError
+
+    def replay_render(self, origin: Origin) -> Render:
+        raise NotImplementedError
+
+
+class Connection:
+    """Serves one accepted stream until EOF, a broken frame, idle time or shutdown."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        origin: Origin,
+        hooks: ServerHooks,
+        *,
+        idle_timeout_s: float = math.inf,
+    ) -> None:
+        self.stream = stream
+        self.origin = origin
+        self.hooks = hooks
+        self.idle_timeout_s = idle_timeout_s
+        self._stopping = False
+        self._read_scope: trio.CancelScope | None = None
+        self._decoder = FrameDecoder()
+
+    def stop_reading(self) -> None:
+        """Shutdown: finish replies for what was read, read nothing more."""
+        self._stopping = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    async def serve(self) -> None:
+        send, receive = trio.open_memory_channel[Batch](_MAX_PENDING_BATCHES)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender, receive)
+                async with send:
+                    await self._reader(send)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    # -- reading --------------------------------------------------------------------
+
+    async def _reader(self, batches: trio.MemorySendChannel[Batch]) -> None:
+        while not self._stopping:
+            data = b""
+            with trio.CancelScope() as self._read_scope, trio.move_on_after(self.idle_timeout_s):
+                try:
+                    data = await self.stream.receive_some(_READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            self._read_scope = None
+            if not data:
+                return  # EOF, idle, or shutdown
+            batch = self._decode_chunk(data)
+            if not batch.job.empty:
+                await self.hooks.submit(batch.job)
+            else:
+                batch.job.done.set()
+            await batches.send(batch)
+            if batch.close:
+                return
+
+    def _decode_chunk(self, data: bytes) -> Batch:
+        job = Job(origin=self.origin)
+        batch = Batch(job)
+        events, frames, entries, ids = job.events, job.frames, batch.entries, batch.ids
+        decoder = self._decoder
+        decoder.receive_data(data)
+        while True:
+            try:
+                frame = decoder.next_frame()
+            except FrameError as exc:
+                self._refuse(batch, decoder.head(), str(exc), close=True)
+                break
+            if frame is None:
+                break
+            message = decode_client_message(frame)
+            if isinstance(message, _EVENT_TYPES):
+                entries.append(len(events))
+                events.append(message)
+                frames.append(frame)
+                ids.append(message.id)
+            elif isinstance(message, Refusal):
+                self._refuse(
+                    batch,
+                    frame,
+                    message.reason,
+                    message.event_id,
+                    nack=message.is_event,
+                    close=message.closes,
+                )
+                if message.closes:
+                    break
+            elif isinstance(message, Ping):
+                entries.append(_PONG)
+            elif isinstance(message, Hello):
+                entries.append(self._welcome(message))
+            elif isinstance(message, Status):
+                entries.append(self._status)  # rendered after the events before it commit
+            elif isinstance(message, Replay):
+                entries.append(self.hooks.replay_render(self.origin))
+        return batch
+
+    async def _status(self) -> bytes:
+        return self.hooks.status_frame()
+
+    def _welcome(self, hello: Hello) -> bytes:
+        if hello.protocol != PROTOCOL_VERSION:
+            return encode_frame(
+                ErrorReply(
+                    f"unsupported protocol version {hello.protocol}; "
+                    f"this daemon speaks {PROTOCOL_VERSION}"
+                )
+            )
+        return encode_frame(Welcome(PROTOCOL_VERSION, self.hooks.name))
+
+    def _refuse(
+        self,
+        batch: Batch,
+        frame: bytes,
+        reason: str,
+        event_id: str | None = None,
+        *,
+        nack: bool = False,
+        close: bool = False,
+    ) -> None:
+        batch.job.dead_letters.append(DeadLetter(frame, reason, event_id, self.origin, now_ms()))
+        reply = Nack(event_id, reason) if nack else ErrorReply(reason)
+        batch.entries.append(encode_frame(reply))
+        batch.close = batch.close or close
+
+    # -- replying ---------------------------------------------------------------------
+
+    async def _sender(self, batches: trio.MemoryReceiveChannel[Batch]) -> None:
+        async with batches:
+            async for batch in batches:
+                await batch.job.done.wait()
+                out = bytearray()
+                ids, results = batch.ids, batch.job.results
+                for entry in batch.entries:
+                    if type(entry) is int:
+                        reason = results[entry]
+                        event_id = ids[entry]
+                        out += encode_frame(
+                            Ack(event_id) if reason is None else Nack(event_id, reason)
+                        )
+                    elif type(entry) is bytes:
+                        out += entry
+                    else:
+                        out += await entry()
+                try:
+                    await self.stream.send_all(out)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The client left; what it sent is committed regardless, and
+                    # it spools whatever it saw no ack for.  Keep draining so the
+                    # reader is never blocked on a full queue.
+                    continue
+                if batch.close:
+                    return

@@ -1,0 +1,195 @@
+"""Sans-IO framing: 4-byte big-endian length, then that many bytes of MessagePack.
+
+Nothing here touches a socket.  ``FrameDecoder`` is fed bytes with
+``receive_data`` and hands back complete frames; it checks a frame's length as
+soon as its 4-byte header is buffered, so a hostile length never makes anyone
+allocate it.  ``decode_client_message`` turns one frame into a typed message
+or a ``Refusal`` that says what to answer and whether to hang up.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Literal
+
+import msgspec
+
+from ._errors import FrameError, LocalProtocolError, RemoteProtocolError
+from ._messages import (
+    CONTROL_TYPES,
+    EVENT_TYPES,
+    ClientMessage,
+    ServerMessage,
+)
+
+__all__ = [
+    "MAX_FRAME",
+    "FrameDecoder",
+    "Refusal",
+    "decode_client_message",
+    "decode_server_message",
+    "encode_frame",
+    "encode_frames",
+]
+
+MAX_FRAME = 1 << 20
+_HEADER = struct.Struct(">I")
+_encoder = msgspec.msgpack.Encoder()
+_client_decoder = msgspec.msgpack.Decoder(ClientMessage)
+_server_decoder = msgspec.msgpack.Decoder(ServerMessage)
+_any_decoder = msgspec.msgpack.Decoder()
+# What decoding garbage can raise: msgspec raises UnicodeDecodeError (not
+# DecodeError) for invalid UTF-8 in a str, and RecursionError for nesting deeper
+# than the interpreter's recursion limit (a few kB of 0x91 bytes suffice).
+_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def check_length(
+    length: int,
+    max_frame: int = MAX_FRAME,
+    error: type[LocalProtocolError] | type[FrameError] = LocalProtocolError,
+) -> None:
+    """Raise ``error`` unless ``1 <= length <= max_frame``.
+
+    Encoders pass nothing (our own payload: ``LocalProtocolError``); the
+    decoder passes ``FrameError`` (the peer's header).
+    """
+    if not 1 <= length <= max_frame:
+        raise error(f"frame length {length} outside 1..{max_frame}")
+
+
+def encode_frame(message: msgspec.Struct | dict) -> bytes:
+    """One message as one frame."""
+    body = _encoder.encode(message)
+    check_length(len(body))
+    return _HEADER.pack(len(body)) + body
+
+
+def encode_frames(messages: Iterable[msgspec.Struct | dict]) -> bytes:
+    """Many messages as consecutive frames, for a single ``send_all``."""
+    buf = bytearray()
+    for message in messages:
+        start = len(buf)
+        buf += b"\0\0\0\0"
+        _encoder.encode_into(message, buf, -1)
+        length = len(buf) - start - 4
+        check_length(length)
+        _HEADER.pack_into(buf, start, length)
+    return bytes(buf)
+
+
+class FrameDecoder:
+    """Incremental frame splitter: ``receive_data(bytes)``, then ``next_frame()``.
+
+    ``next_frame`` returns a complete frame body, ``None`` when more bytes are
+    needed, or raises FrameError for an impossible length.  After a FrameError
+    the stream is out of sync and the decoder must be discarded.
+    """
+
+    __slots__ = ("_buf", "_max_frame", "_pos")
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max_frame = max_frame
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buf) - self._pos
+
+    def head(self, n: int = 16) -> bytes:
+        """The first bytes not yet returned (after a FrameError: the bad header)."""
+        return bytes(self._buf[self._pos : self._pos + n])
+
+    def receive_data(self, data: bytes) -> None:
+        if self._pos:
+            # Compact once per chunk rather than once per frame.
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> bytes | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 4:
+            return None
+        (length,) = _HEADER.unpack_from(buf, pos)
+        check_length(length, self._max_frame, FrameError)
+        end = pos + 4 + length
+        if len(buf) < end:
+            return None
+        self._pos = end
+        return bytes(buf[pos + 4 : end])
+
+    def frames(self) -> list[bytes]:
+        """Every complete frame buffered now (the hot path: one call per read)."""
+        out: list[bytes] = []
+        while (frame := self.next_frame()) is not None:
+            out.append(frame)
+        return out
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """Why a frame was not accepted, and how to answer it.
+
+    ``kind``: ``broken`` (not MessagePack or not a map: answer ``error`` and
+    close), ``unknown`` (no or unknown ``type``: answer ``error``), ``invalid``
+    (a known type with bad fields: answer ``nack`` for events, ``error`` for
+    control messages).
+    """
+
+    kind: Literal["broken", "unknown", "invalid"]
+    reason: str
+    event_id: str | None = None
+    is_event: bool = False
+
+    @property
+    def closes(self) -> bool:
+        return self.kind == "broken"
+
+
+def decode_client_message(frame: bytes) -> ClientMessage | Refusal:
+    """Decode one frame from a client into a typed message or a Refusal."""
+    try:
+        return _client_decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        error: Exception = exc
+    except _MALFORMED as exc:
+        return Refusal("broken", f"not a MessagePack message: {exc}")
+    return _classify(frame, error)
+
+
+def _classify(frame: bytes, error: Exception) -> Refusal:
+    # Slow path only: work out what kind of wrong the frame is.
+    try:
+        raw = _any_decoder.decode(frame)
+    except _MALFORMED as exc:
+        # The typed decode skips unknown keys unparsed; the untyped one does not.
+        return Refusal("broken", f"not a MessagePack message: {exc}")
+    if not isinstance(raw, dict):
+        return Refusal("broken", f"message is a {type(raw).__name__}, not a map")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        return Refusal("unknown", "message has no string 'type' field")
+    if kind not in EVENT_TYPES and kind not in CONTROL_TYPES:
+        return Refusal("unknown", f"unknown message type {kind[:64]!r}")
+    raw_id = raw.get("id")
+    event_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
+    is_event = kind in EVENT_TYPES
+    return Refusal("invalid", f"invalid {kind}: {error}", event_id, is_event)
+
+
+def decode_server_message(frame: bytes) -> ServerMessage:
+    """Decode a daemon reply (client side).
+
+    Raises ``RemoteProtocolError`` and nothing else: ``reason`` is
+    ``"invalid"`` for a well-formed reply with bad fields, ``"malformed"`` for
+    any other garbage (msgspec's exception is the ``__cause__``).
+    """
+    try:
+        return _server_decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise RemoteProtocolError(f"invalid reply: {exc}", "invalid") from exc
+    except _MALFORMED as exc:
+        raise RemoteProtocolError(f"reply is not MessagePack: {exc}", "malformed") from exc
