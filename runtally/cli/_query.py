@@ -147,11 +147,27 @@ def _dicts(rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def _limit(sql: str, params: list[Any], limit: int | None) -> str:
+def _newest(
+    conn: sqlite3.Connection,
+    select: str,
+    equal: dict[str, Any],
+    *,
+    since: tuple[str, str | None],
+    order: str,
+    limit: int | None,
+) -> list[dict[str, Any]]:
+    """``select`` filtered by ``column = value`` for each given value and
+    ``column >= since``, ordered by ``order``, at most ``limit`` rows (0/None: all)."""
+    where = [f"{column} = ?" for column, value in equal.items() if value is not None]
+    params: list[Any] = [value for value in equal.values() if value is not None]
+    if since[1] is not None:
+        where.append(f"{since[0]} >= ?")
+        params.append(since[1])
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
     if limit:
+        sql += " LIMIT ?"
         params.append(limit)
-        return sql + " LIMIT ?"
-    return sql
+    return _dicts(conn.execute(sql, params).fetchall())
 
 
 def list_runs(
@@ -164,17 +180,14 @@ def list_runs(
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Runs matching every given filter, newest first."""
-    where, params = [], []
-    for column, value in (("r.pipeline", pipeline), ("r.club_slug", club), ("r.outcome", outcome)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if since is not None:
-        where.append("r.started_at >= ?")
-        params.append(since)
-    sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY r.started_at DESC, r.id DESC"
-    return _dicts(conn.execute(_limit(sql, params, limit), params).fetchall())
+    return _newest(
+        conn,
+        _RUN_SELECT,
+        {"r.pipeline": pipeline, "r.club_slug": club, "r.outcome": outcome},
+        since=("r.started_at", since),
+        order="r.started_at DESC, r.id DESC",
+        limit=limit,
+    )
 
 
 def _run_by(conn: sqlite3.Connection, column: str, value: Any) -> dict[str, Any] | None:
@@ -260,20 +273,17 @@ def list_errors(
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Errors matching every given filter, newest first."""
-    where, params = [], []
-    for column, value in (
-        ("e.run_id", run_id),
-        ("r.pipeline", pipeline),
-        ("e.club_slug", club),
-        ("e.step_name", step),
-        ("e.member_identifier", member),
-    ):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if since is not None:
-        where.append("e.created_at >= ?")
-        params.append(since)
-    sql = _ERROR_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY e.created_at DESC, e.id DESC"
-    return _dicts(conn.execute(_limit(sql, params, limit), params).fetchall())
+    return _newest(
+        conn,
+        _ERROR_SELECT,
+        {
+            "e.run_id": run_id,
+            "r.pipeline": pipeline,
+            "e.club_slug": club,
+            "e.step_name": step,
+            "e.member_identifier": member,
+        },
+        since=("e.created_at", since),
+        order="e.created_at DESC, e.id DESC",
+        limit=limit,
+    )
