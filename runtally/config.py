@@ -6,49 +6,54 @@ for one user on one machine; when the system daemon's runtime directory
 ``/run/runtally`` exists, the defaults are the system paths instead, so a
 pipeline run by cron finds the systemd-managed daemon without any setup.
 
-Standard library only: the client imports this.
+Each value is validated on its own with ``msgspec.convert(..., strict=False)``
+against its field's type, so an error names the setting and where the value
+came from (the file, the variable, the flag).  The client imports this module:
+it imports nothing but the standard library and msgspec, and ``tomllib`` only
+when there is a file to read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from runtally._compat import LEGACY_CONFIG, LEGACY_SECTION, deprecated
+import msgspec
 
-__all__ = ["ConfigError", "Settings", "default_paths", "resolve"]
+from runtally._compat import LEGACY_CONFIG, LEGACY_SECTION, deprecated
+from runtally.errors import RuntallyError
+
+__all__ = ["ConfigError", "Settings", "default_paths", "resolve", "resolve_or_defaults"]
 
 SYSTEM_RUNTIME_DIR = Path("/run/runtally")
 SYSTEM_CONFIG = Path("/etc/runtally/runtally.toml")
 
 
-class ConfigError(Exception):
-    """A config file or value that cannot be used; the message names it."""
+class ConfigError(RuntallyError):
+    """A config file or value that cannot be used; the message names it and its source."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(msgspec.Struct, frozen=True):
     """Everything the daemon, the client and the CLI may be told."""
 
-    socket: Path
-    db: Path
-    spool: Path
-    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
-    busy_timeout_ms: int = 5000
-    socket_group: str | None = None
-    allow_uids: tuple[int, ...] | None = None
+    socket: Path  # the daemon's Unix socket
+    db: Path  # dashboard.sqlite
+    spool: Path  # the spool directory
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"  # SQLite's synchronous pragma
+    busy_timeout_ms: int = 5000  # SQLite's busy_timeout, milliseconds
+    socket_group: str | None = None  # group owning the socket (the right to emit)
+    allow_uids: tuple[int, ...] | None = None  # peers allowed to emit (None: anyone)
     allow_gids: tuple[int, ...] | None = None
-    admin_uids: tuple[int, ...] | None = None
+    admin_uids: tuple[int, ...] | None = None  # peers allowed admin messages
     max_connections: int = 1024
-    idle_timeout_s: float = 300.0
-    queue_events: int = 5000
-    replay_interval_s: float = 1.0
-    client_flush_timeout_s: float = 2.0
-    config_file: Path | None = None
+    idle_timeout_s: float = 300.0  # seconds before an idle connection is closed
+    queue_events: int = 5000  # the writer's queue bound, events
+    replay_interval_s: float = 1.0  # seconds between spool scans
+    client_flush_timeout_s: float = 2.0  # seconds a client waits for acks on close
+    config_file: Path | None = None  # the file read, if any
 
 
 _ENV = {
@@ -56,6 +61,10 @@ _ENV = {
     "db": "RUNTALLY_DB",
     "spool": "RUNTALLY_SPOOL",
 }
+# get_type_hints, not msgspec.structs.fields: that would import msgspec.inspect and
+# msgspec.json (~8 ms) into every pipeline that imports the client.
+_FIELDS: dict[str, Any] = typing.get_type_hints(Settings)
+_ID_LISTS = frozenset({"allow_uids", "allow_gids", "admin_uids"})
 
 
 def default_paths(env: Mapping[str, str] | None = None) -> dict[str, Path]:
@@ -83,6 +92,8 @@ def default_paths(env: Mapping[str, str] | None = None) -> dict[str, Path]:
 
 
 def _load_file(path: Path) -> dict[str, Any]:
+    import tomllib  # only when there is a file: most clients never read one
+
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -99,67 +110,115 @@ def _load_file(path: Path) -> dict[str, Any]:
     return section
 
 
-def _coerce(name: str, value: Any) -> Any:
-    field_types = {f.name: f.type for f in dataclasses.fields(Settings)}
-    if name not in field_types:
-        raise ConfigError(f"unknown setting {name!r}")
-    kind = str(field_types[name])
+def _unknown(name: str, source: str) -> ConfigError:
+    import difflib  # only on this error path
+
+    close = difflib.get_close_matches(name, _FIELDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{source}: unknown setting {name!r}{hint}")
+
+
+def _path(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str | os.PathLike):
+        return Path(value).expanduser()
+    raise TypeError(f"expected a path, got {type(value).__name__}")  # msgspec: ValidationError
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    """``value`` as the type of setting ``name``; ConfigError naming both and ``source``."""
+    if name == "synchronous" and isinstance(value, str):
+        value = value.upper()  # the pragma is case-insensitive, so is the setting
+    elif name in _ID_LISTS and isinstance(value, str):
+        value = value.replace(",", " ").split()  # "0, 1001 1002" as well as a list
     try:
-        if name == "config_file" and value is None:
-            return None
-        if name in ("socket", "db", "spool", "config_file"):
-            return Path(value).expanduser()
-        if name == "synchronous":
-            upper = str(value).upper()
-            if upper not in ("NORMAL", "FULL"):
-                raise ConfigError("synchronous must be NORMAL or FULL")
-            return upper
-        if name.endswith(("_uids", "_gids")):
-            if value is None:
-                return None
-            if isinstance(value, str):
-                value = [v for v in value.replace(",", " ").split() if v]
-            return tuple(int(v) for v in value)
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name!r}: {exc}") from exc
-    return value
+        return msgspec.convert(value, _FIELDS[name], strict=False, dec_hook=_path)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"setting {name!r} from {source}: {exc} (got {value!r})") from None
+
+
+def _config_file(
+    given: Mapping[str, Any], env: Mapping[str, str], sources: Mapping[str, str]
+) -> Path | None:
+    if given.get("config_file"):
+        config_path, named_by = given["config_file"], sources.get("config_file", "the caller")
+    else:
+        config_path, named_by = env.get("RUNTALLY_CONFIG"), "RUNTALLY_CONFIG"
+    if config_path:
+        config_file = Path(config_path).expanduser()
+        if not config_file.exists():
+            raise ConfigError(f"config file {config_file} does not exist (set by {named_by})")
+        return config_file
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    if LEGACY_CONFIG.exists():
+        deprecated(str(LEGACY_CONFIG), str(SYSTEM_CONFIG))
+        return LEGACY_CONFIG
+    return None
 
 
 def resolve(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    sources: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve settings: overrides > environment > config file > defaults.
 
-    ``None`` values in ``overrides`` mean "not given".  Raises ConfigError for
-    an unreadable config file or an unusable value.
+    ``None`` values in ``overrides`` mean "not given".  ``sources`` names
+    where an override came from for error messages (``{"db": "option --db"}``;
+    "argument <name>" otherwise).  Raises ConfigError, one sentence naming
+    the setting and its source, for an unreadable config file, an unknown
+    setting (with the closest known name) or an unusable value.
     """
     env = os.environ if env is None else env
+    sources = sources or {}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    config_path = given.get("config_file") or env.get("RUNTALLY_CONFIG")
-    if config_path:
-        config_file: Path | None = Path(config_path).expanduser()
-        if not config_file.exists():
-            raise ConfigError(f"config file {config_file} does not exist")
-    elif SYSTEM_CONFIG.exists():
-        config_file = SYSTEM_CONFIG
-    elif LEGACY_CONFIG.exists():
-        deprecated(str(LEGACY_CONFIG), str(SYSTEM_CONFIG))
-        config_file = LEGACY_CONFIG
-    else:
-        config_file = None
+    for name in given:
+        if name not in _FIELDS:
+            raise _unknown(name, sources.get(name, f"argument {name!r}"))
+    config_file = _config_file(given, env, sources)
 
-    values: dict[str, Any] = dict(default_paths(env))
+    # name -> (value, where it came from), lowest precedence first.
+    values: dict[str, tuple[Any, str]] = {
+        k: (v, "the defaults") for k, v in default_paths(env).items()
+    }
     if config_file is not None:
+        where = f"config file {config_file}"
         for key, value in _load_file(config_file).items():
-            values[key.replace("-", "_")] = value
-    for key, var in _ENV.items():
+            name = key.replace("-", "_")
+            if name not in _FIELDS:
+                raise _unknown(key, where)
+            values[name] = (value, where)
+    for name, var in _ENV.items():
         if env.get(var):
-            values[key] = env[var]
-    values.update(given)
-    values["config_file"] = config_file
-    return Settings(**{k: _coerce(k, v) for k, v in values.items()})
+            values[name] = (env[var], f"environment variable {var}")
+    for name, value in given.items():
+        values[name] = (value, sources.get(name, f"argument {name!r}"))
+    values["config_file"] = (config_file, "the resolver")
+    return Settings(**{name: _convert(name, v, src) for name, (v, src) in values.items()})
+
+
+def resolve_or_defaults(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    warn: Callable[[str], object],
+) -> Settings:
+    """``resolve(overrides)``, or when that fails the default paths with the given ones.
+
+    For the pipeline side (client, ``runtally exec``), where a broken config
+    must not stop tracking: the failure goes to ``warn`` as one sentence and
+    the given ``socket``/``spool`` (else the defaults) are used.  Never raises
+    for a config problem.
+    """
+    try:
+        return resolve(overrides)
+    except (ConfigError, OSError, ValueError) as exc:
+        warn(f"{exc}; using the default socket and spool paths")
+    given = overrides or {}
+    paths = default_paths()
+    socket, spool = given.get("socket"), given.get("spool")
+    return Settings(
+        socket=Path(socket) if socket else paths["socket"],
+        db=paths["db"],
+        spool=Path(spool) if spool else paths["spool"],
+    )

@@ -377,3 +377,43 @@ def test_every_option_has_help() -> None:
         result = run("db", name, "--help")
         assert result.exit_code == 0
     assert set(db_group.commands) == {"migrate", "doctor", "vacuum"}
+
+
+# -- the one read-only opener --------------------------------------------------------------
+
+
+def test_an_immutable_read_during_a_daemon_start_is_redone_read_only(tmp_path: Path) -> None:
+    """Nobody had the file open, so the read starts immutable; a daemon starts and
+    writes meanwhile: that read is discarded and done again, read-only."""
+    from runtally.daemon._readonly import read_only
+
+    path = tmp_path / "dashboard.sqlite"
+    populate(path)
+    assert side_files(path) == []
+    daemon: list[Store] = []
+
+    def count_runs(conn: sqlite3.Connection) -> int:
+        n = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+        if not daemon:  # the daemon starts in the middle of the first read
+            daemon.append(Store.open(path))
+            daemon[0].apply([RunStart(id="late", ts=T, run="R-late", pipeline="people")])
+        return n
+
+    try:
+        runs, opened = read_only(path, count_runs)
+    finally:
+        for store in daemon:
+            store.close()
+    assert (runs, opened) == (2, "read-only")
+
+
+def test_an_idle_database_is_read_immutable_and_left_alone(tmp_path: Path) -> None:
+    from runtally.daemon._readonly import read_only
+
+    path = tmp_path / "dashboard.sqlite"
+    populate(path)
+    before = path.read_bytes()
+    runs, opened = read_only(path, lambda c: c.execute("SELECT count(*) FROM runs").fetchone()[0])
+    assert (runs, opened) == (1, "immutable")
+    assert path.read_bytes() == before
+    assert side_files(path) == []

@@ -297,8 +297,13 @@ class TestDaemonDown:
 def test_status_waits_for_a_replay_to_land(daemon_proc: DaemonProcess) -> None:
     """A spool whose writer is gone is replayed by the daemon; status then shows it gone."""
     ts = int(time.time() * 1000) - 120_000
-    write_spool(daemon_proc.spool, [RunStart(id="g1", ts=ts, run="g", pipeline="late")])
-    wait_until(lambda: count(daemon_proc.db, "runs", "uid = 'g'") == 1, 10, what="replay")
+    spooled = write_spool(daemon_proc.spool, [RunStart(id="g1", ts=ts, run="g", pipeline="late")])
+    # The replay commits, then deletes the file: wait for both.
+    wait_until(
+        lambda: count(daemon_proc.db, "runs", "uid = 'g'") == 1 and not spooled.exists(),
+        10,
+        what="replay",
+    )
     code, report = status_json(daemon_proc.root)
     assert code == 0, report
     assert report["spool"]["pending_files"] == 0

@@ -7,13 +7,13 @@ message is a sentence for the operator.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path
 
 import msgspec
 
+from ..daemon._probe import Nobody, connect
 from ..protocol import (
     FrameDecoder,
     FrameError,
@@ -22,43 +22,25 @@ from ..protocol import (
     decode_server_message,
     encode_frame,
 )
+from ._errors import DaemonUnavailable
 
 __all__ = ["DaemonUnavailable", "ask"]
-
-
-class DaemonUnavailable(Exception):
-    """No usable answer from the daemon; the message says why."""
 
 
 def ask(path: Path, message: msgspec.Struct | dict, *, timeout: float) -> ServerMessage:
     """Send ``message`` to the daemon on ``path``; its one reply within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(os.fspath(path))
-        except FileNotFoundError:
-            raise DaemonUnavailable(f"not running (no socket at {path})") from None
-        except ConnectionRefusedError:
-            raise DaemonUnavailable(
-                f"not running (socket {path} refuses connections: stale socket file)"
-            ) from None
-        except PermissionError:
-            raise DaemonUnavailable(
-                f"cannot connect to {path}: permission denied (are you in its group?)"
-            ) from None
-        except TimeoutError:
-            raise DaemonUnavailable(f"socket {path} accepts no connection (busy?)") from None
-        except OSError as exc:
-            raise DaemonUnavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
-        try:
-            sock.sendall(encode_frame(message))
-            return _one_reply(sock, deadline)
-        except TimeoutError:
-            raise DaemonUnavailable(f"no answer from {path} within {timeout:g} s") from None
-        except OSError as exc:
-            raise DaemonUnavailable(f"connection to {path} broke: {exc.strerror or exc}") from None
+        sock = connect(path, timeout=timeout)
+    except Nobody as nobody:
+        raise DaemonUnavailable(str(nobody)) from None
+    try:
+        sock.sendall(encode_frame(message))
+        return _one_reply(sock, deadline)
+    except TimeoutError:
+        raise DaemonUnavailable(f"no answer from {path} within {timeout:g} s") from None
+    except OSError as exc:
+        raise DaemonUnavailable(f"connection to {path} broke: {exc.strerror or exc}") from None
     finally:
         sock.close()
 

@@ -1,66 +1,112 @@
-"""Options and error handling shared by the CLI's commands."""
+"""The CLI's plumbing, written once: path options, settings, errors (click ``examples/repo``).
+
+``uses_settings("socket", "db")`` gives a command ``--socket``, ``--db`` (those
+named, each with its variable) and ``--config``, resolves them with the
+environment and config file into one ``Settings``, and passes it as the
+command's first argument.  It is also where the data layer's errors become
+one ``click.ClickException`` line: no command catches them itself.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 
-from ..config import ConfigError, Settings, resolve
+from ..config import Settings, resolve, resolve_or_defaults
+from ..errors import RuntallyError
 
-__all__ = ["config_option", "db_option", "settings_from", "socket_option", "spool_option"]
+__all__ = ["command_errors", "setting_option", "uses_settings", "warn"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+PathName = Literal["socket", "db", "spool"]
 
-_path = click.Path(dir_okay=False, path_type=Path)
+_OVERRIDES = "runtally.overrides"  # ctx.meta key: setting name -> (value, source)
 
+_file = click.Path(dir_okay=False, path_type=Path)
+_dir = click.Path(file_okay=False, path_type=Path)
 
-def socket_option(f: F) -> F:
-    return click.option(
-        "--socket",
-        type=_path,
-        default=None,
-        envvar="RUNTALLY_SOCKET",
-        help="Daemon socket path [env RUNTALLY_SOCKET].",
-    )(f)
-
-
-def db_option(f: F) -> F:
-    return click.option(
-        "--db",
-        type=_path,
-        default=None,
-        envvar="RUNTALLY_DB",
-        help="dashboard.sqlite path [env RUNTALLY_DB].",
-    )(f)
+#: Each path option: its flag, type, variable and help.
+_OPTIONS: dict[str, tuple[str, click.Path, str, str]] = {
+    "socket": ("--socket", _file, "RUNTALLY_SOCKET", "Daemon socket path"),
+    "db": ("--db", _file, "RUNTALLY_DB", "dashboard.sqlite path"),
+    "spool": ("--spool", _dir, "RUNTALLY_SPOOL", "Spool directory"),
+    "config_file": ("--config", _file, "RUNTALLY_CONFIG", "TOML config file"),
+}
 
 
-def spool_option(f: F) -> F:
-    return click.option(
-        "--spool",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        envvar="RUNTALLY_SPOOL",
-        help="Spool directory [env RUNTALLY_SPOOL].",
-    )(f)
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Option callback: keep the value and where it came from for the resolver."""
+    if value is None or param.name is None:
+        return
+    source = ctx.get_parameter_source(param.name)
+    if source is click.core.ParameterSource.ENVIRONMENT and isinstance(param, click.Option):
+        where = f"environment variable {param.envvar}"
+    else:
+        where = f"option {param.opts[0]}"
+    ctx.meta.setdefault(_OVERRIDES, {})[param.name] = (value, where)
 
 
-def config_option(f: F) -> F:
-    return click.option(
-        "--config",
-        "config_file",
-        type=_path,
-        default=None,
-        envvar="RUNTALLY_CONFIG",
-        help="TOML config file [env RUNTALLY_CONFIG].",
-    )(f)
+def setting_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    """A click option whose value is a settings override, not a command argument."""
+    return click.option(*decls, expose_value=False, callback=_remember, **attrs)
 
 
-def settings_from(**overrides: Any) -> Settings:
-    """Resolve settings from CLI flags, turning config errors into one line."""
+def _path_option(name: str) -> Callable[[F], F]:
+    flag, kind, var, what = _OPTIONS[name]
+    attrs: dict[str, Any] = {"type": kind, "envvar": var, "help": f"{what} [env {var}]."}
+    return setting_option(flag, name, **attrs)
+
+
+@contextlib.contextmanager
+def command_errors() -> Iterator[None]:
+    """Turn every ``RuntallyError`` into one ClickException line with its exit status."""
     try:
-        return resolve(overrides)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        yield
+    except RuntallyError as exc:
+        error = click.ClickException(str(exc))
+        error.exit_code = getattr(exc, "exit_code", 1)
+        raise error from exc
+
+
+def _settings(ctx: click.Context, *, fallback: bool) -> Settings:
+    remembered: dict[str, tuple[Any, str]] = ctx.meta.get(_OVERRIDES, {})
+    overrides = {name: value for name, (value, _) in remembered.items()}
+    if fallback:
+        return resolve_or_defaults(overrides, warn=warn)
+    return resolve(overrides, sources={name: src for name, (_, src) in remembered.items()})
+
+
+def warn(message: str) -> None:
+    """One ``runtally: ...`` line on stderr; never raises."""
+    try:
+        click.echo(f"runtally: {message}", err=True)
+    except Exception:  # noqa: BLE001 - a broken stderr must not change the command
+        pass
+
+
+def uses_settings(*paths: PathName, fallback: bool = False) -> Callable[[F], F]:
+    """Add the ``paths`` options and ``--config``; pass the resolved Settings first.
+
+    ``fallback``: a config problem is a warning and the defaults are used
+    (``runtally exec``: tracking must never stop the command).  Otherwise it
+    is one ``Error:`` line, as is every ``RuntallyError`` the command raises.
+    """
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            with command_errors():
+                return f(_settings(ctx, fallback=fallback), *args, **kwargs)
+
+        wrapped: Any = command
+        for name in reversed((*paths, "config_file")):
+            wrapped = _path_option(name)(wrapped)
+        return wrapped
+
+    return decorate

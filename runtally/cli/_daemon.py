@@ -2,44 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from ._common import config_option, db_option, settings_from, socket_option, spool_option
+from ..config import Settings
+from ._common import setting_option, uses_settings
 
 
 @click.command()
-@socket_option
-@db_option
-@spool_option
-@config_option
-@click.option(
+@setting_option(
     "--synchronous",
     type=click.Choice(["NORMAL", "FULL"], case_sensitive=False),
     default=None,
-    help="SQLite synchronous mode: NORMAL (default) or FULL (survives power loss).",
+    envvar="RUNTALLY_SYNCHRONOUS",
+    help="SQLite synchronous mode: NORMAL (default) or FULL (survives power loss)"
+    " [env RUNTALLY_SYNCHRONOUS].",
 )
-def daemon(
-    socket: Path | None,
-    db: Path | None,
-    spool: Path | None,
-    config_file: Path | None,
-    synchronous: str | None,
-) -> None:
+@uses_settings("socket", "db", "spool")
+def daemon(settings: Settings) -> None:
     """Run the daemon in the foreground (systemd or `make run` keep it alive)."""
     # Imported here: `runtally runs` and friends should not pay for trio.
-    from ..daemon._migrations import MigrationError
     from ..daemon._server import DaemonError, run_daemon
     from ..daemon._store import StoreBusy
 
-    settings = settings_from(
-        socket=socket,
-        db=db,
-        spool=spool,
-        config_file=config_file,
-        synchronous=synchronous.upper() if synchronous else None,
-    )
     click.echo(
         f"runtallyd: db {settings.db}\n"
         f"runtallyd: socket {settings.socket}\n"
@@ -48,7 +32,7 @@ def daemon(
     )
     try:
         run_daemon(settings)
-    except (DaemonError, MigrationError, StoreBusy) as exc:
+    except (DaemonError, StoreBusy) as exc:  # MigrationError is a RuntallyError
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""

@@ -9,25 +9,24 @@ Every failure is one line on stderr (click.ClickException), never a traceback.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket as _socket
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 from urllib.parse import quote
 
 import click
 import msgspec
 
+from ..config import Settings
 from ..daemon._doctor import DoctorReport, doctor
-from ..daemon._migrations import MIGRATIONS, SCHEMA_VERSION, MigrationError, applied
+from ..daemon._migrations import SCHEMA_VERSION, MigrationError, applied, migration_status
+from ..daemon._probe import Silence, probe
+from ..daemon._readonly import CannotOpen, read_only
 from ..daemon._store import Store, StoreBusy
-from ._common import config_option, db_option, settings_from, socket_option
+from ._common import uses_settings
+from ._errors import DaemonIsWriter, DatabaseError
 
 __all__ = ["db"]
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_UNHEALTHY = 1
 EXIT_NOT_INITIALIZED = 2
@@ -38,66 +37,51 @@ def db() -> None:
     """Database maintenance: migrate, doctor, vacuum."""
 
 
-def _common(f: F) -> F:
-    return config_option(socket_option(db_option(f)))
-
-
 @contextlib.contextmanager
-def _one_line(path: Path) -> Iterator[None]:
-    """Turn what the database layer raises into one ClickException line."""
+def _database_errors(path: Path) -> Iterator[None]:
+    """What the database layer raises, as one DatabaseError sentence naming ``path``."""
     try:
         yield
-    except click.ClickException:
-        raise
-    except MigrationError as exc:
-        raise click.ClickException(f"{path}: {exc}") from exc
+    except (MigrationError, CannotOpen) as exc:
+        raise DatabaseError(f"{path}: {exc}") from exc
     except StoreBusy as exc:
-        raise click.ClickException(f"{path}: busy, try again later ({exc})") from exc
+        raise DatabaseError(f"{path}: busy, try again later ({exc})") from exc
     except sqlite3.DatabaseError as exc:
         text = str(exc)
         if "not a database" in text:
             text = f"not a SQLite database ({text})"
-        raise click.ClickException(f"{path}: {text}") from exc
+        raise DatabaseError(f"{path}: {text}") from exc
     except OSError as exc:
         where = exc.filename or path
-        raise click.ClickException(f"{where}: {exc.strerror or exc}") from exc
+        raise DatabaseError(f"{where}: {exc.strerror or exc}") from exc
 
 
 def _daemon_answers(path: Path) -> str | None:
     """Why a daemon seems to be running on ``path``, or None if nobody answers."""
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    sock.settimeout(1.0)
-    try:
-        sock.connect(os.fspath(path))
-    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
-        return None
-    except PermissionError:
-        return f"cannot tell whether the daemon is running (socket {path}: permission denied)"
-    except OSError as exc:
-        if isinstance(exc, TimeoutError):
-            return f"the daemon's socket {path} accepts no connection (busy daemon?)"
-        return None
-    else:
+    nobody = probe(path, timeout=1.0)
+    if nobody is None:
         return f"the daemon is running (socket {path} answers)"
-    finally:
-        sock.close()
+    if nobody.silence is Silence.DENIED:
+        return f"cannot tell whether the daemon is running (socket {path}: permission denied)"
+    if nobody.silence is Silence.BUSY:
+        return f"the daemon's socket {path} accepts no connection (busy daemon?)"
+    return None
 
 
 @db.command()
-@_common
-def migrate(db: Path | None, socket: Path | None, config_file: Path | None) -> None:
+@uses_settings("socket", "db")
+def migrate(settings: Settings) -> None:
     """Create the database or bring it to this runtally's schema."""
-    settings = settings_from(db=db, socket=socket, config_file=config_file)
     path = settings.db
     before: list[str] = []
     if path.exists():
-        with _one_line(path):
-            before = _applied_read_only(path)
-        if ({m.id for m in MIGRATIONS} - set(before)) and (why := _daemon_answers(settings.socket)):
-            raise click.ClickException(
+        with _database_errors(path):
+            before, _ = read_only(path, applied)
+        if migration_status(before).pending and (why := _daemon_answers(settings.socket)):
+            raise DaemonIsWriter(
                 f"{why}: it is the only writer; restart it to migrate (it migrates on start)"
             )
-    with _one_line(path):
+    with _database_errors(path):
         store = Store.open(
             path, synchronous=settings.synchronous, busy_timeout_ms=settings.busy_timeout_ms
         )
@@ -143,25 +127,23 @@ def _human(report: DoctorReport) -> str:
 
 
 @db.command(name="doctor")
-@db_option
-@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
     "--quick",
     is_flag=True,
     help="Use PRAGMA quick_check instead of the full integrity_check (faster on big files).",
 )
-def doctor_command(db: Path | None, config_file: Path | None, as_json: bool, quick: bool) -> None:
+@uses_settings("db")
+def doctor_command(settings: Settings, as_json: bool, quick: bool) -> None:
     """Check the database without writing to it.
 
     Exit status: 0 healthy, 1 unhealthy or unreadable, 2 not initialized.
     """
-    settings = settings_from(db=db, config_file=config_file)
     report = doctor(settings.db, quick=quick)
     if as_json:
         click.echo(msgspec.json.encode(report).decode())
     elif report.error is not None:
-        raise click.ClickException(report.error)
+        raise DatabaseError(report.error)
     else:
         click.echo(_human(report))
     if report.error is not None:
@@ -173,21 +155,18 @@ def doctor_command(db: Path | None, config_file: Path | None, as_json: bool, qui
 
 
 @db.command()
-@_common
-def vacuum(db: Path | None, socket: Path | None, config_file: Path | None) -> None:
+@uses_settings("socket", "db")
+def vacuum(settings: Settings) -> None:
     """Rebuild the database file compactly (VACUUM) and empty the WAL.
 
     Refused while the daemon runs: it is the only writer.
     """
-    settings = settings_from(db=db, socket=socket, config_file=config_file)
     path = settings.db
     if (why := _daemon_answers(settings.socket)) is not None:
-        raise click.ClickException(f"{why}: stop it before `runtally db vacuum`")
+        raise DaemonIsWriter(f"{why}: stop it before `runtally db vacuum`")
     if not path.exists():
-        raise click.ClickException(
-            f"{path}: database does not exist (not initialized); nothing to vacuum"
-        )
-    with _one_line(path):
+        raise DatabaseError(f"{path}: database does not exist (not initialized); nothing to vacuum")
+    with _database_errors(path):
         size_before = path.stat().st_size
         # mode=rw: never create a database that is not there.
         conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=rw", uri=True, isolation_level=None)
@@ -204,12 +183,3 @@ def vacuum(db: Path | None, socket: Path | None, config_file: Path | None) -> No
 
 def _uri_path(path: Path) -> str:
     return quote(str(path.absolute()))
-
-
-def _applied_read_only(path: Path) -> list[str]:
-    """Migrations recorded in an existing database, read without writing."""
-    conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True, isolation_level=None)
-    try:
-        return applied(conn)
-    finally:
-        conn.close()

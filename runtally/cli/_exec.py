@@ -34,8 +34,9 @@ from typing import Any
 
 import click
 
+from ..config import Settings
 from ..protocol import MAX_STACK
-from ._common import config_option, socket_option, spool_option
+from ._common import uses_settings, warn
 
 __all__ = ["StderrTee", "exec_command", "exit_status"]
 
@@ -108,14 +109,7 @@ def _binary_stderr() -> Any:
 class _Tracking:
     """The run around the command; every call is safe when tracking is off."""
 
-    def __init__(
-        self,
-        pipeline: str,
-        club: str | None,
-        socket: Path | None,
-        spool: Path | None,
-        config_file: Path | None,
-    ) -> None:
+    def __init__(self, pipeline: str, club: str | None, settings: Settings) -> None:
         self.tracker: Any = None
         #: The stderr tail for a failure's error row.
         self.stack: str | None = None
@@ -124,16 +118,12 @@ class _Tracking:
         try:
             # Lazy: the client is light, but `runtally runs` should not load it.
             from ..client import RunTracker
-            from ..config import ConfigError, resolve
 
-            try:
-                settings = resolve({"socket": socket, "spool": spool, "config_file": config_file})
-                socket, spool = settings.socket, settings.spool
-            except ConfigError as exc:
-                _warn(f"{exc}; tracking with the default socket and spool")
-            self.tracker = RunTracker(pipeline, club_slug=club, socket=socket, spool=spool)
+            self.tracker = RunTracker(
+                pipeline, club_slug=club, socket=settings.socket, spool=settings.spool
+            )
         except Exception as exc:  # noqa: BLE001 - tracking must not stop the command
-            _warn(f"tracking is off for this run ({exc!r})")
+            warn(f"tracking is off for this run ({exc!r})")
 
     def start(self, step_name: str) -> None:
         if self.tracker is None:
@@ -142,7 +132,7 @@ class _Tracking:
             self.run_id = self.tracker.start_run()
             self.step_id = self.tracker.start_step(step_name)
         except Exception as exc:  # noqa: BLE001 - RunTracker never raises; belt and braces
-            _warn(f"could not record the start of the run ({exc!r})")
+            warn(f"could not record the start of the run ({exc!r})")
 
     def finish(
         self, step_name: str, argv: Sequence[str], code: int, why: str | None, sig: str | None
@@ -162,14 +152,7 @@ class _Tracking:
             t.end_run(success=ok, stats=detail)
             t.close()
         except Exception as exc:  # noqa: BLE001 - RunTracker never raises; belt and braces
-            _warn(f"could not record the end of the run ({exc!r})")
-
-
-def _warn(message: str) -> None:
-    try:
-        click.echo(f"runtally: {message}", err=True)
-    except Exception:  # noqa: BLE001 - a broken stderr must not change the command
-        pass
+            warn(f"could not record the end of the run ({exc!r})")
 
 
 def _signal_name(number: int) -> str | None:
@@ -230,18 +213,14 @@ def _drain_pending(waited: set[signal.Signals]) -> None:
     default=None,
     help="Name of the run's one step [default: the command's file name].",
 )
-@socket_option
-@spool_option
-@config_option
+@uses_settings("socket", "spool", fallback=True)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_command(
+    settings: Settings,
     *,
     pipeline: str,
     club: str | None,
     step_name: str | None,
-    socket: Path | None,
-    spool: Path | None,
-    config_file: Path | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND as a tracked run; its output and exit status pass through.
@@ -259,7 +238,7 @@ def exec_command(
     # once it has, instead of killing us with the run left open.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
-        tracking = _Tracking(pipeline, club, socket, spool, config_file)
+        tracking = _Tracking(pipeline, club, settings)
         code, cannot_start = _run(tracking, argv, name, step_name, waited, old_mask)
     finally:
         _drain_pending(waited)

@@ -1,10 +1,9 @@
-"""Read-only access to dashboard.sqlite for the read commands.
+"""Read-only access to dashboard.sqlite for the read commands (the CLI's data layer).
 
-The database is opened through a ``mode=ro`` URI with ``query_only`` on, so
-these commands never write and never create the file; they work whether the
-daemon runs or not.  When nobody has the database open (no ``-wal``/``-shm``
-beside it) it is opened ``immutable``, which needs no write access to the
-directory either.  Every failure becomes one ``click.ClickException`` line.
+``read(path, fn)`` runs ``fn(conn)`` through ``daemon._readonly.read_only``:
+never a write, never a new file, whether the daemon runs or not.  Every
+failure is a ``DatabaseError`` (``RunNotFound`` for a run that is not there),
+one sentence that the click layer prints.
 
 Rows come back as plain dicts whose keys are the column names, which is also
 the ``--json`` shape (see README, "Everyday commands").
@@ -12,15 +11,14 @@ the ``--json`` shape (see README, "Everyday commands").
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeVar
 
-import click
+from ..daemon._readonly import CannotOpen, read_only
+from ._errors import DatabaseError, RunNotFound
 
 __all__ = [
     "ERROR_FIELDS",
@@ -32,11 +30,12 @@ __all__ = [
     "list_errors",
     "list_runs",
     "parent_of",
-    "read_only",
+    "read",
     "steps_of",
 ]
 
-_BUSY_TIMEOUT_MS = 5000
+T = TypeVar("T")
+
 _NOT_INITIALIZED = "start the daemon or run `runtally db migrate`, or pass --db"
 
 #: Columns of a run in every listing (and in ``--json``), in order.
@@ -106,11 +105,6 @@ FROM run_errors e JOIN runs r ON r.id = e.run_id
 """
 
 
-def _uri(path: Path, *, immutable: bool) -> str:
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
-    return uri + "&immutable=1" if immutable else uri
-
-
 def _explain(path: Path, exc: sqlite3.Error) -> str:
     text = str(exc)
     if "not a database" in text:
@@ -122,42 +116,58 @@ def _explain(path: Path, exc: sqlite3.Error) -> str:
     return f"{path}: {text}"
 
 
-@contextlib.contextmanager
-def read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to ``path``; every failure is one ClickException line."""
+def read(path: Path, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(conn)`` on a read-only connection to ``path`` (rows as ``sqlite3.Row``).
+
+    ``fn`` must only read: it may run twice (see ``daemon._readonly``).
+    Raises DatabaseError, one line, for every failure to read.
+    """
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise click.ClickException(f"database {path} does not exist: {_NOT_INITIALIZED}") from None
+        raise DatabaseError(f"database {path} does not exist: {_NOT_INITIALIZED}") from None
     except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise DatabaseError(f"cannot read {path}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(st.st_mode):
-        raise click.ClickException(f"{path} is a directory, not a database file")
-    idle = not any(path.with_name(path.name + s).exists() for s in ("-wal", "-shm", "-journal"))
-    try:
-        conn = sqlite3.connect(_uri(path, immutable=idle), uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise click.ClickException(f"cannot open {path} read-only: {exc}") from None
-    try:
+        raise DatabaseError(f"{path} is a directory, not a database file")
+
+    def with_rows(conn: sqlite3.Connection) -> T:
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA query_only = ON")
-        yield conn
+        return fn(conn)
+
+    try:
+        return read_only(path, with_rows)[0]
+    except CannotOpen as exc:
+        raise DatabaseError(str(exc)) from None
     except sqlite3.Error as exc:
-        raise click.ClickException(_explain(path, exc)) from None
-    finally:
-        conn.close()
+        raise DatabaseError(_explain(path, exc)) from None
 
 
 def _dicts(rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def _limit(sql: str, params: list[Any], limit: int | None) -> str:
+def _newest(
+    conn: sqlite3.Connection,
+    select: str,
+    equal: dict[str, Any],
+    *,
+    since: tuple[str, str | None],
+    order: str,
+    limit: int | None,
+) -> list[dict[str, Any]]:
+    """``select`` filtered by ``column = value`` for each given value and
+    ``column >= since``, ordered by ``order``, at most ``limit`` rows (0/None: all)."""
+    where = [f"{column} = ?" for column, value in equal.items() if value is not None]
+    params: list[Any] = [value for value in equal.values() if value is not None]
+    if since[1] is not None:
+        where.append(f"{since[0]} >= ?")
+        params.append(since[1])
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
     if limit:
+        sql += " LIMIT ?"
         params.append(limit)
-        return sql + " LIMIT ?"
-    return sql
+    return _dicts(conn.execute(sql, params).fetchall())
 
 
 def list_runs(
@@ -170,17 +180,14 @@ def list_runs(
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Runs matching every given filter, newest first."""
-    where, params = [], []
-    for column, value in (("r.pipeline", pipeline), ("r.club_slug", club), ("r.outcome", outcome)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if since is not None:
-        where.append("r.started_at >= ?")
-        params.append(since)
-    sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY r.started_at DESC, r.id DESC"
-    return _dicts(conn.execute(_limit(sql, params, limit), params).fetchall())
+    return _newest(
+        conn,
+        _RUN_SELECT,
+        {"r.pipeline": pipeline, "r.club_slug": club, "r.outcome": outcome},
+        since=("r.started_at", since),
+        order="r.started_at DESC, r.id DESC",
+        limit=limit,
+    )
 
 
 def _run_by(conn: sqlite3.Connection, column: str, value: Any) -> dict[str, Any] | None:
@@ -193,7 +200,7 @@ def find_run(
 ) -> dict[str, Any]:
     """The run ``ref`` names: an id, a uid, or ``latest`` (of ``pipeline``/``club`` if given).
 
-    Raises ClickException (one line) when there is no such run.
+    Raises RunNotFound (one line) when there is no such run.
     """
     ref = ref.strip()
     if ref.lower() == "latest":
@@ -202,7 +209,7 @@ def find_run(
             scope = " ".join(
                 f"{k} {v!r}" for k, v in (("pipeline", pipeline), ("club", club)) if v is not None
             )
-            raise click.ClickException(f"no runs{' for ' + scope if scope else ''} yet")
+            raise RunNotFound(f"no runs{' for ' + scope if scope else ''} yet")
         return found[0]
     run = None
     if ref.isascii() and ref.isdigit():  # "²".isdigit() too, and int() refuses it
@@ -210,11 +217,12 @@ def find_run(
     if run is None:
         run = _run_by(conn, "uid", ref)
     if run is None:
-        raise click.ClickException(f"no run with id or uid {ref!r}")
+        raise RunNotFound(f"no run with id or uid {ref!r}")
     return run
 
 
 def parent_of(conn: sqlite3.Connection, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The run ``run`` was started inside, by id or (not linked yet) uid; None if none."""
     if run.get("parent_run_id") is not None:
         return _run_by(conn, "id", run["parent_run_id"])
     if run.get("parent_uid"):
@@ -265,20 +273,17 @@ def list_errors(
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Errors matching every given filter, newest first."""
-    where, params = [], []
-    for column, value in (
-        ("e.run_id", run_id),
-        ("r.pipeline", pipeline),
-        ("e.club_slug", club),
-        ("e.step_name", step),
-        ("e.member_identifier", member),
-    ):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if since is not None:
-        where.append("e.created_at >= ?")
-        params.append(since)
-    sql = _ERROR_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-    sql += " ORDER BY e.created_at DESC, e.id DESC"
-    return _dicts(conn.execute(_limit(sql, params, limit), params).fetchall())
+    return _newest(
+        conn,
+        _ERROR_SELECT,
+        {
+            "e.run_id": run_id,
+            "r.pipeline": pipeline,
+            "e.club_slug": club,
+            "e.step_name": step,
+            "e.member_identifier": member,
+        },
+        since=("e.created_at", since),
+        order="e.created_at DESC, e.id DESC",
+        limit=limit,
+    )

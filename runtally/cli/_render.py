@@ -21,6 +21,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..daemon._timefmt import iso_from_datetime
+from ..daemon._timefmt import parse_iso as _parse_iso
+
 __all__ = [
     "OUTCOME_STYLES",
     "SinceType",
@@ -86,6 +89,7 @@ def table(*columns: str, title: str | None = None, right: tuple[str, ...] = ()) 
 
 
 def outcome_text(outcome: str | None) -> Text:
+    """An outcome (``success``, ``failure``, ...) coloured; ``-`` when there is none."""
     label = outcome or "-"
     return Text(label, style=OUTCOME_STYLES.get(label, ""))
 
@@ -98,16 +102,9 @@ def parse_iso(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return _parse_iso(text)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def iso_from_datetime(moment: datetime) -> str:
-    """The stored format: UTC, milliseconds, ``Z``."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def fmt_local(text: str | None) -> str:
@@ -163,6 +160,7 @@ def fmt_duration(ms: int | None) -> str:
 
 
 def fmt_bytes(n: int | None) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.2 MiB``; ``-`` when unknown."""
     if n is None:
         return "-"
     size = float(n)
@@ -195,7 +193,7 @@ def parse_since(value: str, now: datetime | None = None) -> str:
         except OverflowError as exc:
             raise ValueError(f"{value!r} reaches back before year 1") from exc
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.strip())  # Python 3.11+ reads a trailing Z
     except ValueError:
         raise ValueError(
             f"{value!r} is neither a duration (30m, 24h, 7d, 2w) nor an ISO date/time "

@@ -7,14 +7,15 @@ root and the daemon's own uid by default) and prints its answer.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 import msgspec
 
+from ..config import Settings
 from ..protocol import ErrorReply, Replay, Replayed
 from ._ask import DaemonUnavailable, ask
-from ._common import config_option, settings_from, socket_option
+from ._common import uses_settings
+from ._errors import CliError
 
 __all__ = ["replay"]
 
@@ -29,19 +30,17 @@ __all__ = ["replay"]
     help="How long to wait for the replay to finish.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
-@socket_option
-@config_option
-def replay(timeout: float, as_json: bool, socket: Path | None, config_file: Path | None) -> None:
+@uses_settings("socket")
+def replay(settings: Settings, timeout: float, as_json: bool) -> None:
     """Replay the spool now (the daemon also does so every second by itself)."""
-    settings = settings_from(socket=socket, config_file=config_file)
     try:
         reply = ask(settings.socket, Replay(), timeout=timeout)
     except DaemonUnavailable as exc:
-        raise click.ClickException(f"daemon {exc}") from None
+        raise DaemonUnavailable(f"daemon {exc}") from None
     if isinstance(reply, ErrorReply):
-        raise click.ClickException(f"the daemon refused: {reply.error}")
+        raise CliError(f"the daemon refused: {reply.error}")
     if not isinstance(reply, Replayed):
-        raise click.ClickException(f"unexpected {type(reply).__name__} reply to replay")
+        raise CliError(f"unexpected {type(reply).__name__} reply to replay")
     if as_json:
         click.echo(json.dumps(msgspec.structs.asdict(reply)))
         return

@@ -1,10 +1,9 @@
 """``runtally db doctor``: what state is dashboard.sqlite in, and what to do about it.
 
 Strictly read-only.  A missing file is reported as "not initialized" and is
-not created.  An existing database is opened through a ``mode=ro`` URI with
-``query_only`` on; when it has no ``-wal``/``-shm``/``-journal`` beside it
-(nobody has it open), it is opened ``immutable`` so that not even those
-side files are created.  Every finding that makes the database unhealthy is a
+not created.  An existing database is read through ``_readonly.read_only``
+(``mode=ro``, or ``immutable`` when nobody has it open, so that not even side
+files are created).  Every finding that makes the database unhealthy is a
 sentence in ``problems`` saying what to do.
 """
 
@@ -13,13 +12,13 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from urllib.parse import quote
 
 import msgspec
 
-from ._migrations import MIGRATIONS, SCHEMA_VERSION
+from ._migrations import SCHEMA_VERSION, migration_status
+from ._readonly import CannotOpen, read_only, table_names
 
-__all__ = ["COUNTED_TABLES", "DoctorReport", "ForeignKeyViolation", "doctor"]
+__all__ = ["COUNTED_TABLES", "DoctorReport", "ForeignKeyViolation", "doctor", "row_counts"]
 
 #: Tables whose row counts the report gives (None when the table is missing).
 COUNTED_TABLES = ("runs", "run_steps", "run_errors", "audit_log", "dead_letters", "parked_events")
@@ -76,13 +75,25 @@ def _side(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-def _open_ro(path: Path, immutable: bool) -> sqlite3.Connection:
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
-    if immutable:
-        uri += "&immutable=1"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-    conn.execute("PRAGMA query_only = ON")
-    return conn
+def row_counts(conn: sqlite3.Connection, tables: set[str] | None = None) -> dict[str, int | None]:
+    """Rows in each of COUNTED_TABLES; None for a table the database does not have.
+
+    ``tables``: the database's table names when the caller has them already.
+    """
+    present = table_names(conn) if tables is None else tables
+    return {
+        table: conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+        if table in present
+        else None
+        for table in COUNTED_TABLES
+    }
+
+
+def _header_says_wal(path: Path) -> bool:
+    """Bytes 18/19 of the header are 2 in WAL mode (an immutable connection says "delete")."""
+    with path.open("rb") as fh:
+        header = fh.read(20)
+    return header[18:20] == b"\x02\x02"
 
 
 def doctor(path: str | os.PathLike[str], *, quick: bool = False) -> DoctorReport:
@@ -132,70 +143,62 @@ def _examine(path: Path, report: DoctorReport, *, quick: bool) -> None:
         report.problems.append(report.error)
         return
 
-    idle = not any(_side(path, s).exists() for s in ("-wal", "-shm", "-journal"))
     try:
-        conn = _open_ro(path, immutable=idle)
-    except sqlite3.Error as exc:
-        report.error = f"cannot open {path} read-only: {exc}"
+        found, opened = read_only(path, lambda conn: _inspect(conn, path, quick=quick))
+    except CannotOpen as exc:
+        report.error = str(exc)
         report.problems.append(report.error)
         return
-    report.opened = "immutable" if idle else "read-only"
-    try:
-        _inspect(conn, report, header, quick=quick)
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, OSError) as exc:
         report.error = f"cannot read {path}: {exc}"
         report.problems.append(report.error)
-    finally:
-        conn.close()
-
-
-def _inspect(conn: sqlite3.Connection, report: DoctorReport, header: bytes, *, quick: bool) -> None:
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    report.initialized = bool(tables)
-    if not tables:
-        report.problems.append(
-            f"{report.path} has no tables (not initialized): run `runtally db migrate`"
-        )
         return
+    for field in found.__struct_fields__:
+        if field not in ("path", "exists", "file_size", "wal_size"):
+            setattr(report, field, getattr(found, field))
+    report.opened = opened
+    if report.initialized:
+        _judge(report)
 
-    # Journal mode: the header says WAL (bytes 18/19 == 2) even where an
-    # immutable connection would report "delete".
-    if report.opened == "immutable":
-        report.journal_mode = "wal" if header[18] == 2 and header[19] == 2 else "delete"
-    else:
-        report.journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+
+def _inspect(conn: sqlite3.Connection, path: Path, *, quick: bool) -> DoctorReport:
+    """What the database says about itself; may run twice (see ``_readonly``)."""
+    found = DoctorReport(path=str(path), exists=True)
+    tables = table_names(conn)
+    found.initialized = bool(tables)
+    if not tables:
+        found.problems.append(f"{path} has no tables (not initialized): run `runtally db migrate`")
+        return found
+
+    found.journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    if found.journal_mode != "wal" and _header_says_wal(path):
+        found.journal_mode = "wal"  # opened immutable: SQLite reports "delete"
 
     # Schema and migrations.
     if "meta" in tables:
         row = conn.execute("SELECT schema_version, app_version FROM meta").fetchone()
         if row is not None:
-            report.schema_version, report.app_version = int(row[0]), row[1]
+            found.schema_version, found.app_version = int(row[0]), row[1]
     if "schema_migrations" in tables:
-        report.applied_migrations = [
+        status = migration_status(
             r[0] for r in conn.execute("SELECT id FROM schema_migrations ORDER BY id")
-        ]
-    known = [m.id for m in MIGRATIONS]
-    applied = set(report.applied_migrations)
-    report.pending_migrations = [m for m in known if m not in applied]
-    report.unknown_migrations = sorted(applied - set(known))
+        )
+    else:
+        status = migration_status(())
+    found.applied_migrations = status.applied
+    found.pending_migrations = [m.id for m in status.pending]
+    found.unknown_migrations = status.unknown
 
     # Structure.
     check = "quick_check" if quick else "integrity_check"
-    report.integrity = [
-        str(r[0]) for r in conn.execute(f"PRAGMA {check}({_MAX_LISTED})").fetchall()
-    ]
-    report.integrity_ok = report.integrity == ["ok"]
-    report.foreign_key_violations = [
+    found.integrity = [str(r[0]) for r in conn.execute(f"PRAGMA {check}({_MAX_LISTED})").fetchall()]
+    found.integrity_ok = found.integrity == ["ok"]
+    found.foreign_key_violations = [
         ForeignKeyViolation(r[0], r[1], r[2], r[3])
         for r in conn.execute("PRAGMA foreign_key_check").fetchmany(_MAX_LISTED)
     ]
-    for table in COUNTED_TABLES:
-        report.row_counts[table] = (
-            conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-            if table in tables
-            else None
-        )
-    _judge(report)
+    found.row_counts = row_counts(conn, tables)
+    return found
 
 
 def _judge(report: DoctorReport) -> None:

@@ -10,21 +10,34 @@ does not know was written by a newer runtally: we refuse to touch it.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
 from .._version import __version__
+from ..errors import RuntallyError
 from ._timefmt import now_iso
 
-__all__ = ["MIGRATIONS", "Migration", "MigrationError", "applied", "migrate", "pending"]
+__all__ = [
+    "MIGRATIONS",
+    "Migration",
+    "MigrationError",
+    "MigrationStatus",
+    "applied",
+    "migrate",
+    "migration_status",
+    "pending",
+]
 
 
-class MigrationError(Exception):
+class MigrationError(RuntallyError):
     """The database's migrations do not fit this code."""
 
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One ``NNNN_name.sql`` file: its id (the file name without ``.sql``), number and SQL."""
+
     id: str
     number: int
     sql: str
@@ -69,17 +82,36 @@ def applied(conn: sqlite3.Connection) -> list[str]:
     return [row[0] for row in conn.execute("SELECT id FROM schema_migrations ORDER BY id")]
 
 
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    """Where a database stands against this code's migrations."""
+
+    applied: list[str]  # ids recorded in the database, in order
+    pending: list[Migration]  # this code's migrations not recorded yet, in order
+    unknown: list[str]  # recorded ids this code does not know: a newer runtally wrote them
+
+
+def migration_status(applied_ids: Iterable[str]) -> MigrationStatus:
+    """Compare the recorded migration ids with ``MIGRATIONS``: the one place that does."""
+    done = list(applied_ids)
+    recorded = set(done)
+    known = {m.id for m in MIGRATIONS}
+    return MigrationStatus(
+        applied=done,
+        pending=[m for m in MIGRATIONS if m.id not in recorded],
+        unknown=sorted(recorded - known),
+    )
+
+
 def pending(conn: sqlite3.Connection) -> list[Migration]:
     """Migrations not yet applied; raises MigrationError for unknown ones."""
-    done = set(applied(conn))
-    known = {m.id for m in MIGRATIONS}
-    unknown = sorted(done - known)
-    if unknown:
+    status = migration_status(applied(conn))
+    if status.unknown:
         raise MigrationError(
-            f"database has migrations this runtally does not know ({', '.join(unknown)}): "
+            f"database has migrations this runtally does not know ({', '.join(status.unknown)}): "
             "it was written by a newer version"
         )
-    return [m for m in MIGRATIONS if m.id not in done]
+    return status.pending
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:

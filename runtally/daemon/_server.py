@@ -28,6 +28,7 @@ from ..config import Settings
 from ..protocol import ErrorReply, Replayed, StatusReply, encode_frame
 from ._conn import Connection, Render, ServerHooks
 from ._peer import is_admin, is_allowed, peer_origin
+from ._probe import Silence, probe
 from ._replay import Replayer, spool_backlog
 from ._store import AuditEntry, Origin, Store
 from ._systemd import Notifier, listen_fds
@@ -50,18 +51,13 @@ def _claim_socket_path(path: Path) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise DaemonError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
+    nobody = probe(path, timeout=1.0)
+    if nobody is None:
+        raise DaemonError(f"another daemon is already listening on {path}")
+    if nobody.silence in (Silence.STALE, Silence.ABSENT):
         path.unlink(missing_ok=True)  # stale: its daemon died without cleaning up
         return
-    except OSError as exc:
-        raise DaemonError(f"cannot probe existing socket {path}: {exc}") from exc
-    finally:
-        probe.close()
-    raise DaemonError(f"another daemon is already listening on {path}")
+    raise DaemonError(f"cannot probe existing socket {path}: {nobody.error}") from nobody.error
 
 
 def _bind(settings: Settings) -> socket.socket:

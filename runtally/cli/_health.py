@@ -1,0 +1,321 @@
+"""What ``runtally status`` reports, gathered as data (the CLI's data layer for it).
+
+It asks the daemon for its status over the socket, reads the database
+read-only, looks at the spool directory, and lists each pipeline's last run.
+``collect`` returns a ``StatusReport``; ``msgspec.to_builtins`` of it is the
+``--json`` shape (README.md, "Everyday commands").  Nothing here raises for
+what it finds: a daemon down or a database unreadable is an ``error`` in its
+section and a line in ``problems``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..daemon._doctor import row_counts
+from ..daemon._readonly import table_names
+from ..daemon._timefmt import iso_from_datetime, iso_from_ms, parse_iso
+from ..protocol import (
+    SPOOL_MAGIC,
+    ErrorReply,
+    Event,
+    SpoolReader,
+    Status,
+    StatusReply,
+    decode_client_message,
+)
+from . import _query as q
+from ._ask import ask
+from ._errors import CliError
+from ._render import fmt_duration
+
+__all__ = [
+    "DEFAULT_MAX_SPOOL_AGE_S",
+    "DaemonSection",
+    "DatabaseSection",
+    "PipelineRow",
+    "SpoolSection",
+    "StatusReport",
+    "collect",
+]
+
+DEFAULT_MAX_SPOOL_AGE_S = 60.0
+_READ_CHUNK = 64 * 1024
+
+
+class DaemonSection(msgspec.Struct, kw_only=True):
+    """The daemon as its socket answered."""
+
+    up: bool = False
+    socket: str
+    error: str | None = None  # why it is not up, a sentence
+    status: dict[str, Any] | None = None  # its StatusReply's fields when up
+
+
+class DatabaseSection(msgspec.Struct):
+    """dashboard.sqlite as read from here (sizes in bytes, times stored-format UTC)."""
+
+    path: str
+    exists: bool
+    size_bytes: int | None
+    wal_bytes: int | None
+    file_modified_at: str | None = None  # newest mtime of the file and its WAL
+    schema_version: int | None = None
+    row_counts: dict[str, int | None] = msgspec.field(default_factory=dict)
+    last_write: str | None = None  # newest timestamp in runs, steps and errors
+    error: str | None = None
+
+
+class SpoolSection(msgspec.Struct, kw_only=True):
+    """Spool files waiting for replay; a file beyond its 8-byte header holds events."""
+
+    path: str
+    files: int = 0
+    pending_files: int = 0
+    bytes: int = 0
+    oldest_at: str | None = None  # the oldest waiting event's ts
+    oldest_age_s: float | None = None
+    max_age_s: float  # the limit asked for, seconds
+    backing_up: bool = False  # oldest_age_s > max_age_s
+    corrupt_files: int = 0  # quarantined in corrupt/
+    error: str | None = None
+
+
+class PipelineRow(msgspec.Struct):
+    """A (club, pipeline)'s newest run."""
+
+    pipeline: str
+    club_slug: str
+    run_id: int
+    run_uid: str | None
+    started_at: str
+    finished_at: str | None
+    duration_ms: int | None
+    outcome: str | None
+    error_count: int
+    age_s: float | None  # seconds since it started
+
+
+class StatusReport(msgspec.Struct):
+    """The whole report; healthy when ``problems`` is empty."""
+
+    healthy: bool
+    problems: list[str]
+    warnings: list[str]
+    daemon: DaemonSection
+    database: DatabaseSection
+    spool: SpoolSection
+    pipelines: list[PipelineRow]
+
+
+def collect(
+    socket_path: Path,
+    db_path: Path,
+    spool_dir: Path,
+    *,
+    max_spool_age: float = DEFAULT_MAX_SPOOL_AGE_S,
+    timeout: float = 1.0,
+) -> StatusReport:
+    """Ask, read and look (``timeout`` seconds for the daemon); never raises for findings."""
+    now = time.time()
+    daemon = _daemon(socket_path, timeout)
+    database, pipelines = _database(db_path, now)
+    spool = _spool(spool_dir, now, max_spool_age)
+    problems: list[str] = []
+    warnings: list[str] = []
+    if not daemon.up:
+        problems.append(f"daemon: {daemon.error}")
+    elif daemon.status is not None and not _same_file(daemon.status["db_path"], db_path):
+        where = daemon.status["db_path"]
+        warnings.append(f"the daemon writes {where}, this report reads {db_path}")
+    if database.error:
+        problems.append(f"database: {database.error}")
+    if spool.backing_up and spool.oldest_age_s is not None:
+        problems.append(
+            f"spool: an event has waited {fmt_duration(int(spool.oldest_age_s * 1000))} "
+            f"in {spool_dir} (more than {max_spool_age:g} s): is the daemon replaying?"
+        )
+    if spool.error:
+        warnings.append(f"spool: {spool.error}")
+    if spool.corrupt_files:
+        warnings.append(
+            f"spool: {spool.corrupt_files} quarantined file(s) in {spool_dir / 'corrupt'}"
+        )
+    return StatusReport(
+        healthy=not problems,
+        problems=problems,
+        warnings=warnings,
+        daemon=daemon,
+        database=database,
+        spool=spool,
+        pipelines=pipelines,
+    )
+
+
+def _same_file(a: str, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == b.resolve()
+
+
+# -- daemon ----------------------------------------------------------------------------
+
+
+def _daemon(socket_path: Path, timeout: float) -> DaemonSection:
+    out = DaemonSection(socket=str(socket_path))
+    try:
+        reply = ask(socket_path, Status(), timeout=timeout)
+    except CliError as exc:
+        out.error = str(exc)
+        return out
+    if isinstance(reply, StatusReply):
+        out.up = True
+        out.status = msgspec.structs.asdict(reply)
+    elif isinstance(reply, ErrorReply):
+        out.error = f"the daemon refused the status request: {reply.error}"
+    else:
+        out.error = f"unexpected {type(reply).__name__} reply to status"
+    return out
+
+
+# -- database --------------------------------------------------------------------------
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+def _database(path: Path, now: float) -> tuple[DatabaseSection, list[PipelineRow]]:
+    st, wal = _stat(path), _stat(path.with_name(path.name + "-wal"))
+    out = DatabaseSection(
+        path=str(path),
+        exists=st is not None,
+        size_bytes=st.st_size if st is not None else None,
+        wal_bytes=wal.st_size if wal is not None else None,
+    )
+    mtimes = [s.st_mtime for s in (st, wal) if s is not None]
+    if mtimes:
+        out.file_modified_at = iso_from_datetime(datetime.fromtimestamp(max(mtimes), UTC))
+
+    def gather(conn: sqlite3.Connection) -> tuple[DatabaseSection, list[PipelineRow]]:
+        found = DatabaseSection(out.path, out.exists, out.size_bytes, out.wal_bytes)
+        found.file_modified_at = out.file_modified_at
+        tables = table_names(conn)
+        if "meta" in tables:
+            row = conn.execute("SELECT max(schema_version) FROM meta").fetchone()
+            found.schema_version = row[0] if row is not None else None
+        found.row_counts = row_counts(conn, tables)
+        found.last_write = conn.execute(
+            "SELECT max(ts) FROM ("
+            " SELECT max(started_at) AS ts FROM runs"
+            " UNION ALL SELECT max(finished_at) FROM runs"
+            " UNION ALL SELECT max(started_at) FROM run_steps"
+            " UNION ALL SELECT max(finished_at) FROM run_steps"
+            " UNION ALL SELECT max(created_at) FROM run_errors)"
+        ).fetchone()[0]
+        return found, _pipelines(conn, now)
+
+    try:
+        return q.read(path, gather)
+    except CliError as exc:
+        out.error = str(exc)
+        return out, []
+
+
+def _pipelines(conn: sqlite3.Connection, now: float) -> list[PipelineRow]:
+    """Each (club, pipeline)'s newest run."""
+    rows = conn.execute(
+        "WITH latest AS (SELECT id, max(started_at) FROM runs GROUP BY club_slug, pipeline)"
+        " SELECT r.pipeline, r.club_slug, r.id AS run_id, r.uid AS run_uid, r.started_at,"
+        " r.finished_at, r.duration_ms, r.outcome,"
+        " (SELECT count(*) FROM run_errors e WHERE e.run_id = r.id) AS error_count"
+        " FROM runs r JOIN latest l ON l.id = r.id ORDER BY r.pipeline, r.club_slug"
+    ).fetchall()
+    out = []
+    for row in rows:
+        started = _moment(row["started_at"])
+        age = round(now - started.timestamp(), 3) if started is not None else None
+        out.append(PipelineRow(**dict(row), age_s=age))
+    return out
+
+
+def _moment(text: str | None) -> datetime | None:
+    try:
+        return parse_iso(text) if text else None
+    except ValueError:
+        return None
+
+
+# -- spool -----------------------------------------------------------------------------
+
+
+def _oldest_event_ms(path: Path) -> int | None:
+    """The ``ts`` of a spool file's first record (None if it has none or is unreadable)."""
+    reader = SpoolReader()
+    try:
+        with path.open("rb") as fh:
+            while not (records := reader.records()) and reader.corrupt is None:
+                chunk = fh.read(_READ_CHUNK)
+                if not chunk:
+                    return None
+                reader.receive_data(chunk)
+    except OSError:
+        return None
+    if not records:
+        return None
+    message = decode_client_message(records[0])
+    return message.ts if isinstance(message, Event) else None
+
+
+def _name_ms(path: Path) -> int | None:
+    head = path.name.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _spool(spool_dir: Path, now: float, max_age: float) -> SpoolSection:
+    out = SpoolSection(path=str(spool_dir), max_age_s=max_age)
+    try:
+        entries = list(os.scandir(spool_dir))
+    except FileNotFoundError:
+        return out  # created by the daemon or the first client that spools
+    except OSError as exc:
+        out.error = f"cannot list {spool_dir}: {exc.strerror or exc}"
+        return out
+    oldest_ms: int | None = None
+    for entry in entries:
+        if entry.name == "corrupt" and entry.is_dir():
+            try:
+                out.corrupt_files = sum(1 for _ in os.scandir(entry.path))
+            except OSError:
+                pass
+            continue
+        if not entry.name.endswith(".spool"):
+            continue
+        try:
+            st = entry.stat()
+        except OSError:
+            continue  # replayed and deleted meanwhile
+        out.files += 1
+        out.bytes += st.st_size
+        if st.st_size <= len(SPOOL_MAGIC):
+            continue  # only a header: a live client's empty spool
+        out.pending_files += 1
+        path = Path(entry.path)
+        ms = _oldest_event_ms(path) or _name_ms(path) or int(st.st_mtime * 1000)
+        oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+    if oldest_ms is not None:
+        out.oldest_at = iso_from_ms(oldest_ms)
+        out.oldest_age_s = round(max(0.0, now - oldest_ms / 1000), 3)
+        out.backing_up = out.oldest_age_s > max_age
+    return out
