@@ -30,9 +30,11 @@ reads its replies stops being read.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -69,6 +71,7 @@ _MAX_PENDING_BATCHES = 8
 _EVENT_TYPES = (RunStart, StepStart, StepEnd, ErrorEventMsg, RunEnd)
 _PONG = encode_frame(Pong())
 
+#: A reply rendered when its turn comes (after the commit of the events before it).
 Render = Callable[[], Awaitable[bytes]]
 
 
@@ -83,19 +86,23 @@ class Batch:
     close: bool = False
 
 
-class ServerHooks:
+class ServerHooks(Protocol):
     """What a connection needs from the daemon (kept narrow for testing)."""
 
-    name: str = "runtallyd"
+    #: The server's name and version in ``welcome`` replies ("runtallyd/1.2.3").
+    name: str
 
     async def submit(self, job: Job) -> None:
-        raise NotImplementedError
+        """Queue ``job`` for the writer; blocks while its queue is full (backpressure)."""
+        ...
 
     def status_frame(self) -> bytes:
-        raise NotImplementedError
+        """The encoded ``status`` reply, as of now."""
+        ...
 
-    def replay_render(self, origin: Origin) -> Render:
-        raise NotImplementedError
+    async def run_replay(self, origin: Origin) -> bytes:
+        """Replay the spool for ``origin`` (admins only); the encoded reply."""
+        ...
 
 
 class Connection:
@@ -124,6 +131,7 @@ class Connection:
             self._read_scope.cancel()
 
     async def serve(self) -> None:
+        """Read, commit and reply until EOF, a broken frame, idle time or ``stop_reading``."""
         send, receive = trio.open_memory_channel[Batch](_MAX_PENDING_BATCHES)
         try:
             async with trio.open_nursery() as nursery:
@@ -194,7 +202,7 @@ class Connection:
             elif isinstance(message, Status):
                 entries.append(self._status)  # rendered after the events before it commit
             elif isinstance(message, Replay):
-                entries.append(self.hooks.replay_render(self.origin))
+                entries.append(functools.partial(self.hooks.run_replay, self.origin))
         return batch
 
     async def _status(self) -> bytes:

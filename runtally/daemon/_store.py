@@ -75,9 +75,27 @@ class AuditEntry(msgspec.Struct, frozen=True):
     ts_ms: int = 0
 
 
+#: SQLite's primary result codes that retrying later can fix: a lock held by
+#: another connection (BUSY, LOCKED), a full disk (FULL), failed I/O (IOERR).
+_TRANSIENT_CODES = frozenset(
+    {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
+)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for failures that retrying later can fix: locks, a full disk, I/O."""
-    return isinstance(exc, sqlite3.OperationalError) and not isinstance(exc, sqlite3.IntegrityError)
+    """True for a sqlite3 error that retrying later can fix: BUSY, LOCKED, FULL or IOERR.
+
+    Decided on ``sqlite_errorcode``'s primary code (its low byte: extended
+    codes such as SQLITE_IOERR_WRITE or SQLITE_BUSY_SNAPSHOT count as their
+    primary), never on the message or the exception class, which both lump
+    unrelated faults together.  Everything else is permanent: no such table,
+    READONLY, CORRUPT, NOTADB, a constraint, a schema error, and any exception
+    that is not SQLite's.
+    """
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # None: raised by Python, not SQLite
+    return code is not None and code & 0xFF in _TRANSIENT_CODES
 
 
 class Store:
@@ -111,6 +129,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
+        """The schema version recorded in the database (see ``_migrations``)."""
         return schema_version(self._conn)
 
     @property
@@ -236,6 +255,7 @@ class Store:
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
+        """Close the connection; the Store is unusable afterwards."""
         self._conn.close()
 
 
