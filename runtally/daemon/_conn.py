@@ -80,9 +80,11 @@ class Batch:
     """The replies owed for one chunk read, in order, and the job they wait on."""
 
     job: Job
+    #: Per reply: an index into the job's events (ack/nack), ready bytes, or a Render.
     entries: list[int | bytes | Render] = field(default_factory=list)
     #: The id of each of the job's events (the job drops its events once committed).
     ids: list[str] = field(default_factory=list)
+    #: Close the connection once these replies are sent (a broken frame).
     close: bool = False
 
 

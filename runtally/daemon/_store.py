@@ -46,7 +46,11 @@ class StoreBusy(Exception):
 
 
 class Origin(msgspec.Struct, frozen=True):
-    """Where a frame came from: ``socket`` with the peer's credentials, or a spool file."""
+    """Where a frame came from: ``socket`` with the peer's credentials, or a spool file.
+
+    ``source``: "socket", "spool:<file name>" or "parked"; ``uid``/``gid``/``pid``:
+    the peer's SO_PEERCRED, None when unknown.
+    """
 
     source: str = "socket"
     uid: int | None = None
@@ -55,7 +59,11 @@ class Origin(msgspec.Struct, frozen=True):
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
-    """A refused frame, kept with the reason it was refused."""
+    """A refused frame, kept with the reason it was refused.
+
+    ``frame``: the raw MessagePack bytes as received; ``received_ms``: ms since
+    the epoch, 0 for "when written".
+    """
 
     frame: bytes
     reason: str
@@ -65,7 +73,11 @@ class DeadLetter(msgspec.Struct, frozen=True):
 
 
 class AuditEntry(msgspec.Struct, frozen=True):
-    """One row of what the daemon did (start, replay, quarantine, refusal, ...)."""
+    """One row of what the daemon did (start, replay, quarantine, refusal, ...).
+
+    ``data``: anything JSON-encodable, stored as ``data_json``; ``ts_ms``: ms
+    since the epoch, 0 for "when written".
+    """
 
     event: str
     message: str
