@@ -27,9 +27,11 @@ from daemon_helpers import REPO, DaemonProcess, RawClient, ro_connect, wait_unti
 from runtally.protocol import Pong, StatusReply
 
 # A pipeline process: many small runs with steps, counts and errors, through
-# the real RunTracker, until its time or run budget is spent.  Every tracking
-# call is timed.  At the end it writes what it emitted (the expected ledger)
-# to cfg["out"] atomically, then exits 0.  An exception anywhere is a bug:
+# the real RunTracker, until its time or run budget is spent or the file
+# cfg["stop"] exists.  Every tracking call is timed.  With cfg["progress"], a
+# line "<run uid> <events acked so far>" is appended after each run.  At the
+# end it writes what it emitted (the expected ledger) to cfg["out"]
+# atomically, then exits 0.  An exception anywhere is a bug:
 # the traceback goes to stderr and the exit status is 1.
 PIPELINE = r"""
 import json, os, random, sys, time
@@ -51,7 +53,10 @@ if cfg.get("progress"):
     progress = open(cfg["progress"], "w", buffering=1)
 deadline = time.monotonic() + cfg["seconds"]
 n = 0
+stop = cfg.get("stop")
 while n < cfg["max_runs"] and time.monotonic() < deadline:
+    if stop and os.path.exists(stop):
+        break
     run = timed(tracker.start_run)
     assert run is not None
     steps, errors, totals = {}, [], [0, 0, 0, 0]
@@ -78,7 +83,7 @@ while n < cfg["max_runs"] and time.monotonic() < deadline:
         "errors": errors,
     }
     if cfg.get("progress"):
-        progress.write(run + "\n")
+        progress.write(f"{run} {tracker.client.acked}\n")
     n += 1
     if cfg["pause"]:
         time.sleep(cfg["pause"])
@@ -151,6 +156,7 @@ class Pipeline:
         pause: float = 0.005,
         seed: int = 0,
         progress: bool = False,
+        stop: Path | None = None,
     ) -> Pipeline:
         out = root / f"{name}.json"
         err = root / f"{name}.stderr"
@@ -165,6 +171,7 @@ class Pipeline:
             "seed": seed,
             "out": str(out),
             "progress": str(prog) if prog else None,
+            "stop": str(stop) if stop else None,
         }
         with err.open("wb") as errf:
             proc = subprocess.Popen(
@@ -189,6 +196,16 @@ class Pipeline:
         assert not bad, f"pipeline {self.name} reported problems:\n" + "\n".join(bad)
         self.result = json.loads(self.out.read_text())
         return self.result
+
+    def runs_done(self) -> list[tuple[str, int]]:
+        """(run uid, events acked by then) for each run finished so far (needs ``progress``)."""
+        assert self.progress is not None, "spawned without progress=True"
+        try:
+            text = self.progress.read_text()
+        except FileNotFoundError:
+            return []
+        complete = text.split("\n")[:-1]  # a last line without its newline may be half-written
+        return [(uid, int(acked)) for uid, _, acked in (line.partition(" ") for line in complete)]
 
     def kill(self) -> None:
         if self.proc.poll() is None:

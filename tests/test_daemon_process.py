@@ -173,7 +173,12 @@ def test_sd_notify_ready_watchdog_stopping(short_root: Path) -> None:
 
 
 def test_watchdog_stops_while_the_writer_is_wedged(short_root: Path) -> None:
-    """A writer stuck inside SQLite (busy handler, 10 s) must stop the WATCHDOG=1 pings."""
+    """A writer stuck inside SQLite (busy handler, 10 s) must stop the WATCHDOG=1 pings.
+
+    No sleeps: every watchdog tick sends one datagram, "WATCHDOG=1" with the
+    status while the writer lives, the status saying "writer stalled" when it
+    does not; the test reads the ticks as they come.
+    """
     config = short_root / "rl.toml"
     config.write_text("[runtally]\nbusy_timeout_ms = 10000\n")
     listener = NotifyListener(short_root / "notify")
@@ -185,22 +190,32 @@ def test_watchdog_stops_while_the_writer_is_wedged(short_root: Path) -> None:
             "RUNTALLY_CONFIG": str(config),
         },
     ).start()
+
+    def ticks() -> list[str]:
+        return [m for _, m in listener.messages if "STATUS=" in m and "READY=1" not in m]
+
     try:
         wait_until(lambda: len(listener.lines("WATCHDOG=1")) >= 2, what="watchdog pings")
         locker = sqlite3.connect(d.db, isolation_level=None, timeout=10)
         locker.execute("BEGIN IMMEDIATE")
         with RawClient(d.socket) as c:
+            before = len(ticks())
             c.send(*run_events("wedge", steps=1, errors=0))
-            time.sleep(0.5)  # the writer is now inside sqlite's busy handler
-            wedged_at = time.monotonic()
-            time.sleep(3.0)
-            pings = [t for t in listener.lines("WATCHDOG=1") if t > wedged_at + 1.5]
-            assert pings == [], "watchdog kept pinging while the writer was wedged"
+            # The writer is inside sqlite's busy handler; the watchdog notices.
+            (stalled_at,) = wait_until(
+                lambda: [i for i, m in enumerate(ticks()) if i >= before and "stalled" in m][:1],
+                what="the watchdog to see the writer stalled",
+            )
+            # Three more ticks while it stays wedged (10 s busy timeout): none pings.
+            wait_until(lambda: len(ticks()) >= stalled_at + 4, what="three more ticks")
+            wedged = ticks()[stalled_at : stalled_at + 4]
+            assert not [m for m in wedged if "WATCHDOG=1" in m], wedged
+            assert all("writer stalled" in m for m in wedged), wedged
             locker.execute("ROLLBACK")
             c.recv(4)
-        resumed = time.monotonic()
+        resumed = len(listener.messages)
         wait_until(
-            lambda: [t for t in listener.lines("WATCHDOG=1") if t > resumed],
+            lambda: any("WATCHDOG=1" in m for _, m in listener.messages[resumed:]),
             what="watchdog to resume",
         )
     finally:

@@ -54,11 +54,7 @@ from ..protocol import (
 )
 from ._timefmt import iso_from_ms, ms_from_iso, now_iso
 
-__all__ = ["APPLIED", "DUPLICATE", "PARKED", "Applier", "Rejected"]
-
-APPLIED = "applied"
-DUPLICATE = "duplicate"
-PARKED = "parked"
+__all__ = ["Applier", "Rejected"]
 
 _CACHE_LIMIT = 10_000
 _json = msgspec.json.Encoder()
@@ -130,12 +126,15 @@ class Applier:
 
     # -- public ---------------------------------------------------------------
 
-    def apply(self, event: Event) -> str:
-        """Apply one event; return APPLIED, DUPLICATE or PARKED. Raises Rejected."""
+    def apply(self, event: Event) -> None:
+        """Apply one event: insert or update its rows, park it, or (a duplicate) nothing.
+
+        Raises Rejected when it contradicts the database.
+        """
         handler = _HANDLERS.get(type(event))
         if handler is None:  # pragma: no cover - the Event union is closed
             raise Rejected(f"not an event: {type(event).__name__}")
-        return handler(self, event)
+        handler(self, event)
 
     def finish(self) -> None:
         """End of a batch: recompute the totals of every run whose steps changed."""
@@ -190,7 +189,7 @@ class Applier:
 
     # -- parking ----------------------------------------------------------------
 
-    def _park(self, event: Event, waiting_for: str) -> str:
+    def _park(self, event: Event, waiting_for: str) -> None:
         # Fail now, like the in-order path would, rather than when released:
         # a parked event that cannot be encoded would roll back its run's start.
         if isinstance(event, StepEnd):
@@ -202,10 +201,8 @@ class Applier:
             " VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
             (event.id, waiting_for, now_iso(), _event_encoder.encode(event)),
         )
-        if not cur.rowcount:
-            return DUPLICATE
-        self._waiting[waiting_for] += 1
-        return PARKED
+        if cur.rowcount:  # else parked already: parking twice is parking once
+            self._waiting[waiting_for] += 1
 
     def _release(self, waiting_for: str) -> None:
         if self._waiting.pop(waiting_for, 0) == 0:
@@ -224,9 +221,9 @@ class Applier:
 
     # -- events -----------------------------------------------------------------
 
-    def _run_start(self, e: RunStart) -> str:
+    def _run_start(self, e: RunStart) -> None:
         if e.run in self._runs:
-            return DUPLICATE
+            return  # a duplicate
         parent_id = None
         if e.parent is not None:
             parent = self._run(e.parent)
@@ -249,7 +246,7 @@ class Applier:
             ),
         )
         if not cur.rowcount:
-            return DUPLICATE
+            return  # a duplicate
         run_id = cur.lastrowid
         assert run_id is not None
         self._runs[e.run] = _Run(run_id, club, e.ts)
@@ -259,15 +256,15 @@ class Applier:
             (run_id, e.run),
         )
         self._release("run:" + e.run)
-        return APPLIED
 
-    def _step_start(self, e: StepStart) -> str:
+    def _step_start(self, e: StepStart) -> None:
         run = self._run(e.run)
         if run is None:
-            return self._park(e, "run:" + e.run)
+            self._park(e, "run:" + e.run)
+            return
         if e.step in self._steps:
             self._step_of(run, e.step, e)  # Rejected if it is another run's
-            return DUPLICATE
+            return  # a duplicate
         cur = self._conn.execute(
             "INSERT INTO run_steps (uid, run_id, club_slug, step_name, started_at)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
@@ -275,20 +272,21 @@ class Applier:
         )
         if not cur.rowcount:
             self._step_of(run, e.step, e)  # already there: Rejected if it is another run's
-            return DUPLICATE
+            return  # a duplicate
         step_id = cur.lastrowid
         assert step_id is not None
         self._steps[e.step] = _Step(step_id, run.id, e.ts)
         self._release("step:" + e.step)
-        return APPLIED
 
-    def _step_end(self, e: StepEnd) -> str:
+    def _step_end(self, e: StepEnd) -> None:
         run = self._run(e.run)
         if run is None:
-            return self._park(e, "run:" + e.run)
+            self._park(e, "run:" + e.run)
+            return
         step = self._step_of(run, e.step, e)
         if step is None:
-            return self._park(e, "step:" + e.step)
+            self._park(e, "step:" + e.step)
+            return
         duration = e.duration_ms if e.duration_ms is not None else max(0, e.ts - step.started_ms)
         key = _end_key(e.ts, e.id)
         cur = self._conn.execute(
@@ -309,23 +307,23 @@ class Applier:
                 key,
             ),
         )
-        if not cur.rowcount:
-            return DUPLICATE
-        self._dirty_runs.add(run.id)
-        return APPLIED
+        if cur.rowcount:  # else a duplicate, or an older end than the one kept
+            self._dirty_runs.add(run.id)
 
-    def _error(self, e: ErrorEvent) -> str:
+    def _error(self, e: ErrorEvent) -> None:
         run = self._run(e.run)
         if run is None:
-            return self._park(e, "run:" + e.run)
+            self._park(e, "run:" + e.run)
+            return
         step_id = None
         if e.step is not None:
             step = self._step_of(run, e.step, e)
             if step is None:
-                return self._park(e, "step:" + e.step)
+                self._park(e, "step:" + e.step)
+                return
             step_id = step.id
         stack = e.stack[:MAX_STACK] if e.stack is not None else None
-        cur = self._conn.execute(
+        self._conn.execute(  # ON CONFLICT: a duplicate changes nothing
             "INSERT INTO run_errors (uid, run_id, run_step_id, club_slug, step_name,"
             " member_identifier, error_message, error_stack, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
@@ -341,12 +339,12 @@ class Applier:
                 iso_from_ms(e.ts),
             ),
         )
-        return APPLIED if cur.rowcount else DUPLICATE
 
-    def _run_end(self, e: RunEnd) -> str:
+    def _run_end(self, e: RunEnd) -> None:
         run = self._run(e.run)
         if run is None:
-            return self._park(e, "run:" + e.run)
+            self._park(e, "run:" + e.run)
+            return
         duration = e.duration_ms if e.duration_ms is not None else max(0, e.ts - run.started_ms)
         key = _end_key(e.ts, e.id)
         cur = self._conn.execute(
@@ -354,10 +352,8 @@ class Applier:
             " end_key = ? WHERE id = ? AND (end_key IS NULL OR end_key < ?)",
             (iso_from_ms(e.ts), duration, e.outcome, _json_or_none(e.summary), key, run.id, key),
         )
-        if not cur.rowcount:
-            return DUPLICATE
-        self._dirty_runs.add(run.id)
-        return APPLIED
+        if cur.rowcount:  # else a duplicate, or an older end than the one kept
+            self._dirty_runs.add(run.id)
 
 
 #: One dict lookup per event instead of a chain of isinstance checks.

@@ -30,9 +30,11 @@ reads its replies stops being read.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -69,6 +71,7 @@ _MAX_PENDING_BATCHES = 8
 _EVENT_TYPES = (RunStart, StepStart, StepEnd, ErrorEventMsg, RunEnd)
 _PONG = encode_frame(Pong())
 
+#: A reply rendered when its turn comes (after the commit of the events before it).
 Render = Callable[[], Awaitable[bytes]]
 
 
@@ -77,25 +80,31 @@ class Batch:
     """The replies owed for one chunk read, in order, and the job they wait on."""
 
     job: Job
+    #: Per reply: an index into the job's events (ack/nack), ready bytes, or a Render.
     entries: list[int | bytes | Render] = field(default_factory=list)
     #: The id of each of the job's events (the job drops its events once committed).
     ids: list[str] = field(default_factory=list)
+    #: Close the connection once these replies are sent (a broken frame).
     close: bool = False
 
 
-class ServerHooks:
+class ServerHooks(Protocol):
     """What a connection needs from the daemon (kept narrow for testing)."""
 
-    name: str = "runtallyd"
+    #: The server's name and version in ``welcome`` replies ("runtallyd/1.2.3").
+    name: str
 
     async def submit(self, job: Job) -> None:
-        raise NotImplementedError
+        """Queue ``job`` for the writer; blocks while its queue is full (backpressure)."""
+        ...
 
     def status_frame(self) -> bytes:
-        raise NotImplementedError
+        """The encoded ``status`` reply, as of now."""
+        ...
 
-    def replay_render(self, origin: Origin) -> Render:
-        raise NotImplementedError
+    async def run_replay(self, origin: Origin) -> bytes:
+        """Replay the spool for ``origin`` (admins only); the encoded reply."""
+        ...
 
 
 class Connection:
@@ -124,6 +133,7 @@ class Connection:
             self._read_scope.cancel()
 
     async def serve(self) -> None:
+        """Read, commit and reply until EOF, a broken frame, idle time or ``stop_reading``."""
         send, receive = trio.open_memory_channel[Batch](_MAX_PENDING_BATCHES)
         try:
             async with trio.open_nursery() as nursery:
@@ -194,7 +204,7 @@ class Connection:
             elif isinstance(message, Status):
                 entries.append(self._status)  # rendered after the events before it commit
             elif isinstance(message, Replay):
-                entries.append(self.hooks.replay_render(self.origin))
+                entries.append(functools.partial(self.hooks.run_replay, self.origin))
         return batch
 
     async def _status(self) -> bytes:

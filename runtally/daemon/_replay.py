@@ -27,8 +27,9 @@ from pathlib import Path
 import trio
 
 from ..protocol import EVENT_TYPES, Refusal, SpoolReader, decode_client_message
+from ._log import logger
 from ._store import AuditEntry, DeadLetter, Origin
-from ._writer import Job, Writer, log
+from ._writer import Job, Writer
 
 __all__ = ["ReplayStats", "Replayer", "spool_backlog"]
 
@@ -40,6 +41,8 @@ _STALE_TMP_S = 60.0
 
 @dataclass(slots=True)
 class ReplayStats:
+    """What replays did: files replayed (deleted), events applied, files quarantined."""
+
     files: int = 0
     events: int = 0
     quarantined: int = 0
@@ -89,6 +92,7 @@ class Replayer:
             await self.replay_once()
 
     async def replay_once(self) -> ReplayStats:
+        """Replay every file whose writer is gone, now; one replay at a time."""
         async with self._lock:
             stats = ReplayStats()
             for path in spool_backlog(self.spool_dir):
@@ -110,7 +114,7 @@ class Replayer:
         if self._failed.get(path.name) == reason:
             return
         self._failed[path.name] = reason
-        log(f"runtallyd: cannot replay {path.name}, will retry: {reason}")
+        logger.error("cannot replay %s, will retry: %s", path.name, reason)
         await self.writer.submit(
             Job(
                 audit=[

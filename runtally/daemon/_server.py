@@ -1,4 +1,4 @@
-"""runtallyd: the listener, the writer, the replayer and systemd, in one nursery.
+"""runtallyd: the listener, the writer, the replayer and systemd, in nested nurseries.
 
 Start-up: open and migrate the database, bind the socket (or take it from
 systemd), start the writer and the replayer, then tell systemd READY=1.
@@ -12,29 +12,28 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import grp
 import os
 import signal
 import socket
 import stat
 import sys
-import time
 from pathlib import Path
 
 import trio
 
 from .._version import __version__
 from ..config import Settings
-from ..protocol import ErrorReply, Replayed, StatusReply, encode_frame
-from ._conn import Connection, Render, ServerHooks
-from ._peer import is_admin, is_allowed, peer_origin
+from ._daemon import Daemon
+from ._log import logger
 from ._probe import Silence, probe
-from ._replay import Replayer, spool_backlog
-from ._store import AuditEntry, Origin, Store
+from ._store import AuditEntry, Store
 from ._systemd import Notifier, listen_fds
-from ._writer import Job, Writer, log
+from ._watchdog import Watchdog
+from ._writer import Job
 
-__all__ = ["DaemonError", "run_daemon", "serve"]
+__all__ = ["Daemon", "DaemonError", "run_daemon", "serve"]
 
 _DRAIN_TIMEOUT_S = 20.0
 
@@ -86,123 +85,28 @@ def _bind(settings: Settings) -> socket.socket:
     return sock
 
 
-class Daemon(ServerHooks):
-    """State shared by the daemon's tasks; the hooks connections call."""
-
-    name = f"runtallyd/{__version__}"
-
-    def __init__(self, settings: Settings, store: Store) -> None:
-        self.settings = settings
-        self.store = store
-        self.writer = Writer(store, max_queue_events=settings.queue_events)
-        self.replayer = Replayer(
-            settings.spool,
-            self.writer,
-            owner_allowed=lambda uid, gid: is_allowed(settings, uid, gid),
-            interval_s=settings.replay_interval_s,
-        )
-        self.started = time.monotonic()
-        self.schema_version = store.schema_version
-        self.connections: set[Connection] = set()
-        self.refused_connections = 0
-        #: Set by the first SIGTERM/SIGINT, or by ``request_stop`` (tests, embedding).
-        self.stop_requested = trio.Event()
-
-    def request_stop(self) -> None:
-        """Begin the graceful shutdown, as a first SIGTERM does."""
-        self.stop_requested.set()
-
-    async def submit(self, job: Job) -> None:
-        await self.writer.submit(job)
-
-    def status(self) -> StatusReply:
-        return StatusReply(
-            uptime_s=round(time.monotonic() - self.started, 3),
-            events_committed=self.writer.events_committed,
-            queue_depth=self.writer.queued_events,
-            schema_version=self.schema_version,
-            db_path=str(self.store.path),
-            connections=len(self.connections),
-            spool_files=len(spool_backlog(self.settings.spool)),
-            version=__version__,
-            pid=os.getpid(),
-            last_commit_ts=self.writer.last_commit_ms,
-        )
-
-    def status_frame(self) -> bytes:
-        return encode_frame(self.status())
-
-    def replay_render(self, origin: Origin) -> Render:
-        async def render() -> bytes:
-            if not is_admin(self.settings, origin.uid):
-                return encode_frame(
-                    ErrorReply(f"replay is an admin message; uid {origin.uid} is not an admin")
-                )
-            stats = await self.replayer.replay_once()
-            return encode_frame(Replayed(stats.files, stats.events, stats.quarantined))
-
-        return render
-
-    def summary(self) -> str:
-        busy = f", db busy: {self.writer.busy_reason}" if self.writer.busy_since else ""
-        return (
-            f"{self.writer.events_committed} events committed, "
-            f"{len(self.connections)} connections, queue {self.writer.queued_events}{busy}"
-        )
-
-    # -- connections --------------------------------------------------------------
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        origin = peer_origin(stream.socket)
-        refusal = None
-        if len(self.connections) >= self.settings.max_connections:
-            refusal = f"too many connections (limit {self.settings.max_connections}); retry later"
-        elif not is_allowed(self.settings, origin.uid, origin.gid):
-            refusal = f"uid {origin.uid} gid {origin.gid} is not allowed to emit"
-            await self.writer.submit(
-                Job(
-                    audit=[
-                        AuditEntry(
-                            "peer_refused",
-                            refusal,
-                            level="warning",
-                            scope="socket",
-                            data={"uid": origin.uid, "gid": origin.gid, "pid": origin.pid},
-                        )
-                    ]
-                )
-            )
-        if refusal is not None:
-            self.refused_connections += 1
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                with trio.move_on_after(1.0):
-                    await stream.send_all(encode_frame(ErrorReply(refusal)))
-            await stream.aclose()
-            return
-        conn = Connection(stream, origin, self, idle_timeout_s=self.settings.idle_timeout_s)
-        self.connections.add(conn)
-        try:
-            await conn.serve()
-        except Exception as exc:  # noqa: BLE001 - one client's failure never stops the daemon
-            log(f"runtallyd: connection from pid {origin.pid} failed: {exc!r}")
-        finally:
-            self.connections.discard(conn)
-
-
-async def _watchdog(daemon: Daemon, notifier: Notifier, interval: float) -> None:
-    """WATCHDOG=1 only while the writer shows progress: a wedged writer gets us restarted."""
-    while True:
-        await trio.sleep(interval)
-        if trio.current_time() - daemon.writer.heartbeat < 2 * interval + 1.0:
-            notifier.watchdog()
-        notifier.status(daemon.summary())
-
-
 async def serve(
-    settings: Settings, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
+    settings: Settings,
+    *,
+    notifier: Notifier | None = None,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until cancelled or signalled; returns after a clean drain."""
-    notifier = Notifier()
+    """Run the daemon until signalled (or ``request_stop``); return after a clean drain.
+
+    ``task_status.started(daemon)`` once listening and READY=1 is sent.  The
+    tasks live in nested nurseries, outermost last to stop:
+
+    1. ``supervision``: signals and the watchdog, alive until the very end, so
+       a second signal works during the drain and a wedged drain stops pings;
+    2. ``writing``: the writer, which returns once it is closed and has
+       committed everything queued;
+    3. ``connections``: one task per client; on stop each replies to what it
+       read and closes, within ``_DRAIN_TIMEOUT_S``;
+    4. ``intake``: the listeners and the replayer, cancelled first on stop.
+
+    ``notifier`` defaults to one from the environment (NOTIFY_SOCKET).
+    """
+    notifier = Notifier() if notifier is None else notifier
     activated = listen_fds()
     if activated:
         listen_socks, owns_socket = activated, False
@@ -220,66 +124,35 @@ async def serve(
     settings.spool.mkdir(parents=True, exist_ok=True)
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listen_socks]
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(daemon.writer.run)
-            await daemon.writer.submit(
-                Job(
-                    audit=[
-                        AuditEntry(
-                            "daemon_started",
-                            f"runtallyd {__version__} pid {os.getpid()}",
-                            data={
-                                "db": str(settings.db),
-                                "socket": str(settings.socket),
-                                "spool": str(settings.spool),
-                                "socket_activated": not owns_socket,
-                            },
+        async with trio.open_nursery() as supervision:
+            await supervision.start(_handle_signals, daemon)
+            interval = notifier.watchdog_interval()
+            if interval and notifier.enabled:
+                watchdog = Watchdog(notifier, daemon.writer, daemon.summary, interval_s=interval)
+                supervision.start_soon(watchdog.run)
+            async with trio.open_nursery() as writing:
+                await writing.start(daemon.writer.run)
+                await daemon.writer.submit(_started_audit(settings, activated=not owns_socket))
+                async with trio.open_nursery() as connections:
+                    async with trio.open_nursery() as intake:
+                        await intake.start(
+                            functools.partial(
+                                trio.serve_listeners,
+                                daemon.handle,
+                                listeners,
+                                handler_nursery=connections,
+                            )
                         )
-                    ]
-                )
-            )
-            replay_scope = trio.CancelScope()
-
-            async def replay() -> None:
-                with replay_scope:
-                    await daemon.replayer.run()
-
-            nursery.start_soon(replay)
-            async with trio.open_nursery() as conn_nursery:
-                accept_scope = trio.CancelScope()
-
-                async def accept(*, task_status: trio.TaskStatus[None]) -> None:
-                    with accept_scope:
-                        await trio.serve_listeners(
-                            daemon.handle,
-                            listeners,
-                            handler_nursery=conn_nursery,
-                            task_status=task_status,
-                        )
-
-                await nursery.start(accept)
-                interval = notifier.watchdog_interval()
-                if interval:
-                    nursery.start_soon(_watchdog, daemon, notifier, interval)
-                notifier.ready(daemon.summary())
-                task_status.started(daemon)
-                nursery.start_soon(_signals, daemon)
-                await daemon.stop_requested.wait()
-                # Graceful: no new connections, no new reads; drain the rest.
-                notifier.stopping()
-                accept_scope.cancel()
-                replay_scope.cancel()
-                for conn in list(daemon.connections):
-                    conn.stop_reading()
-                with trio.move_on_after(_DRAIN_TIMEOUT_S) as drain:
-                    while daemon.connections:
-                        await trio.sleep(0.01)
-                if drain.cancelled_caught:
-                    conn_nursery.cancel_scope.cancel()
-            daemon.writer.close()
-            # The nursery now waits for the writer to commit what is queued;
-            # the watchdog is cancelled once it has.
-            await _wait_writer_then_cancel(daemon, nursery)
+                        intake.start_soon(daemon.replayer.run)
+                        notifier.ready(daemon.summary())
+                        task_status.started(daemon)
+                        await daemon.stop_requested.wait()
+                        notifier.stopping()
+                        intake.cancel_scope.cancel()
+                    daemon.stop_reading()
+                    connections.cancel_scope.deadline = trio.current_time() + _DRAIN_TIMEOUT_S
+                daemon.writer.close()
+            supervision.cancel_scope.cancel()
     finally:
         with contextlib.suppress(Exception):
             store.checkpoint()
@@ -290,21 +163,35 @@ async def serve(
             _unlink_if_ours(settings.socket, socket_inode)
 
 
-async def _wait_writer_then_cancel(daemon: Daemon, nursery: trio.Nursery) -> None:
-    while daemon.writer.queued_events:
-        await trio.sleep(0.01)
-    await trio.sleep(0)
-    nursery.cancel_scope.cancel()
+def _started_audit(settings: Settings, *, activated: bool) -> Job:
+    """The ``daemon_started`` audit row: version, pid and the paths in use."""
+    return Job(
+        audit=[
+            AuditEntry(
+                "daemon_started",
+                f"runtallyd {__version__} pid {os.getpid()}",
+                data={
+                    "db": str(settings.db),
+                    "socket": str(settings.socket),
+                    "spool": str(settings.spool),
+                    "socket_activated": activated,
+                },
+            )
+        ]
+    )
 
 
-async def _signals(daemon: Daemon) -> None:
+async def _handle_signals(
+    daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """First SIGTERM/SIGINT: graceful stop.  A second one exits the process at once."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()  # handled from READY=1 on, not from some time after it
         async for signum in signals:
             if not daemon.stop_requested.is_set():
                 daemon.request_stop()
                 continue
-            log(f"runtallyd: {signal.Signals(signum).name} again; exiting now")
+            logger.warning("%s again; exiting now", signal.Signals(signum).name)
             os._exit(1)
 
 

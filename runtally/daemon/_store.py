@@ -46,7 +46,11 @@ class StoreBusy(Exception):
 
 
 class Origin(msgspec.Struct, frozen=True):
-    """Where a frame came from: ``socket`` with the peer's credentials, or a spool file."""
+    """Where a frame came from: ``socket`` with the peer's credentials, or a spool file.
+
+    ``source``: "socket", "spool:<file name>" or "parked"; ``uid``/``gid``/``pid``:
+    the peer's SO_PEERCRED, None when unknown.
+    """
 
     source: str = "socket"
     uid: int | None = None
@@ -55,7 +59,11 @@ class Origin(msgspec.Struct, frozen=True):
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
-    """A refused frame, kept with the reason it was refused."""
+    """A refused frame, kept with the reason it was refused.
+
+    ``frame``: the raw MessagePack bytes as received; ``received_ms``: ms since
+    the epoch, 0 for "when written".
+    """
 
     frame: bytes
     reason: str
@@ -65,7 +73,11 @@ class DeadLetter(msgspec.Struct, frozen=True):
 
 
 class AuditEntry(msgspec.Struct, frozen=True):
-    """One row of what the daemon did (start, replay, quarantine, refusal, ...)."""
+    """One row of what the daemon did (start, replay, quarantine, refusal, ...).
+
+    ``data``: anything JSON-encodable, stored as ``data_json``; ``ts_ms``: ms
+    since the epoch, 0 for "when written".
+    """
 
     event: str
     message: str
@@ -75,9 +87,27 @@ class AuditEntry(msgspec.Struct, frozen=True):
     ts_ms: int = 0
 
 
+#: SQLite's primary result codes that retrying later can fix: a lock held by
+#: another connection (BUSY, LOCKED), a full disk (FULL), failed I/O (IOERR).
+_TRANSIENT_CODES = frozenset(
+    {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
+)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for failures that retrying later can fix: locks, a full disk, I/O."""
-    return isinstance(exc, sqlite3.OperationalError) and not isinstance(exc, sqlite3.IntegrityError)
+    """True for a sqlite3 error that retrying later can fix: BUSY, LOCKED, FULL or IOERR.
+
+    Decided on ``sqlite_errorcode``'s primary code (its low byte: extended
+    codes such as SQLITE_IOERR_WRITE or SQLITE_BUSY_SNAPSHOT count as their
+    primary), never on the message or the exception class, which both lump
+    unrelated faults together.  Everything else is permanent: no such table,
+    READONLY, CORRUPT, NOTADB, a constraint, a schema error, and any exception
+    that is not SQLite's.
+    """
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # None: raised by Python, not SQLite
+    return code is not None and code & 0xFF in _TRANSIENT_CODES
 
 
 class Store:
@@ -111,6 +141,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
+        """The schema version recorded in the database (see ``_migrations``)."""
         return schema_version(self._conn)
 
     @property
@@ -236,6 +267,7 @@ class Store:
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
+        """Close the connection; the Store is unusable afterwards."""
         self._conn.close()
 
 

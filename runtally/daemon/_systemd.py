@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from collections.abc import Mapping, MutableMapping
+
+from ._log import logger
 
 __all__ = ["LISTEN_FDS_START", "Notifier", "listen_fds", "watchdog_interval"]
 
@@ -63,7 +64,7 @@ class Notifier:
     def _warn(self, message: str) -> None:
         if not self._warned:
             self._warned = True
-            print(f"runtallyd: sd_notify: {message} (further errors ignored)", file=sys.stderr)
+            logger.warning("sd_notify: %s (further errors ignored)", message)
 
     def notify_raw(self, state: str) -> None:
         """Send ``state`` (newline-separated VAR=value lines) as one datagram."""

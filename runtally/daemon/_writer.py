@@ -12,13 +12,18 @@ them to their spools (backpressure; memory stays flat).
 A commit that fails because the database is locked, the disk is full or I/O
 failed (StoreBusy) is retried with backoff, nothing acked meanwhile.  A batch
 that fails for any other reason is split job by job, event by event, so one
-unappliable event is dead-lettered instead of wedging everyone.
+unappliable event is dead-lettered instead of wedging everyone.  When not even
+a dead letter can be written, the fault is the database's, not the events'
+(read-only, corrupt): the batch is retried as for StoreBusy but with a long
+backoff and one error logged, nothing acked and nothing dead-lettered, so the
+clients keep every event (in their windows, then their spools) until it is
+fixed.  (A first, minimal answer: what the daemon should do then is the
+reliability issue's to design.)
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,9 +31,10 @@ from dataclasses import dataclass, field
 import trio
 
 from ..protocol import Event
+from ._log import logger
 from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy
 
-__all__ = ["Job", "Writer", "log"]
+__all__ = ["Job", "Writer"]
 
 #: Raw frame bytes queued at most, whatever the event budget: events can be
 #: up to 1 MiB each, so 5,000 of them could otherwise hold gigabytes.  Typical
@@ -39,14 +45,13 @@ _MAX_QUEUE_BYTES = 8 << 20
 _MAX_BATCH_EVENTS = 5_000
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 2.0
+#: Between retries of a database that refuses even a dead letter (read-only,
+#: corrupt): an operator has to act, so hammering it buys nothing.
+_BROKEN_BACKOFF_MAX_S = 30.0
 
 
-def log(message: str) -> None:
-    """One line on stderr that never raises: stderr may be a file on the full disk."""
-    try:
-        print(message, file=sys.stderr)
-    except (OSError, ValueError):
-        pass
+class _DatabaseBroken(Exception):
+    """Not even a dead letter could be written: the database is at fault, not the events."""
 
 
 @dataclass(eq=False, slots=True)
@@ -73,6 +78,7 @@ class Job:
 
     @property
     def empty(self) -> bool:
+        """Nothing to write: no events, dead letters or audit rows."""
         return not (self.events or self.dead_letters or self.audit)
 
     def drop_payload(self) -> None:
@@ -89,7 +95,12 @@ class Job:
 
 
 class Writer:
-    """Owns the Store; everything else talks to it through ``submit``."""
+    """Owns the Store; everything else talks to it through ``submit``.
+
+    ``tick_s``: the longest the loop waits for a job before refreshing its
+    ``heartbeat``.  ``broken_backoff_max_s``: the longest wait between retries
+    of a database that refuses even a dead letter (tests make it short).
+    """
 
     def __init__(
         self,
@@ -98,19 +109,25 @@ class Writer:
         max_queue_events: int = 5_000,
         max_queue_bytes: int = _MAX_QUEUE_BYTES,
         tick_s: float = 1.0,
+        broken_backoff_max_s: float = _BROKEN_BACKOFF_MAX_S,
     ):
         self.store = store
         self._budget = max_queue_events
         self._max_bytes = max_queue_bytes
         self._tick_s = tick_s
+        self._broken_backoff_max_s = broken_backoff_max_s
         self._send, self._recv = trio.open_memory_channel[Job](math.inf)
         self._space = trio.Event()
+        #: Budget units queued and not yet committed (see ``Job.cost``).
         self.queued_events = 0
         self.queued_bytes = 0  # raw frames of the queued events
+        #: Events in the database since start (refused ones not counted).
         self.events_committed = 0
-        self.commits = 0
+        #: Wall clock of the last COMMIT, in ms since the epoch (None before the first).
         self.last_commit_ms: int | None = None
+        #: trio.current_time() when commits began to fail and be retried, else None.
         self.busy_since: float | None = None
+        #: Why they fail (the sqlite message), while ``busy_since`` is set.
         self.busy_reason = ""
         #: trio.current_time() of the writer's last sign of life (for the watchdog).
         self.heartbeat = trio.current_time()
@@ -136,6 +153,7 @@ class Writer:
     # -- the loop -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit batches until ``close`` and everything queued before it is committed."""
         task_status.started()
         while True:
             self.heartbeat = trio.current_time()
@@ -158,6 +176,7 @@ class Writer:
     async def _commit(self, jobs: list[Job]) -> None:
         with trio.CancelScope(shield=True):
             delay = _BACKOFF_FIRST_S
+            broken_logged = False
             while True:
                 self.heartbeat = trio.current_time()
                 try:
@@ -165,17 +184,30 @@ class Writer:
                 except StoreBusy as exc:
                     if self.busy_since is None:
                         self.busy_since = trio.current_time()
-                        log(f"runtallyd: database busy, retrying: {exc}")
+                        logger.warning("database busy, retrying: %s", exc)
                     self.busy_reason = str(exc)
                     await trio.sleep(delay)
                     delay = min(delay * 2, _BACKOFF_MAX_S)
                     continue
+                except _DatabaseBroken as exc:
+                    if not broken_logged:
+                        broken_logged = True
+                        logger.error(
+                            "database cannot be written, nothing is acked until it can;"
+                            " retrying every %g s at most: %s",
+                            self._broken_backoff_max_s,
+                            exc,
+                        )
+                    self.busy_since = self.busy_since or trio.current_time()
+                    self.busy_reason = str(exc)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, self._broken_backoff_max_s)
+                    continue
                 break
             if self.busy_since is not None:
-                log("runtallyd: database writable again")
+                logger.info("database writable again")
                 self.busy_since = None
                 self.busy_reason = ""
-        self.commits += 1
         self.last_commit_ms = time.time_ns() // 1_000_000
         freed = freed_bytes = 0
         for job in jobs:
@@ -232,7 +264,7 @@ class Writer:
             return
         except ApplyError:
             pass
-        self.store.apply((), dead_letters=job.dead_letters, audit=job.audit)
+        self._write_records(job.dead_letters, job.audit)
         job.dead_letters, job.audit = [], []  # committed: not again if a retry follows
         job.results = []
         for event, frame in zip(job.events, job.frames, strict=True):
@@ -240,5 +272,12 @@ class Writer:
                 job.results.extend(self.store.apply([event], frames=[frame], origins=[job.origin]))
             except ApplyError as exc:
                 reason = f"cannot be applied: {exc}"
-                self.store.apply((), dead_letters=[DeadLetter(frame, reason, event.id, job.origin)])
+                self._write_records([DeadLetter(frame, reason, event.id, job.origin)], [])
                 job.results.append(reason)
+
+    def _write_records(self, dead_letters: list[DeadLetter], audit: list[AuditEntry]) -> None:
+        """Commit records alone; a database that refuses even these is broken (retry later)."""
+        try:
+            self.store.apply((), dead_letters=dead_letters, audit=audit)
+        except ApplyError as exc:
+            raise _DatabaseBroken(str(exc)) from exc

@@ -1,0 +1,143 @@
+"""The daemon's shared state, and the hooks its connections call.
+
+One ``Daemon`` per process: the settings, the Store, the one Writer, the
+Replayer and the open connections.  ``serve`` (in ``_server``) runs its tasks;
+this module only holds what they share and answers what a connection asks
+(admission, status, replay).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import trio
+
+from .._version import __version__
+from ..config import Settings
+from ..protocol import ErrorReply, Replayed, StatusReply, encode_frame
+from ._conn import Connection
+from ._log import logger
+from ._peer import is_admin, is_allowed, peer_origin
+from ._replay import Replayer, spool_backlog
+from ._store import AuditEntry, Origin, Store
+from ._writer import Job, Writer
+
+__all__ = ["Daemon"]
+
+
+class Daemon:
+    """State shared by the daemon's tasks; implements the connections' ``ServerHooks``."""
+
+    #: The name and version sent in ``welcome`` replies.
+    name = f"runtallyd/{__version__}"
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.writer = Writer(store, max_queue_events=settings.queue_events)
+        self.replayer = Replayer(
+            settings.spool,
+            self.writer,
+            owner_allowed=lambda uid, gid: is_allowed(settings, uid, gid),
+            interval_s=settings.replay_interval_s,
+        )
+        #: time.monotonic() at start (for ``uptime_s``).
+        self.started = time.monotonic()
+        self.schema_version = store.schema_version
+        #: The connections being served (admitted, not yet closed).
+        self.connections: set[Connection] = set()
+        #: Set by the first SIGTERM/SIGINT, or by ``request_stop`` (tests, embedding).
+        self.stop_requested = trio.Event()
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown, as a first SIGTERM does."""
+        self.stop_requested.set()
+
+    def stop_reading(self) -> None:
+        """Shutdown: every connection replies to what it has read and reads no more."""
+        for conn in list(self.connections):
+            conn.stop_reading()
+
+    # -- the hooks connections call ---------------------------------------------------
+
+    async def submit(self, job: Job) -> None:
+        """Queue ``job`` for the writer (blocks while its queue is full)."""
+        await self.writer.submit(job)
+
+    def status(self) -> StatusReply:
+        """What ``runtally status`` shows: counters, queue, paths, versions."""
+        return StatusReply(
+            uptime_s=round(time.monotonic() - self.started, 3),
+            events_committed=self.writer.events_committed,
+            queue_depth=self.writer.queued_events,
+            schema_version=self.schema_version,
+            db_path=str(self.store.path),
+            connections=len(self.connections),
+            spool_files=len(spool_backlog(self.settings.spool)),
+            version=__version__,
+            pid=os.getpid(),
+            last_commit_ts=self.writer.last_commit_ms,
+        )
+
+    def status_frame(self) -> bytes:
+        """The ``status`` reply, encoded."""
+        return encode_frame(self.status())
+
+    async def run_replay(self, origin: Origin) -> bytes:
+        """Replay the spool now if ``origin`` is an admin; the encoded reply either way."""
+        if not is_admin(self.settings, origin.uid):
+            return encode_frame(
+                ErrorReply(f"replay is an admin message; uid {origin.uid} is not an admin")
+            )
+        stats = await self.replayer.replay_once()
+        return encode_frame(Replayed(stats.files, stats.events, stats.quarantined))
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS: commits, connections, queue, a busy database."""
+        busy = f", db busy: {self.writer.busy_reason}" if self.writer.busy_since else ""
+        return (
+            f"{self.writer.events_committed} events committed, "
+            f"{len(self.connections)} connections, queue {self.writer.queued_events}{busy}"
+        )
+
+    # -- connections --------------------------------------------------------------
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """Serve one accepted stream: admit it (limits, allow-lists) or refuse it in one reply."""
+        origin = peer_origin(stream.socket)
+        refusal = None
+        if len(self.connections) >= self.settings.max_connections:
+            refusal = f"too many connections (limit {self.settings.max_connections}); retry later"
+        elif not is_allowed(self.settings, origin.uid, origin.gid):
+            refusal = f"uid {origin.uid} gid {origin.gid} is not allowed to emit"
+            await self.writer.submit(
+                Job(
+                    audit=[
+                        AuditEntry(
+                            "peer_refused",
+                            refusal,
+                            level="warning",
+                            scope="socket",
+                            data={"uid": origin.uid, "gid": origin.gid, "pid": origin.pid},
+                        )
+                    ]
+                )
+            )
+        if refusal is not None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                with trio.move_on_after(1.0):
+                    await stream.send_all(encode_frame(ErrorReply(refusal)))
+            await stream.aclose()
+            return
+        conn = Connection(stream, origin, self, idle_timeout_s=self.settings.idle_timeout_s)
+        self.connections.add(conn)
+        if self.stop_requested.is_set():
+            conn.stop_reading()  # accepted just before the stop: reply to nothing, close
+        try:
+            await conn.serve()
+        except Exception as exc:  # noqa: BLE001 - one client's failure never stops the daemon
+            logger.error("connection from pid %s failed: %r", origin.pid, exc)
+        finally:
+            self.connections.discard(conn)
