@@ -29,7 +29,7 @@ from runtally.protocol import (
     Nack,
     Refusal,
     decode_client_message,
-    encode_frames,
+    encode_frame,
     read_spool,
 )
 
@@ -158,7 +158,7 @@ class Peer:
                 else:
                     replies.append(Ack(id=event_id))
             if replies:
-                conn.sendall(encode_frames(replies))
+                conn.sendall(b"".join(encode_frame(r) for r in replies))
 
     def close(self) -> None:
         self._stop.set()

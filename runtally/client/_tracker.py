@@ -27,8 +27,10 @@ import msgspec
 
 from runtally.protocol import (
     MAX_MESSAGE,
+    MAX_NAME,
     MAX_STACK,
     ErrorEvent,
+    Event,
     RunEnd,
     RunStart,
     StepEnd,
@@ -36,8 +38,9 @@ from runtally.protocol import (
 )
 
 from . import _coerce
-from ._connection import Client, get_client
+from ._connection import Client
 from ._ids import now_ms, uuid7
+from ._registry import get_client
 from ._warn import warn, warn_once
 
 __all__ = ["PARENT_ENV", "RunTracker"]
@@ -108,7 +111,7 @@ class RunTracker:
         self._noop_warned = False
         try:
             self.pipeline = _coerce.name(pipeline, "pipeline", "unknown")
-            self.club_slug = _coerce.text(club_slug, _coerce.MAX_NAME).strip() or None
+            self.club_slug = _coerce.text(club_slug, MAX_NAME).strip() or None
             if member_keys is not None:
                 keys = [member_keys] if isinstance(member_keys, str) else member_keys
                 self.member_keys = tuple(str(k) for k in keys)
@@ -119,6 +122,7 @@ class RunTracker:
 
     @property
     def client(self) -> Client | None:
+        """The Client events go to; None if setting the tracker up failed."""
         return self._client
 
     # -- runs -----------------------------------------------------------------------
@@ -353,7 +357,7 @@ class RunTracker:
             warn(f"RunTracker.{method} without an open run (start_run first); ignored")
         return False
 
-    def _emit(self, event: msgspec.Struct) -> None:
+    def _emit(self, event: Event) -> None:
         if self._client is not None:
             self._client.emit(event)
 
