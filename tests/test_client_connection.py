@@ -387,14 +387,14 @@ class TestSignalHandlers:
     ) -> None:
         """A handler's emit parked inside a flush step must not become the step's result.
 
-        ``_locked`` used to return the last parked call's result (an emit's
+        The lock used to return the last parked call's result (an emit's
         None), so ``flush`` read the interruption as "skip" and returned False
         with everything still in flight.
         """
         seen: dict[str, bool] = {}
 
         def handler(signum: int, frame: object) -> None:
-            seen["busy"] = client._busy  # inside the locked flush step
+            seen["busy"] = client._guard.busy  # inside the locked flush step
             client.emit(ev("from-handler"))
 
         class Interrupted(Client):

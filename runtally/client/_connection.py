@@ -25,14 +25,13 @@ the socket, the states, the backoff, the spool decisions and the flush:
   then new ones; once all of them are acked the spool file is cut back to its
   header.  A spool too big to resend quickly is closed instead: that releases
   its flock and the daemon's replayer takes it within seconds.
-* A ``nack`` drops the event with a warning: the daemon keeps it in
-  ``dead_letters`` and resending would only be refused again.  An ``error``
-  reply means the daemon could not read a frame; ours are always
-  well-formed, so that connection is treated as broken (spool, retry).
+* A ``nack`` drops the event with a warning (the daemon keeps it in
+  ``dead_letters``); an ``error`` reply breaks the connection (ours are
+  always well-formed, so the event is spooled and retried).
 
-Threads share one RLock.  A signal handler that emits while its thread is
+Threads share one lock.  A signal handler that emits while its thread is
 inside a locked section does not deadlock: its event is parked and sent as
-soon as the interrupted section ends (``_locked``).  A forked child forgets
+soon as the interrupted section ends (``_guard.py``).  A forked child forgets
 the parent's socket and spool file (``_process.py`` and ``_check_fork``).
 
 Nothing in here raises to the caller: every public method catches, warns on
@@ -41,14 +40,10 @@ stderr, and carries on.
 
 from __future__ import annotations
 
-import collections
 import math
 import os
-import select
 import socket
-import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -67,11 +62,13 @@ from runtally.protocol import (
     encode_message,
 )
 
+from ._backoff import Backoff
+from ._guard import SignalSafeLock
 from ._options import ClientOptions
 from ._process import adopt
 from ._spool import SpoolWriter
 from ._state import LIVE, State, Trigger, next_state
-from ._unix import connect_nowait
+from ._unix import connect_nowait, wait_ready
 from ._warn import warn, warn_once
 
 __all__ = ["Client"]
@@ -92,8 +89,6 @@ MAX_NACK_WARNINGS = 20
 FLUSH_POLL_S = 0.05
 
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a closed daemon must not SIGPIPE the pipeline
-
-_R = TypeVar("_R")
 
 
 class Client:
@@ -129,17 +124,14 @@ class Client:
 
     def _init_state(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.RLock()
-        self._busy = False  # a locked section is running (see _locked)
-        self._pending: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._guard = SignalSafeLock()
         self._state = IDLE
         self._sock: socket.socket | None = None
         self._out = bytearray()
         self._conn = ClientConnection()
         self._got_ack = False  # this connection has been useful: reconnect promptly
-        self._next_attempt = -math.inf
-        self._last_connect = -math.inf
-        self._backoff = self.options.backoff_initial_s
+        options = self.options
+        self._backoff = Backoff(options.backoff_initial_s, options.backoff_max_s, self._clock)
 
     @property
     def state(self) -> State:
@@ -157,7 +149,7 @@ class Client:
         """Send one event; returns without waiting for its ack (spools it when in doubt)."""
         try:
             self._check_fork()
-            self._locked(self._emit, event, park=True)
+            self._guard.run(self._emit, event, park=True)
         except Exception as exc:  # noqa: BLE001 - tracking never raises into a pipeline
             warn_once(f"emit-{type(exc).__name__}", f"event not recorded: {exc!r}")
 
@@ -180,7 +172,7 @@ class Client:
         try:
             self._check_fork()
             self.flush(timeout)
-            self._locked(self._close)
+            self._guard.run(self._close)
         except Exception as exc:  # noqa: BLE001
             warn_once(f"close-{type(exc).__name__}", f"close failed: {exc!r}")
 
@@ -188,38 +180,6 @@ class Client:
         self._disconnect()
         self.spool.close()
         self._set_state(Trigger.CLOSE)
-
-    def _locked(self, fn: Callable[..., _R], *args: Any, park: bool = False) -> _R | None:
-        """Run ``fn`` under the lock and return its result, safe against signal handlers.
-
-        A handler runs on a thread that may be inside this very method,
-        half-way through an update.  The lock is an RLock so that thread cannot
-        deadlock on itself; ``_busy`` tells the handler's call to wait its turn:
-        an emit is parked (and None returned to it), any other call is skipped.
-        Parked work runs as soon as ``fn`` is done, and is checked for only
-        after ``_busy`` is cleared, so nothing parked can be left behind.  The
-        caller gets ``fn``'s own result, never a parked call's.
-        """
-        with self._lock:
-            if self._busy:
-                if park:
-                    self._pending.append((fn, args))
-                return None
-            self._busy = True
-            try:
-                result = fn(*args)
-            finally:
-                self._busy = False
-            while self._pending:
-                parked, parked_args = self._pending.popleft()
-                self._busy = True
-                try:
-                    parked(*parked_args)
-                except Exception as exc:  # noqa: BLE001 - not the caller's failure to report
-                    warn_once(f"emit-{type(exc).__name__}", f"event not recorded: {exc!r}")
-                finally:
-                    self._busy = False
-            return result
 
     # -- fork ------------------------------------------------------------------------
 
@@ -264,13 +224,13 @@ class Client:
             warn(f"dropping an event: {exc} (over the size limit)")
 
     def _maybe_connect(self) -> None:
-        if self._state in LIVE or self._clock() < self._next_attempt:
+        if self._state in LIVE or not self._backoff.ready():
             return
         self.connect_attempts += 1
-        self._last_connect = self._clock()
+        self._backoff.attempting()
         sock = connect_nowait(self.socket_path, self.options.connect_timeout_s)
         if sock is None:
-            self._schedule_retry(useful=False)
+            self._backoff.retry_later(useful=False)
             self._set_state(Trigger.REFUSED)
             return
         self._sock = sock
@@ -278,18 +238,6 @@ class Client:
         self._got_ack = False
         self._set_state(Trigger.RESEND if self._resend_own_spool() else Trigger.CONNECTED)
         self._pump()
-
-    def _schedule_retry(self, *, useful: bool) -> None:
-        initial = self.options.backoff_initial_s
-        if useful:
-            # A connection that carried acks and then dropped: the daemon is
-            # probably fine (idle timeout, restart).  Retry as soon as the
-            # minimum spacing since the last attempt allows.
-            self._backoff = initial
-            self._next_attempt = self._last_connect + initial
-        else:
-            self._next_attempt = self._clock() + self._backoff
-            self._backoff = min(self._backoff * 2, self.options.backoff_max_s)
 
     def _resend_own_spool(self) -> bool:
         """Queue the own spool's records first; False if there is nothing to resend."""
@@ -428,7 +376,7 @@ class Client:
             warn_once("stuck", f"{reason}; spooling events to {self.spool.directory}")
         useful = self._got_ack
         self._disconnect()
-        self._schedule_retry(useful=useful)
+        self._backoff.retry_later(useful=useful)
         self._set_state(Trigger.BROKEN)
 
     def _disconnect(self) -> None:
@@ -451,25 +399,17 @@ class Client:
 
     def _flush(self, timeout: float) -> bool:
         deadline = self._clock() + timeout
-        target = self._locked(self._flush_start)
+        target = self._guard.run(self._flush_start)
         if target is None:
             return self.spool.records == 0
-        poller = select.poll()
         while True:
-            step = self._locked(self._flush_step, target, deadline, timeout)
+            step = self._guard.run(self._flush_step, target, deadline, timeout)
             if step is None or isinstance(step, bool):
                 return bool(step)  # None: re-entered from a signal handler, skip
             # Wait outside the lock so other threads keep emitting; short slices
             # so a state change made by one of them is noticed promptly.
-            fd, mask, remaining = step
-            poller.register(fd, mask)
-            try:
-                poller.poll(min(remaining, FLUSH_POLL_S) * 1000)
-            finally:
-                try:
-                    poller.unregister(fd)
-                except (KeyError, ValueError, OSError):
-                    pass
+            fd, want_write, remaining = step
+            wait_ready(fd, want_write, min(remaining, FLUSH_POLL_S))
 
     def _flush_start(self) -> int | None:
         """The sequence number of the last event to wait for; None when nothing is in flight."""
@@ -479,7 +419,7 @@ class Client:
         return self._conn.sent if self._state in LIVE else None
 
     def _flush_step(self, target: int, deadline: float, timeout: float) -> bool | tuple:
-        """One non-blocking round: a verdict, or (fd, poll mask, seconds left) to wait on."""
+        """One non-blocking round: a verdict, or (fd, want to write, seconds left) to wait on."""
         if self._state in LIVE:
             self._pump()
         if self._state not in LIVE or self._sock is None:
@@ -490,5 +430,4 @@ class Client:
         if remaining <= 0:
             self._break(f"no ack from the daemon within {timeout:g} s", stuck=True)
             return False
-        mask = select.POLLIN | (select.POLLOUT if self._out else 0)
-        return self._sock.fileno(), mask, remaining
+        return self._sock.fileno(), bool(self._out), remaining

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pwd
-import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +37,7 @@ from runtally.protocol import (
 from . import _coerce
 from ._connection import Client
 from ._ids import now_ms, uuid7
+from ._meta import run_meta
 from ._registry import get_client
 from ._warn import warn, warn_once
 
@@ -47,9 +45,7 @@ __all__ = ["PARENT_ENV", "RunTracker"]
 
 #: A run's uid, exported while it is open, so a child process's run nests under it.
 PARENT_ENV = "RUNTALLY_PARENT_RUN"
-GIT_SHA_ENV = "RUNTALLY_GIT_SHA"
 MAX_MEMBER = 512
-MAX_ARGV = 64
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -146,7 +142,7 @@ class RunTracker:
                 pipeline=self.pipeline,
                 club_slug=self.club_slug,
                 parent=parent_id,
-                meta=_run_meta(),
+                meta=run_meta(),
             )
         )
         self.run_id = run_id
@@ -396,35 +392,3 @@ def _format_traceback(exc: BaseException) -> str | None:
     text = "".join(lines)
     # Keep the end: the innermost frames and the message matter most.
     return text if len(text) <= MAX_STACK else "..." + text[-(MAX_STACK - 3) :]
-
-
-def _run_meta() -> dict[str, Any]:
-    meta: dict[str, Any] = {"pid": os.getpid()}
-    try:
-        meta["host"] = socket.gethostname()
-    except OSError:
-        pass
-    user = _user()
-    if user:
-        meta["user"] = user
-    meta["argv"] = [_coerce.text(a, 1000) for a in sys.argv[:MAX_ARGV]]
-    git_sha = os.environ.get(GIT_SHA_ENV)
-    if git_sha:
-        meta["git_sha"] = git_sha[:128]
-    return meta
-
-
-def _user() -> str | None:
-    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        if os.environ.get(var):
-            return os.environ[var]
-    return _user_name(os.getuid())
-
-
-@functools.lru_cache(maxsize=4)
-def _user_name(uid: int) -> str:
-    """The passwd name of ``uid``: an NSS lookup (~30 us) done once, not at every run."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OSError):
-        return str(uid)

@@ -9,7 +9,7 @@ import socket
 
 from ._warn import warn_once
 
-__all__ = ["connect_nowait"]
+__all__ = ["connect_nowait", "wait_ready"]
 
 #: Connect failures that just mean "the daemon is not there right now".
 ROUTINE_CONNECT_ERRORS = frozenset(
@@ -51,3 +51,10 @@ def connect_nowait(path: str, timeout_s: float) -> socket.socket | None:
             f"cannot connect to {path}: {detail}; spooling events instead",
         )
     return None
+
+
+def wait_ready(fd: int, write: bool, timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` seconds for ``fd`` to be readable (or writable, if ``write``)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | (select.POLLOUT if write else 0))
+    poller.poll(timeout_s * 1000)
