@@ -14,6 +14,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from runtally.protocol import (
     Nack,
     Refusal,
     decode_client_message,
-    encode_frames,
+    encode_frame,
     read_spool,
 )
 
@@ -58,7 +59,37 @@ class Sandbox:
         return [event for path in self.spool_files() for event in read_events(path)]
 
     def client(self, **kw: object) -> Client:
-        return Client(self.sock, self.spool, **kw)  # type: ignore[arg-type]
+        """A Client on this sandbox; ``kw`` override fields of ClientOptions (e.g. ``clock``)."""
+        return Client(self.sock, self.spool, **kw)
+
+
+class SteppedClock:
+    """``time.monotonic()`` plus an offset the test moves on: a backoff passes without a sleep.
+
+    Real time still flows underneath, so flush deadlines keep working.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class FrozenClock:
+    """A clock that moves only when told: the backoff counted exactly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def read_events(path: Path) -> list:
@@ -158,7 +189,7 @@ class Peer:
                 else:
                     replies.append(Ack(id=event_id))
             if replies:
-                conn.sendall(encode_frames(replies))
+                conn.sendall(b"".join(encode_frame(r) for r in replies))
 
     def close(self) -> None:
         self._stop.set()

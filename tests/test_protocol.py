@@ -55,8 +55,9 @@ from runtally.protocol import (
     decode_client_message,
     decode_server_message,
     encode_frame,
-    encode_frames,
+    encode_message,
     encode_record,
+    frame_payload,
     read_spool,
 )
 
@@ -375,15 +376,14 @@ class TestFrameDecoder:
     @HYP
     @given(msgs=st.lists(client_messages, max_size=12), sizes=chunk_sizes)
     def test_any_chunking_gives_the_same_frames(self, msgs, sizes):
-        stream = encode_frames(msgs)
-        assert stream == b"".join(encode_frame(m) for m in msgs)
+        stream = b"".join(encode_frame(m) for m in msgs)
         frames = decode_stream(split(stream, sizes))
         assert frames == [encode_frame(m)[4:] for m in msgs]
         assert [decode_client_message(f) for f in frames] == msgs
 
     def test_one_byte_chunks(self):
         msgs = [Hello(client="c"), *(Ping() for _ in range(3)), Status(), Replay()]
-        stream = encode_frames(msgs)
+        stream = b"".join(encode_frame(m) for m in msgs)
         dec = FrameDecoder()
         got = []
         for i in range(len(stream)):
@@ -440,7 +440,13 @@ class TestFrameDecoder:
         with pytest.raises(LocalProtocolError, match=rf"frame length {MAX_FRAME + 1} outside"):
             encode_frame(too_big)
         with pytest.raises(LocalProtocolError, match=rf"frame length {MAX_FRAME + 1} outside"):
-            encode_frames([Ping(), too_big])
+            encode_message(too_big)
+        body = encode_message(fits)
+        assert frame_payload(body) == encode_frame(fits)
+        with pytest.raises(LocalProtocolError, match=rf"frame length {MAX_FRAME + 1} outside"):
+            frame_payload(body + b"x")
+        with pytest.raises(LocalProtocolError, match="frame length 0 outside"):
+            frame_payload(b"")
 
 
 class TestGarbage:

@@ -5,9 +5,12 @@ Imports only the standard library, msgspec, ``runtally.protocol`` and
 click or sqlite3.  No call in here raises into the pipeline.
 """
 
-from ._connection import Client, State, get_client
+from ._connection import Client
 from ._ids import uuid7
+from ._options import ClientOptions
+from ._registry import get_client
 from ._spool import SpoolWriter
+from ._state import State
 from ._track import RUN_STEP_NAME, Run, Step, track_run
 from ._tracker import PARENT_ENV, RunTracker
 
@@ -15,6 +18,7 @@ __all__ = [
     "PARENT_ENV",
     "RUN_STEP_NAME",
     "Client",
+    "ClientOptions",
     "Run",
     "RunTracker",
     "SpoolWriter",

@@ -13,13 +13,12 @@ from typing import Any
 
 import msgspec
 
+from runtally.protocol import MAX_COUNT, MAX_NAME, MAX_UID
+
 from ._warn import warn_once
 
 __all__ = ["count", "name", "outcome", "plain", "text", "uid"]
 
-MAX_NAME = 256
-MAX_UID = 128
-MAX_COUNT = 2**62
 #: ``detail`` / ``summary`` bigger than this once encoded are replaced by a
 #: short repr: a frame is capped at 1 MiB and a dashboard cell needs far less.
 MAX_PLAIN_BYTES = 256 * 1024

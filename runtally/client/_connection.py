@@ -3,14 +3,16 @@
 Theory of operation
 -------------------
 
-A ``Client`` has no thread of its own.  It is a small state machine driven by
-the calls the pipeline makes anyway (``emit``, ``flush``, ``close``), each of
-which does a bounded amount of non-blocking I/O and returns:
+A ``Client`` has no thread of its own.  It is a small state machine
+(``_state.py`` has the table) driven by the calls the pipeline makes anyway
+(``emit``, ``flush``, ``close``), each of which does a bounded amount of
+non-blocking I/O and returns.  The protocol's sans-IO ``ClientConnection``
+keeps the window of unacked events and matches the replies; this module owns
+the socket, the states, the backoff, the spool decisions and the flush:
 
-* ``emit`` encodes the event, writes it to a non-blocking Unix stream socket
-  (what the kernel won't take waits in ``_out``), remembers it in the
-  *window* of unacknowledged events, and reads whatever acks have arrived.
-  It never waits for an ack.
+* ``emit`` frames the event, writes it to a non-blocking Unix stream socket
+  (what the kernel won't take waits in ``_out``), and handles whatever
+  replies have arrived.  It never waits for an ack.
 * Whenever the connection cannot be trusted - the daemon is absent or
   refusing, the socket errs or hits EOF, ``_out`` or the window overflows, a
   flush times out - every unacknowledged event is appended to this process's
@@ -23,41 +25,14 @@ which does a bounded amount of non-blocking I/O and returns:
   then new ones; once all of them are acked the spool file is cut back to its
   header.  A spool too big to resend quickly is closed instead: that releases
   its flock and the daemon's replayer takes it within seconds.
+* A ``nack`` drops the event with a warning (the daemon keeps it in
+  ``dead_letters``); an ``error`` reply breaks the connection (ours are
+  always well-formed, so the event is spooled and retried).
 
-Replies arrive in the order messages were sent, one each.  ``ack`` and
-``nack`` name the event.  A ``nack`` drops the event with a warning: the
-daemon keeps it in ``dead_letters`` and resending would only be refused
-again.  An ``error`` reply means the daemon could not read a frame; ours are
-always well-formed, so that connection is treated as broken (spool, retry).
-
-Threads share one RLock.  A signal handler that emits while its thread is
+Threads share one lock.  A signal handler that emits while its thread is
 inside a locked section does not deadlock: its event is parked and sent as
-soon as the interrupted section ends (``_locked``).
-
-States and the triggers that move between them (``_TRANSITIONS`` is the
-table; ``_set_state`` refuses anything it does not list):
-
-=========  ==========================================  =====================
-state      meaning                                     trigger -> next state
-=========  ==========================================  =====================
-IDLE       no socket, no attempt pending: the next     CONNECTED -> CONNECTED
-           emit tries to connect at once (initial      RESEND    -> RESENDING
-           state, and after close() or a fork)         REFUSED   -> SPOOLING
-                                                       CLOSE     -> IDLE
-CONNECTED  events go to the socket; the window holds   BROKEN    -> SPOOLING
-           what is not acked yet                       CLOSE     -> IDLE
-RESENDING  connected, and the own spool's records      SPOOL_ACKED -> CONNECTED
-           were sent first; when all are acked the     BROKEN    -> SPOOLING
-           spool file is truncated                     CLOSE     -> IDLE
-SPOOLING   no socket; events go to the spool file;     CONNECTED -> CONNECTED
-           a connect is tried once ``_next_attempt``   RESEND    -> RESENDING
-           has passed                                  REFUSED   -> SPOOLING
-                                                       CLOSE     -> IDLE
-=========  ==========================================  =====================
-
-``FORK`` (in a forked child, from any state) -> IDLE: the child forgets the
-parent's socket and spool file without shutting either down, and opens its
-own on first use.  Never a write to the parent's.
+soon as the interrupted section ends (``_guard.py``).  A forked child forgets
+the parent's socket and spool file (``_process.py`` and ``_check_fork``).
 
 Nothing in here raises to the caller: every public method catches, warns on
 stderr, and carries on.
@@ -65,86 +40,41 @@ stderr, and carries on.
 
 from __future__ import annotations
 
-import atexit
-import collections
-import enum
-import errno
 import math
 import os
-import select
 import socket
-import struct
-import sys
-import threading
-import time
-import weakref
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
-from runtally.config import ConfigError, Settings, default_paths, resolve
 from runtally.protocol import (
-    MAX_FRAME,
+    NEED_DATA,
     Ack,
+    ClientConnection,
     ErrorReply,
-    FrameDecoder,
+    Event,
     FrameError,
+    LocalProtocolError,
     Nack,
+    ProtocolError,
     RemoteProtocolError,
-    decode_server_message,
+    ServerMessage,
+    encode_message,
 )
 
+from ._backoff import Backoff
+from ._guard import SignalSafeLock
+from ._options import ClientOptions
+from ._process import adopt
 from ._spool import SpoolWriter
-from ._warn import reset_after_fork, warn, warn_once
+from ._state import LIVE, State, Trigger, next_state
+from ._unix import connect_nowait, wait_ready
+from ._warn import warn, warn_once
 
-__all__ = ["Client", "State", "get_client"]
-
-
-class State(enum.Enum):
-    IDLE = "idle"
-    CONNECTED = "connected"
-    RESENDING = "resending"
-    SPOOLING = "spooling"
-
-
-class _Trigger(enum.Enum):
-    CONNECTED = "connected"  # connect succeeded, nothing of ours to resend
-    RESEND = "resend"  # connect succeeded, own spool records sent first
-    REFUSED = "refused"  # connect failed (absent, refused, too slow)
-    SPOOL_ACKED = "spool_acked"  # every resent spool record is acked
-    BROKEN = "broken"  # socket error/EOF, overflow, error reply, flush timeout
-    CLOSE = "close"
-
+__all__ = ["Client"]
 
 IDLE, CONNECTED, RESENDING, SPOOLING = State
-_T = _Trigger
 
-_TRANSITIONS: dict[State, dict[_Trigger, State]] = {
-    IDLE: {_T.CONNECTED: CONNECTED, _T.RESEND: RESENDING, _T.REFUSED: SPOOLING, _T.CLOSE: IDLE},
-    CONNECTED: {_T.BROKEN: SPOOLING, _T.CLOSE: IDLE},
-    RESENDING: {_T.SPOOL_ACKED: CONNECTED, _T.BROKEN: SPOOLING, _T.CLOSE: IDLE},
-    SPOOLING: {
-        _T.CONNECTED: CONNECTED,
-        _T.RESEND: RESENDING,
-        _T.REFUSED: SPOOLING,
-        _T.CLOSE: IDLE,
-    },
-}
-_LIVE = (CONNECTED, RESENDING)
-
-#: Unacked events kept per connection; a full window that a non-blocking read
-#: cannot free means the daemon is not keeping up: spool.
-WINDOW = 4096
-#: Bytes the kernel would not take yet; more means the daemon is not reading.
-MAX_OUT = 1 << 20
-#: An own spool bigger than this is handed to the replayer, not resent.
-RESEND_MAX_RECORDS = 1000
-RESEND_MAX_BYTES = 1 << 20
-BACKOFF_INITIAL_S = 0.25
-BACKOFF_MAX_S = 5.0
-CONNECT_TIMEOUT_S = 0.05
 RECV_SIZE = 1 << 18
 #: Replies an emit handles at most (acks arrive a whole group commit at a
 #: time; ~1 us each).  More than one, so the window drains faster than emits
@@ -155,104 +85,71 @@ EMIT_REPLY_BUDGET = 32
 EMIT_RECV_SIZE = 4096
 #: Nack warnings shown per process before they are summarised.
 MAX_NACK_WARNINGS = 20
+#: Longest single wait of a flush, so a state change by another thread is seen.
+FLUSH_POLL_S = 0.05
 
-#: Connect failures that just mean "the daemon is not there right now".
-_ROUTINE_CONNECT_ERRORS = frozenset(
-    {errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR}
-)
-
-_HEADER = struct.Struct(">I")
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a closed daemon must not SIGPIPE the pipeline
-
-
-class _EventId(msgspec.Struct):
-    id: str
-
-
-_id_decoder = msgspec.msgpack.Decoder(_EventId)
-
-_R = TypeVar("_R")
-
-
-class _Entry:
-    """An unacked event: its order, its encoded payload, whether the spool has it."""
-
-    __slots__ = ("in_spool", "payload", "seq")
-
-    def __init__(self, seq: int, payload: bytes, in_spool: bool) -> None:
-        self.seq = seq
-        self.payload = payload
-        self.in_spool = in_spool
 
 
 class Client:
     """One process's connection to the daemon, with its own spool file.
 
     Use ``get_client()`` rather than constructing one: it returns the
-    per-process instance for a socket/spool pair.  Thread-safe (one lock);
-    fork-safe (a child forgets the parent's socket and spool and opens its own).
+    per-process instance for a socket/spool pair.  ``options`` default to
+    ``ClientOptions()``; keywords override single fields of it
+    (``flush_timeout=0.5``).  Thread-safe (one lock); fork-safe (a child
+    forgets the parent's socket and spool and opens its own).
     """
 
     def __init__(
         self,
         socket_path: str | os.PathLike[str],
         spool_dir: str | os.PathLike[str],
-        *,
-        flush_timeout: float = 2.0,
-        window: int = WINDOW,
-        max_out: int = MAX_OUT,
+        options: ClientOptions | None = None,
+        **overrides: Any,
     ) -> None:
+        options = options or ClientOptions()
+        self.options = msgspec.structs.replace(options, **overrides) if overrides else options
         self.socket_path = os.fspath(socket_path)
         self.spool = SpoolWriter(spool_dir)
-        self.flush_timeout = flush_timeout
-        self.window_size = max(1, window)
-        self.max_out = max_out
+        self._clock = self.options.clock
+        self._window_size = max(1, self.options.window)
         # Counters, for tests and for ``runtally status``-style introspection.
         self.connect_attempts = 0
         self.acked = 0
         self.nacked = 0
         self.spooled = 0
-        self._encoder = msgspec.msgpack.Encoder()
         self._init_state()
-        _all_clients.add(self)
+        adopt(self)
 
     def _init_state(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.RLock()
-        self._busy = False  # a locked section is running (see _locked)
-        self._pending: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._guard = SignalSafeLock()
         self._state = IDLE
         self._sock: socket.socket | None = None
         self._out = bytearray()
-        self._decoder = FrameDecoder()
-        self._window: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
-        self._seq = 0
-        self._spooled_pending = 0  # window entries that came from the spool file
+        self._conn = ClientConnection()
         self._got_ack = False  # this connection has been useful: reconnect promptly
-        self._next_attempt = 0.0
-        self._last_connect = -BACKOFF_MAX_S
-        self._backoff = BACKOFF_INITIAL_S
+        options = self.options
+        self._backoff = Backoff(options.backoff_initial_s, options.backoff_max_s, self._clock)
 
     @property
     def state(self) -> State:
+        """Where events go now (see ``_state.py``)."""
         return self._state
 
     @property
     def unacked(self) -> int:
-        return len(self._window)
+        """Events sent on the current connection and not answered yet."""
+        return self._conn.unacked
 
     # -- public API: never raises --------------------------------------------------
 
-    def emit(self, event: msgspec.Struct) -> None:
-        """Send one event (a protocol Struct); returns without waiting for its ack."""
+    def emit(self, event: Event) -> None:
+        """Send one event; returns without waiting for its ack (spools it when in doubt)."""
         try:
             self._check_fork()
-            payload = self._encoder.encode(event)
-            if len(payload) > MAX_FRAME:
-                warn(f"dropping a {len(payload)}-byte event: over the {MAX_FRAME}-byte limit")
-                return
-            event_id = event.id  # type: ignore[attr-defined]
-            self._locked(self._emit, event_id, payload, park=True)
+            self._guard.run(self._emit, event, park=True)
         except Exception as exc:  # noqa: BLE001 - tracking never raises into a pipeline
             warn_once(f"emit-{type(exc).__name__}", f"event not recorded: {exc!r}")
 
@@ -264,7 +161,8 @@ class Client:
         """
         try:
             self._check_fork()
-            return self._flush(self.flush_timeout if timeout is None else max(0.0, timeout))
+            limit = self.options.flush_timeout if timeout is None else max(0.0, timeout)
+            return self._flush(limit)
         except Exception as exc:  # noqa: BLE001
             warn_once(f"flush-{type(exc).__name__}", f"flush failed: {exc!r}")
             return False
@@ -274,39 +172,14 @@ class Client:
         try:
             self._check_fork()
             self.flush(timeout)
-            self._locked(self._close)
+            self._guard.run(self._close)
         except Exception as exc:  # noqa: BLE001
             warn_once(f"close-{type(exc).__name__}", f"close failed: {exc!r}")
 
     def _close(self) -> None:
         self._disconnect()
         self.spool.close()
-        self._set_state(_T.CLOSE)
-
-    def _locked(self, fn: Callable[..., _R], *args: Any, park: bool = False) -> _R | None:
-        """Run ``fn`` under the lock, safe against re-entry from a signal handler.
-
-        A handler runs on a thread that may be inside this very method,
-        half-way through an update.  The lock is an RLock so that thread cannot
-        deadlock on itself; ``_busy`` tells the handler's call to wait its turn:
-        an emit is parked and sent as soon as the interrupted call is done, any
-        other call is skipped.  Parked work is checked for only after ``_busy``
-        is cleared, so nothing parked can be left behind.
-        """
-        with self._lock:
-            if self._busy:
-                if park:
-                    self._pending.append((fn, args))
-                return None
-            while True:
-                self._busy = True
-                try:
-                    result = fn(*args)
-                finally:
-                    self._busy = False
-                if not self._pending:
-                    return result
-                fn, args = self._pending.popleft()
+        self._set_state(Trigger.CLOSE)
 
     # -- fork ------------------------------------------------------------------------
 
@@ -331,130 +204,77 @@ class Client:
         self.connect_attempts = self.acked = self.nacked = self.spooled = 0
         self._init_state()
 
-    # -- state machine ---------------------------------------------------------------
+    # -- connecting ------------------------------------------------------------------
 
-    def _set_state(self, trigger: _Trigger) -> None:
-        self._state = _TRANSITIONS[self._state][trigger]
+    def _set_state(self, trigger: Trigger) -> None:
+        self._state = next_state(self._state, trigger)
 
-    def _emit(self, event_id: str, payload: bytes) -> None:
-        self._maybe_connect()
-        if self._state in _LIVE:
-            self._send_event(event_id, payload)
-            if self._state is SPOOLING:
-                # The connection just broke (often: the daemon dropped an idle
-                # one).  If it had been useful, reconnect now and resend.
-                self._maybe_connect()
-            return
-        self._spool(payload)
+    def _emit(self, event: Event) -> None:
+        try:
+            self._maybe_connect()
+            if self._state in LIVE:
+                self._send_event(event)
+                if self._state is SPOOLING:
+                    # The connection just broke (often: the daemon dropped an
+                    # idle one).  If it had been useful, reconnect and resend.
+                    self._maybe_connect()
+                return
+            self._spool(encode_message(event))
+        except LocalProtocolError as exc:
+            warn(f"dropping an event: {exc} (over the size limit)")
 
     def _maybe_connect(self) -> None:
-        if self._state in _LIVE or time.monotonic() < self._next_attempt:
+        if self._state in LIVE or not self._backoff.ready():
             return
-        sock = self._connect()
+        self.connect_attempts += 1
+        self._backoff.attempting()
+        sock = connect_nowait(self.socket_path, self.options.connect_timeout_s)
         if sock is None:
-            self._schedule_retry(useful=False)
-            self._set_state(_T.REFUSED)
+            self._backoff.retry_later(useful=False)
+            self._set_state(Trigger.REFUSED)
             return
         self._sock = sock
         self._out.clear()
-        self._decoder = FrameDecoder()
         self._got_ack = False
-        if self._resend_own_spool():
-            self._set_state(_T.RESEND)
-        else:
-            self._set_state(_T.CONNECTED)
+        self._set_state(Trigger.RESEND if self._resend_own_spool() else Trigger.CONNECTED)
         self._pump()
-
-    def _connect(self) -> socket.socket | None:
-        self.connect_attempts += 1
-        self._last_connect = time.monotonic()
-        try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        except OSError as exc:
-            warn_once("socket", f"cannot create a socket: {exc}")
-            return None
-        try:
-            sock.setblocking(False)
-            err = sock.connect_ex(self.socket_path)
-            if err == errno.EINPROGRESS:
-                _, writable, _ = select.select([], [sock], [], CONNECT_TIMEOUT_S)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if writable else 0
-                err = err or (0 if writable else errno.ETIMEDOUT)
-        except OSError as exc:
-            err = exc.errno or errno.EINVAL
-            detail = str(exc)
-        else:
-            detail = os.strerror(err) if err else ""
-        if not err:
-            return sock
-        sock.close()
-        if err not in _ROUTINE_CONNECT_ERRORS:
-            # Not "daemon down" but something an operator must fix, such as
-            # EACCES: this user is not in the socket's group.
-            warn_once(
-                f"connect-{err}",
-                f"cannot connect to {self.socket_path}: {detail}; spooling events instead",
-            )
-        return None
-
-    def _schedule_retry(self, *, useful: bool) -> None:
-        if useful:
-            # A connection that carried acks and then dropped: the daemon is
-            # probably fine (idle timeout, restart).  Retry as soon as the
-            # minimum spacing since the last attempt allows.
-            self._backoff = BACKOFF_INITIAL_S
-            self._next_attempt = self._last_connect + BACKOFF_INITIAL_S
-        else:
-            self._next_attempt = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
 
     def _resend_own_spool(self) -> bool:
         """Queue the own spool's records first; False if there is nothing to resend."""
-        spool = self.spool
+        spool, options = self.spool, self.options
         if spool.records == 0:
             return False
         records = None
-        if spool.records <= RESEND_MAX_RECORDS and spool.size <= RESEND_MAX_BYTES:
+        if spool.records <= options.resend_max_records and spool.size <= options.resend_max_bytes:
             records = spool.read_records()
-        ids: list[str] = []
-        for payload in records or ():
+        if records:
             try:
-                ids.append(_id_decoder.decode(payload).id)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+                self._out += self._conn.resend(records)
+            except ProtocolError:
                 records = None
-                break
         if not records:
             # Too big to resend without blocking, or unreadable: the replayer
             # takes it as soon as the flock is gone.  A fresh file opens on demand.
             spool.close()
             return False
-        for event_id, payload in zip(ids, records, strict=True):
-            self._queue(event_id, payload, in_spool=True)
-        self._spooled_pending = len(self._window)
-        return self._spooled_pending > 0
+        return True
 
-    def _queue(self, event_id: str, payload: bytes, *, in_spool: bool) -> None:
-        self._seq += 1
-        old = self._window.pop(event_id, None)
-        if old is not None and old.in_spool:
-            self._spooled_pending -= 1
-        self._window[event_id] = _Entry(self._seq, payload, in_spool)
-        self._out += _HEADER.pack(len(payload))
-        self._out += payload
+    # -- sending and replies ---------------------------------------------------------
 
-    def _send_event(self, event_id: str, payload: bytes) -> None:
-        if len(self._window) >= self.window_size:
+    def _send_event(self, event: Event) -> None:
+        conn = self._conn
+        if conn.unacked >= self._window_size:
             self._pump()
-            if self._state not in _LIVE:
-                self._spool(payload)
+            if self._state not in LIVE:
+                self._spool(encode_message(event))
                 return
-            if len(self._window) >= self.window_size:
-                self._queue(event_id, payload, in_spool=False)
+            if conn.unacked >= self._window_size:
+                self._out += conn.send(event)
                 self._break("the daemon is not acknowledging (window full)", stuck=True)
                 return
-        self._queue(event_id, payload, in_spool=False)
+        self._out += conn.send(event)
         self._pump(EMIT_REPLY_BUDGET)
-        if self._state in _LIVE and len(self._out) > self.max_out:
+        if self._state in LIVE and len(self._out) > self.options.max_out:
             self._break("the daemon is not reading (send buffer full)", stuck=True)
 
     def _pump(self, budget: float = math.inf) -> None:
@@ -492,54 +312,51 @@ class Client:
             if not data:
                 self._break("the daemon closed the connection")
                 return
-            self._decoder.receive_data(data)
+            self._conn.receive_data(data)
             budget = self._handle_replies(budget)
             if len(data) < size:
                 return
 
     def _handle_replies(self, budget: float) -> float:
         """Handle up to ``budget`` buffered replies; what is left of it (0: stop reading)."""
-        decoder = self._decoder
+        conn = self._conn
         while budget > 0:
             try:
-                frame = decoder.next_frame()
+                reply = conn.next_reply()
             except FrameError as exc:
                 self._break(f"unreadable reply from the daemon ({exc})", stuck=True)
                 return 0
-            if frame is None:
-                return budget
-            self._on_reply(frame)
-            if self._state not in _LIVE:
-                return 0
+            except RemoteProtocolError:
+                warn_once("bad-reply", "ignoring a reply from the daemon this client cannot read")
+            else:
+                if reply is NEED_DATA:
+                    return budget
+                self._on_reply(reply)
+                if self._state not in LIVE:
+                    return 0
             budget -= 1
         return 0
 
-    def _on_reply(self, frame: bytes) -> None:
-        try:
-            reply = decode_server_message(frame)
-        except RemoteProtocolError:
-            warn_once("bad-reply", "ignoring a reply from the daemon this client cannot read")
-            return
-        if isinstance(reply, Ack):
-            self.acked += 1
-            self._got_ack = True
-            self._resolve(reply.id)
-        elif isinstance(reply, Nack):
-            # Invalid, never retried: the daemon keeps the raw frame in dead_letters.
-            self.nacked += 1
-            event_id = reply.id if reply.id in self._window else self._oldest()
-            if event_id is not None:
-                self._resolve(event_id)
-            self._warn_refused(event_id, reply.error)
-        elif isinstance(reply, ErrorReply):
-            # Answers a frame the daemon could not read.  Ours are always
-            # well-formed, so trust the event over the refusal: spool it with
-            # everything else unacked and start over on a fresh connection.
-            self._break(f"the daemon answered 'error: {reply.error}'", stuck=True)
-
-    def _oldest(self) -> str | None:
-        """The event the next reply belongs to: replies come in send order."""
-        return next(iter(self._window), None)
+    def _on_reply(self, reply: ServerMessage) -> None:
+        match reply:
+            case Ack():
+                self.acked += 1
+                self._got_ack = True
+            case Nack(id=event_id, error=error):
+                # Invalid, never retried: the daemon keeps the raw frame in dead_letters.
+                self.nacked += 1
+                self._warn_refused(event_id, error)
+            case ErrorReply(error=error):
+                # Answers a frame the daemon could not read.  Ours are always
+                # well-formed, so trust the event over the refusal: spool it with
+                # everything else unacked and start over on a fresh connection.
+                self._break(f"the daemon answered 'error: {error}'", stuck=True)
+                return
+            case _:
+                return  # a reply to nothing this client sends
+        if self._state is RESENDING and self._conn.resent_unacked == 0:
+            self.spool.truncate()
+            self._set_state(Trigger.SPOOL_ACKED)
 
     def _warn_refused(self, event_id: str | None, reason: str) -> None:
         if self.nacked <= MAX_NACK_WARNINGS:
@@ -547,14 +364,7 @@ class Client:
         else:
             warn_once("nacks", "the daemon refused more events; further refusals not shown")
 
-    def _resolve(self, event_id: str) -> None:
-        entry = self._window.pop(event_id, None)
-        if entry is None or not entry.in_spool:
-            return
-        self._spooled_pending -= 1
-        if self._spooled_pending == 0 and self._state is RESENDING:
-            self.spool.truncate()
-            self._set_state(_T.SPOOL_ACKED)
+    # -- giving up on a connection ---------------------------------------------------
 
     def _break(self, reason: str, *, stuck: bool = False) -> None:
         """The connection can't be trusted: spool every unacked event and drop it.
@@ -566,15 +376,13 @@ class Client:
             warn_once("stuck", f"{reason}; spooling events to {self.spool.directory}")
         useful = self._got_ack
         self._disconnect()
-        self._schedule_retry(useful=useful)
-        self._set_state(_T.BROKEN)
+        self._backoff.retry_later(useful=useful)
+        self._set_state(Trigger.BROKEN)
 
     def _disconnect(self) -> None:
-        unacked = [e.payload for e in self._window.values() if not e.in_spool]
+        unacked = self._conn.connection_lost()
         if unacked:
             self.spooled += self.spool.append_many(unacked)
-        self._window.clear()
-        self._spooled_pending = 0
         self._out.clear()
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -587,131 +395,39 @@ class Client:
         if self.spool.append(payload):
             self.spooled += 1
 
+    # -- flush -----------------------------------------------------------------------
+
     def _flush(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        target = self._locked(self._flush_start)
+        deadline = self._clock() + timeout
+        target = self._guard.run(self._flush_start)
         if target is None:
             return self.spool.records == 0
-        poller = select.poll()
         while True:
-            step = self._locked(self._flush_step, target, deadline, timeout)
+            step = self._guard.run(self._flush_step, target, deadline, timeout)
             if step is None or isinstance(step, bool):
                 return bool(step)  # None: re-entered from a signal handler, skip
             # Wait outside the lock so other threads keep emitting; short slices
             # so a state change made by one of them is noticed promptly.
-            fd, mask, remaining = step
-            poller.register(fd, mask)
-            try:
-                poller.poll(min(remaining, 0.05) * 1000)
-            finally:
-                try:
-                    poller.unregister(fd)
-                except (KeyError, ValueError, OSError):
-                    pass
+            fd, want_write, remaining = step
+            wait_ready(fd, want_write, min(remaining, FLUSH_POLL_S))
 
     def _flush_start(self) -> int | None:
-        """The seq of the last event to wait for; None when nothing is in flight."""
+        """The sequence number of the last event to wait for; None when nothing is in flight."""
         if self._state is SPOOLING and self.spool.records:
             # Hand the daemon the own spool now rather than at the replayer's pace.
             self._maybe_connect()
-        return self._seq if self._state in _LIVE else None
+        return self._conn.sent if self._state in LIVE else None
 
     def _flush_step(self, target: int, deadline: float, timeout: float) -> bool | tuple:
-        """One non-blocking round: a verdict, or (fd, poll mask, seconds left) to wait on."""
-        if self._state in _LIVE:
+        """One non-blocking round: a verdict, or (fd, want to write, seconds left) to wait on."""
+        if self._state in LIVE:
             self._pump()
-        if self._state not in _LIVE or self._sock is None:
+        if self._state not in LIVE or self._sock is None:
             return False
-        oldest = next(iter(self._window.values()), None)
-        if oldest is None or oldest.seq > target:
+        if self._conn.answered_through(target):
             return True
-        remaining = deadline - time.monotonic()
+        remaining = deadline - self._clock()
         if remaining <= 0:
             self._break(f"no ack from the daemon within {timeout:g} s", stuck=True)
             return False
-        mask = select.POLLIN | (select.POLLOUT if self._out else 0)
-        return self._sock.fileno(), mask, remaining
-
-
-# -- per-process registry --------------------------------------------------------------
-
-_all_clients: weakref.WeakSet[Client] = weakref.WeakSet()
-_clients: dict[tuple[str, str], Client] = {}
-_registry_lock = threading.Lock()
-
-
-def get_client(
-    socket: str | os.PathLike[str] | None = None,
-    spool: str | os.PathLike[str] | None = None,
-) -> Client:
-    """The per-process Client for this socket and spool (resolved settings by default)."""
-    settings = _settings(socket, spool)
-    key = (os.fspath(settings.socket), os.fspath(settings.spool))
-    with _registry_lock:
-        client = _clients.get(key)
-        if client is None:
-            client = Client(
-                settings.socket, settings.spool, flush_timeout=settings.client_flush_timeout_s
-            )
-            _clients[key] = client
-    return client
-
-
-def _settings(socket: Any, spool: Any) -> Settings:
-    try:
-        return resolve({"socket": socket, "spool": spool})
-    except (ConfigError, OSError, ValueError) as exc:
-        warn_once("config", f"{exc}; using the default socket and spool paths")
-        paths = default_paths()
-        return Settings(
-            socket=Path(socket) if socket else paths["socket"],
-            db=paths["db"],
-            spool=Path(spool) if spool else paths["spool"],
-        )
-
-
-def _after_fork_in_child() -> None:
-    global _registry_lock  # noqa: PLW0603 - the parent's lock may be held forever here
-    _registry_lock = threading.Lock()
-    reset_after_fork()
-    for client in list(_all_clients):
-        client._forget_after_fork()
-
-
-def _close_all_at_exit() -> None:
-    """Flush and release every client: acks awaited (bounded), spool files unlocked."""
-    for client in list(_all_clients):
-        client.close()  # never raises
-
-
-class _MultiprocessingHook:
-    """Weak-referenceable key for multiprocessing's after-fork registry."""
-
-
-_mp_hook = _MultiprocessingHook()
-_mp_hook_registered = False
-
-
-def _before_fork() -> None:
-    # multiprocessing's fork-started children leave through os._exit: atexit
-    # never runs there.  Its own finalizers do, so arm one in each child (its
-    # registry is cleared in the child, then its after-fork hooks run).
-    global _mp_hook_registered  # noqa: PLW0603
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is None or _mp_hook_registered:
-        return
-    try:
-        mp_util.register_after_fork(_mp_hook, _arm_multiprocessing_exit)
-        _mp_hook_registered = True
-    except Exception:  # noqa: BLE001 - a private-ish API: best effort, never fatal
-        pass
-
-
-def _arm_multiprocessing_exit(_hook: object) -> None:
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        mp_util.Finalize(None, _close_all_at_exit, exitpriority=0)
-
-
-os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
-atexit.register(_close_all_at_exit)
+        return self._sock.fileno(), bool(self._out), remaining

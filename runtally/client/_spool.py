@@ -80,10 +80,6 @@ class SpoolWriter:
         except Exception:  # noqa: BLE001 - interpreter shutdown: nothing to report to
             pass
 
-    @property
-    def is_open(self) -> bool:
-        return self._fd is not None
-
     # -- writing ---------------------------------------------------------------
 
     def append(self, payload: bytes) -> bool:

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pwd
-import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -27,8 +24,10 @@ import msgspec
 
 from runtally.protocol import (
     MAX_MESSAGE,
+    MAX_NAME,
     MAX_STACK,
     ErrorEvent,
+    Event,
     RunEnd,
     RunStart,
     StepEnd,
@@ -36,17 +35,17 @@ from runtally.protocol import (
 )
 
 from . import _coerce
-from ._connection import Client, get_client
+from ._connection import Client
 from ._ids import now_ms, uuid7
+from ._meta import run_meta
+from ._registry import get_client
 from ._warn import warn, warn_once
 
 __all__ = ["PARENT_ENV", "RunTracker"]
 
 #: A run's uid, exported while it is open, so a child process's run nests under it.
 PARENT_ENV = "RUNTALLY_PARENT_RUN"
-GIT_SHA_ENV = "RUNTALLY_GIT_SHA"
 MAX_MEMBER = 512
-MAX_ARGV = 64
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -108,7 +107,7 @@ class RunTracker:
         self._noop_warned = False
         try:
             self.pipeline = _coerce.name(pipeline, "pipeline", "unknown")
-            self.club_slug = _coerce.text(club_slug, _coerce.MAX_NAME).strip() or None
+            self.club_slug = _coerce.text(club_slug, MAX_NAME).strip() or None
             if member_keys is not None:
                 keys = [member_keys] if isinstance(member_keys, str) else member_keys
                 self.member_keys = tuple(str(k) for k in keys)
@@ -119,6 +118,7 @@ class RunTracker:
 
     @property
     def client(self) -> Client | None:
+        """The Client events go to; None if setting the tracker up failed."""
         return self._client
 
     # -- runs -----------------------------------------------------------------------
@@ -142,7 +142,7 @@ class RunTracker:
                 pipeline=self.pipeline,
                 club_slug=self.club_slug,
                 parent=parent_id,
-                meta=_run_meta(),
+                meta=run_meta(),
             )
         )
         self.run_id = run_id
@@ -353,7 +353,7 @@ class RunTracker:
             warn(f"RunTracker.{method} without an open run (start_run first); ignored")
         return False
 
-    def _emit(self, event: msgspec.Struct) -> None:
+    def _emit(self, event: Event) -> None:
         if self._client is not None:
             self._client.emit(event)
 
@@ -392,35 +392,3 @@ def _format_traceback(exc: BaseException) -> str | None:
     text = "".join(lines)
     # Keep the end: the innermost frames and the message matter most.
     return text if len(text) <= MAX_STACK else "..." + text[-(MAX_STACK - 3) :]
-
-
-def _run_meta() -> dict[str, Any]:
-    meta: dict[str, Any] = {"pid": os.getpid()}
-    try:
-        meta["host"] = socket.gethostname()
-    except OSError:
-        pass
-    user = _user()
-    if user:
-        meta["user"] = user
-    meta["argv"] = [_coerce.text(a, 1000) for a in sys.argv[:MAX_ARGV]]
-    git_sha = os.environ.get(GIT_SHA_ENV)
-    if git_sha:
-        meta["git_sha"] = git_sha[:128]
-    return meta
-
-
-def _user() -> str | None:
-    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        if os.environ.get(var):
-            return os.environ[var]
-    return _user_name(os.getuid())
-
-
-@functools.lru_cache(maxsize=4)
-def _user_name(uid: int) -> str:
-    """The passwd name of ``uid``: an NSS lookup (~30 us) done once, not at every run."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OSError):
-        return str(uid)

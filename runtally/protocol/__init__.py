@@ -1,5 +1,12 @@
-"""runtally wire protocol v1 and spool format v1, sans-IO (stdlib + msgspec only)."""
+"""runtally wire protocol v1 and spool format v1, sans-IO (stdlib + msgspec only).
 
+``_messages``: the message Structs and field limits; ``_frames``: framing and
+decoding; ``_client``: the client's window of unacked events
+(``ClientConnection``); ``_spool``: the spool record codec; ``_errors``: what
+this layer raises.
+"""
+
+from ._client import NEED_DATA, ClientConnection, NeedData
 from ._errors import FrameError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frames import (
     MAX_FRAME,
@@ -8,13 +15,17 @@ from ._frames import (
     decode_client_message,
     decode_server_message,
     encode_frame,
-    encode_frames,
+    encode_message,
+    frame_payload,
 )
 from ._messages import (
     CONTROL_TYPES,
     EVENT_TYPES,
+    MAX_COUNT,
     MAX_MESSAGE,
+    MAX_NAME,
     MAX_STACK,
+    MAX_UID,
     PROTOCOL_VERSION,
     Ack,
     ClientMessage,
@@ -42,12 +53,17 @@ from ._spool import SPOOL_MAGIC, SpoolReader, SpoolTail, encode_record, read_spo
 __all__ = [
     "CONTROL_TYPES",
     "EVENT_TYPES",
+    "MAX_COUNT",
     "MAX_FRAME",
     "MAX_MESSAGE",
+    "MAX_NAME",
     "MAX_STACK",
+    "MAX_UID",
+    "NEED_DATA",
     "PROTOCOL_VERSION",
     "SPOOL_MAGIC",
     "Ack",
+    "ClientConnection",
     "ClientMessage",
     "Control",
     "ErrorEvent",
@@ -58,6 +74,7 @@ __all__ = [
     "Hello",
     "LocalProtocolError",
     "Nack",
+    "NeedData",
     "Ping",
     "Pong",
     "ProtocolError",
@@ -78,7 +95,8 @@ __all__ = [
     "decode_client_message",
     "decode_server_message",
     "encode_frame",
-    "encode_frames",
+    "encode_message",
     "encode_record",
+    "frame_payload",
     "read_spool",
 ]

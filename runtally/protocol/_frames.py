@@ -10,7 +10,6 @@ or a ``Refusal`` that says what to answer and whether to hang up.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -19,6 +18,7 @@ from ._errors import FrameError, LocalProtocolError, RemoteProtocolError
 from ._messages import (
     CONTROL_TYPES,
     EVENT_TYPES,
+    MAX_UID,
     ClientMessage,
     ServerMessage,
 )
@@ -30,9 +30,11 @@ __all__ = [
     "decode_client_message",
     "decode_server_message",
     "encode_frame",
-    "encode_frames",
+    "encode_message",
+    "frame_payload",
 ]
 
+#: The largest frame body (and spool record payload) in bytes: 1 MiB.
 MAX_FRAME = 1 << 20
 _HEADER = struct.Struct(">I")
 _encoder = msgspec.msgpack.Encoder()
@@ -59,24 +61,29 @@ def check_length(
         raise error(f"frame length {length} outside 1..{max_frame}")
 
 
-def encode_frame(message: msgspec.Struct | dict) -> bytes:
-    """One message as one frame."""
+def encode_message(message: msgspec.Struct | dict) -> bytes:
+    """One message's MessagePack body (a frame's payload, a spool record's payload).
+
+    Raises ``LocalProtocolError`` when it is over MAX_FRAME bytes.
+    """
     body = _encoder.encode(message)
     check_length(len(body))
+    return body
+
+
+def frame_payload(payload: bytes) -> bytes:
+    """An already encoded message as one frame: its 4-byte length, then itself.
+
+    Raises ``LocalProtocolError`` unless ``1 <= len(payload) <= MAX_FRAME``.
+    """
+    check_length(len(payload))
+    return _HEADER.pack(len(payload)) + payload
+
+
+def encode_frame(message: msgspec.Struct | dict) -> bytes:
+    """One message as one frame (raises ``LocalProtocolError`` when too big)."""
+    body = encode_message(message)
     return _HEADER.pack(len(body)) + body
-
-
-def encode_frames(messages: Iterable[msgspec.Struct | dict]) -> bytes:
-    """Many messages as consecutive frames, for a single ``send_all``."""
-    buf = bytearray()
-    for message in messages:
-        start = len(buf)
-        buf += b"\0\0\0\0"
-        _encoder.encode_into(message, buf, -1)
-        length = len(buf) - start - 4
-        check_length(length)
-        _HEADER.pack_into(buf, start, length)
-    return bytes(buf)
 
 
 class FrameDecoder:
@@ -104,6 +111,7 @@ class FrameDecoder:
         return bytes(self._buf[self._pos : self._pos + n])
 
     def receive_data(self, data: bytes) -> None:
+        """Append bytes read from the peer."""
         if self._pos:
             # Compact once per chunk rather than once per frame.
             del self._buf[: self._pos]
@@ -111,6 +119,7 @@ class FrameDecoder:
         self._buf += data
 
     def next_frame(self) -> bytes | None:
+        """The next complete frame body; None for more bytes; FrameError for a bad length."""
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 4:
             return None
@@ -123,7 +132,7 @@ class FrameDecoder:
         return bytes(buf[pos + 4 : end])
 
     def frames(self) -> list[bytes]:
-        """Every complete frame buffered now (the hot path: one call per read)."""
+        """Every complete frame buffered now (raises FrameError like ``next_frame``)."""
         out: list[bytes] = []
         while (frame := self.next_frame()) is not None:
             out.append(frame)
@@ -146,6 +155,7 @@ class Refusal(msgspec.Struct, frozen=True):
 
     @property
     def closes(self) -> bool:
+        """Whether the daemon hangs up after answering (the stream cannot be trusted)."""
         return self.kind == "broken"
 
 
@@ -175,7 +185,7 @@ def _classify(frame: bytes, error: Exception) -> Refusal:
     if kind not in EVENT_TYPES and kind not in CONTROL_TYPES:
         return Refusal("unknown", f"unknown message type {kind[:64]!r}")
     raw_id = raw.get("id")
-    event_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 128 else None
+    event_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_UID else None
     is_event = kind in EVENT_TYPES
     return Refusal("invalid", f"invalid {kind}: {error}", event_id, is_event)
 

@@ -15,8 +15,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = [
+    "MAX_COUNT",
     "MAX_MESSAGE",
+    "MAX_NAME",
     "MAX_STACK",
+    "MAX_UID",
     "PROTOCOL_VERSION",
     "Ack",
     "ClientMessage",
@@ -40,17 +43,24 @@ __all__ = [
     "Welcome",
 ]
 
+#: The version a ``hello``/``welcome`` carries; v1 is the only one so far.
 PROTOCOL_VERSION = 1
 #: Seed tracker truncation: error_message to 2000, error_stack to 4000 chars.
 MAX_MESSAGE = 2000
 MAX_STACK = 4000
+#: A uid (event, run, step, parent) is 1 to MAX_UID characters.
+MAX_UID = 128
+#: A pipeline, step or club name is 1 to MAX_NAME characters.
+MAX_NAME = 256
+#: Counts and durations are integers from 0 to MAX_COUNT (SQLite's INTEGER is 64-bit).
+MAX_COUNT = 2**62
 
-Uid = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Uid = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_UID)]
 #: Epoch milliseconds between 1970 and the end of year 9999.
 Millis = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799_999)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
-Duration = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+Duration = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
 
 
 class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True, gc=False):
@@ -71,26 +81,42 @@ class _Msg(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True, gc
 # ``protocol`` is always sent: its default is this build's version, so leaving
 # it out when equal to the default would mean different things to v1 and v2.
 class Hello(_Msg, tag="hello", omit_defaults=False):
+    """Optional greeting; the daemon answers ``Welcome``.
+
+    Fields: ``protocol``, the version the client speaks (int, always sent);
+    ``client``, a free-form name and version of the client, for logs.
+    """
+
     protocol: int = PROTOCOL_VERSION
     client: str = ""
 
 
 class Ping(_Msg, tag="ping"):
-    pass
+    """Liveness check; the daemon answers ``Pong``."""
 
 
 class Status(_Msg, tag="status"):
-    pass
+    """Ask for the daemon's ``StatusReply``."""
 
 
 class Replay(_Msg, tag="replay"):
-    pass
+    """Ask the daemon to replay the spool directory now; it answers ``Replayed``."""
 
 
 # -- events (client -> daemon); ``id`` is the idempotency key -------------------
 
 
 class RunStart(_Msg, tag="run_start"):
+    """A pipeline run began.
+
+    Fields: ``id``, this event's uid (the idempotency key, 1-128 chars);
+    ``ts``, when, in Unix epoch milliseconds on the client's clock; ``run``,
+    the new run's uid; ``pipeline``, its name (1-256 chars); ``club_slug``,
+    the club it ran for (1-256 chars) or None; ``parent``, the uid of the run
+    that started this one, or None; ``meta``, free-form facts (pid, host,
+    user, argv, git_sha) or None.
+    """
+
     id: Uid
     ts: Millis
     run: Uid
@@ -101,6 +127,13 @@ class RunStart(_Msg, tag="run_start"):
 
 
 class StepStart(_Msg, tag="step_start"):
+    """A step of a run began.
+
+    Fields: ``id``, this event's uid; ``ts``, epoch milliseconds; ``run``,
+    the run's uid; ``step``, the new step's uid; ``name``, the step's name
+    (1-256 chars).
+    """
+
     id: Uid
     ts: Millis
     run: Uid
@@ -109,6 +142,16 @@ class StepStart(_Msg, tag="step_start"):
 
 
 class StepEnd(_Msg, tag="step_end"):
+    """A step finished.
+
+    Fields: ``id``, this event's uid; ``ts``, epoch milliseconds; ``run``
+    and ``step``, the uids it belongs to; ``outcome``; ``created``,
+    ``updated``, ``skipped``, ``failed``, counts of records (0 to 2**62);
+    ``detail``, free-form data for the dashboard or None; ``duration_ms``,
+    the step's length in milliseconds measured on the client's monotonic
+    clock, or None when the client did not see it start.
+    """
+
     id: Uid
     ts: Millis
     run: Uid
@@ -123,6 +166,16 @@ class StepEnd(_Msg, tag="step_end"):
 
 
 class ErrorEvent(_Msg, tag="error"):
+    """One error row of a run (wire tag ``error``).
+
+    Fields: ``id``, this event's uid; ``ts``, epoch milliseconds; ``run``,
+    the run's uid; ``step_name``, the step it happened in (1-256 chars, the
+    tracker uses ``(run)`` outside steps); ``message``, the text (the tracker
+    cuts it to MAX_MESSAGE chars); ``step``, the step's uid or None;
+    ``member``, what the error is about (a member id, an email) or None;
+    ``stack``, a traceback (cut to MAX_STACK chars) or None.
+    """
+
     id: Uid
     ts: Millis
     run: Uid
@@ -134,6 +187,14 @@ class ErrorEvent(_Msg, tag="error"):
 
 
 class RunEnd(_Msg, tag="run_end"):
+    """A pipeline run finished.
+
+    Fields: ``id``, this event's uid; ``ts``, epoch milliseconds; ``run``,
+    the run's uid; ``outcome``; ``summary``, free-form data or None;
+    ``duration_ms``, the run's length in milliseconds on the client's
+    monotonic clock, or None.
+    """
+
     id: Uid
     ts: Millis
     run: Uid
@@ -142,10 +203,14 @@ class RunEnd(_Msg, tag="run_end"):
     duration_ms: Duration | None = None
 
 
+#: What a pipeline records: each has an ``id`` (idempotency key) and a ``ts``.
 Event = RunStart | StepStart | StepEnd | ErrorEvent | RunEnd
+#: Requests that are not events: answered, never stored.
 Control = Hello | Ping | Status | Replay
+#: Everything a client may send.
 ClientMessage = Event | Control
 
+#: The ``type`` tags of events and of control messages, for classifying raw maps.
 EVENT_TYPES: frozenset[str] = frozenset(
     t.__struct_config__.tag for t in (RunStart, StepStart, StepEnd, ErrorEvent, RunEnd)
 )
@@ -158,15 +223,28 @@ CONTROL_TYPES: frozenset[str] = frozenset(
 
 
 class Welcome(_Msg, tag="welcome", omit_defaults=False):
+    """Reply to ``Hello``: ``protocol``, the daemon's version; ``server``, its name."""
+
     protocol: int = PROTOCOL_VERSION
     server: str = ""
 
 
 class Pong(_Msg, tag="pong"):
-    pass
+    """Reply to ``Ping``."""
 
 
 class StatusReply(_Msg, tag="status"):
+    """Reply to ``Status``: the daemon's health.
+
+    Fields: ``uptime_s``, seconds since it started; ``events_committed``,
+    events committed since it started; ``queue_depth``, events received but
+    not yet committed; ``schema_version``, the database's migration level;
+    ``db_path``, the database file; ``connections``, open client
+    connections; ``spool_files``, spool files waiting for replay;
+    ``version``, the daemon's package version; ``pid``, its process id;
+    ``last_commit_ts``, the last commit in epoch milliseconds, or None.
+    """
+
     uptime_s: float
     events_committed: int
     queue_depth: int
@@ -180,22 +258,35 @@ class StatusReply(_Msg, tag="status"):
 
 
 class Replayed(_Msg, tag="replayed"):
+    """Reply to ``Replay``: ``files`` replayed, ``events`` applied, ``quarantined`` files."""
+
     files: int
     events: int
     quarantined: int
 
 
 class Ack(_Msg, tag="ack"):
+    """The event ``id`` is committed (or was already: duplicates are acked)."""
+
     id: str
 
 
 class Nack(_Msg, tag="nack"):
+    """The event ``id`` was refused for good (``error`` says why) and kept in dead_letters.
+
+    ``id`` is None when the refused frame had no usable id; it answers the
+    oldest unanswered event all the same (replies come in send order).
+    """
+
     id: str | None
     error: str
 
 
 class ErrorReply(_Msg, tag="error"):
+    """The daemon could not read a frame or a control message; ``error`` says why."""
+
     error: str
 
 
+#: Everything the daemon sends: exactly one reply per client message, in order.
 ServerMessage = Welcome | Pong | StatusReply | Replayed | Ack | Nack | ErrorReply

@@ -37,7 +37,11 @@ def encode_record(payload: bytes) -> bytes:
 
 
 class SpoolTail(msgspec.Struct, frozen=True):
-    """How a spool file ended: ``clean``, ``torn`` or ``corrupt`` (with why)."""
+    """How a spool file ended: ``clean``, ``torn`` or ``corrupt``.
+
+    Fields: ``state``; ``reason``, why it is not clean (empty when it is);
+    ``offset``, the byte offset in the file just past the last good record.
+    """
 
     state: Literal["clean", "torn", "corrupt"]
     reason: str = ""
@@ -67,9 +71,11 @@ class SpoolReader:
 
     @property
     def corrupt(self) -> SpoolTail | None:
+        """Why reading stopped, once corruption is found; None until then."""
         return self._corrupt
 
     def receive_data(self, data: bytes) -> None:
+        """Append the next bytes of the file."""
         if self._pos:
             del self._buf[: self._pos]
             self._offset += self._pos
@@ -77,6 +83,7 @@ class SpoolReader:
         self._buf += data
 
     def records(self) -> list[bytes]:
+        """The complete, CRC-checked record payloads buffered now, in file order."""
         out: list[bytes] = []
         if self._corrupt is not None:
             return out

@@ -1,0 +1,69 @@
+"""A lock that a signal handler on the same thread can neither deadlock nor corrupt.
+
+A Python signal handler runs on the main thread between two bytecodes,
+possibly half-way through a locked update of the Client.  An RLock keeps the
+handler from deadlocking on its own thread, but then it would run in the
+middle of that update.  So ``run`` tells a re-entering call to wait its turn:
+work marked ``park`` (an emit) runs as soon as the interrupted call is done,
+anything else is skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._warn import warn_once
+
+__all__ = ["SignalSafeLock"]
+
+_R = TypeVar("_R")
+
+
+class SignalSafeLock:
+    """Runs functions one at a time across threads, and after one another within a thread."""
+
+    __slots__ = ("_busy", "_lock", "_pending")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._busy = False  # a call is running on the thread that holds the lock
+        self._pending: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+
+    @property
+    def busy(self) -> bool:
+        """True while a call runs (seen as True only by a re-entering signal handler)."""
+        return self._busy
+
+    def run(self, fn: Callable[..., _R], *args: Any, park: bool = False) -> _R | None:
+        """``fn(*args)`` under the lock; its own result, or None when re-entered.
+
+        Re-entered (from a signal handler, while a call runs on this thread),
+        ``fn`` is parked if ``park`` and skipped otherwise.  Parked work runs
+        as soon as the running call is done; it is checked for only after the
+        busy flag is cleared, so nothing parked can be left behind.  The
+        caller gets ``fn``'s own result, never a parked call's, and a parked
+        call that raises is reported on stderr, not to the caller.
+        """
+        with self._lock:
+            if self._busy:
+                if park:
+                    self._pending.append((fn, args))
+                return None
+            self._busy = True
+            try:
+                result = fn(*args)
+            finally:
+                self._busy = False
+            while self._pending:
+                parked, parked_args = self._pending.popleft()
+                self._busy = True
+                try:
+                    parked(*parked_args)
+                except Exception as exc:  # noqa: BLE001 - not the caller's failure to report
+                    warn_once(f"emit-{type(exc).__name__}", f"event not recorded: {exc!r}")
+                finally:
+                    self._busy = False
+            return result

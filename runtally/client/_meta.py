@@ -1,0 +1,51 @@
+"""Where a run ran: the ``meta`` of its ``run_start`` event."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import socket
+import sys
+from typing import Any
+
+from . import _coerce
+
+__all__ = ["GIT_SHA_ENV", "run_meta"]
+
+#: Set by a deploy to the commit the pipeline runs; recorded as ``git_sha``.
+GIT_SHA_ENV = "RUNTALLY_GIT_SHA"
+MAX_ARGV = 64
+
+
+def run_meta() -> dict[str, Any]:
+    """The facts a ``run_start`` carries in ``meta``: pid, host, user, argv, git_sha."""
+    meta: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        meta["host"] = socket.gethostname()
+    except OSError:
+        pass
+    user = _user()
+    if user:
+        meta["user"] = user
+    meta["argv"] = [_coerce.text(a, 1000) for a in sys.argv[:MAX_ARGV]]
+    git_sha = os.environ.get(GIT_SHA_ENV)
+    if git_sha:
+        meta["git_sha"] = git_sha[:128]
+    return meta
+
+
+def _user() -> str | None:
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return _user_name(os.getuid())
+
+
+@functools.lru_cache(maxsize=4)
+def _user_name(uid: int) -> str:
+    """The passwd name of ``uid``: an NSS lookup (~30 us) done once, not at every run."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OSError):
+        return str(uid)

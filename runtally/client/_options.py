@@ -1,0 +1,42 @@
+"""What a Client may be told: its limits, its backoff and its clock.
+
+Injected rather than read from module constants so that a test can pass its
+own (supervisor's ``DummyOptions`` pattern): a clock it moves forward instead
+of sleeping past a backoff, a window small enough to fill.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgspec
+
+__all__ = ["ClientOptions"]
+
+
+class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """A Client's tunables; the defaults are the production values.
+
+    ``flush_timeout``: seconds ``flush()``/``close()`` wait for acks by default.
+    ``window``: unacked events kept per connection; a full window that a
+    non-blocking read cannot free means the daemon is not keeping up: spool.
+    ``max_out``: bytes the kernel has not taken yet; more means the daemon
+    is not reading: spool.
+    ``backoff_initial_s``/``backoff_max_s``: the wait before reconnecting
+    after a failed attempt, doubling from the first to the second (seconds).
+    ``connect_timeout_s``: the longest a connect may take (seconds).
+    ``resend_max_records``/``resend_max_bytes``: an own spool bigger than
+    this is handed to the daemon's replayer instead of resent on reconnect.
+    ``clock``: monotonic seconds, for the backoff and the flush deadline.
+    """
+
+    flush_timeout: float = 2.0
+    window: int = 4096
+    max_out: int = 1 << 20
+    backoff_initial_s: float = 0.25
+    backoff_max_s: float = 5.0
+    connect_timeout_s: float = 0.05
+    resend_max_records: int = 1000
+    resend_max_bytes: int = 1 << 20
+    clock: Callable[[], float] = time.monotonic

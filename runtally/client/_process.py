@@ -1,0 +1,103 @@
+"""What lives once per process: the live Clients, the shared ones, and the hooks that mind them.
+
+* At exit, every live Client is closed: acks are awaited (bounded), what is
+  still unacked is spooled and the spool files are unlocked for the replayer.
+* In a forked child, every Client forgets the parent's socket and spool file
+  without touching them, and the warnings start afresh.
+* multiprocessing's fork-started children leave through ``os._exit``, where
+  atexit never runs; its own finalizers do, so one is armed in each child.
+
+The hooks are installed when the first Client is adopted, not at import: a
+process that imports the client and never tracks anything registers nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol, TypeVar
+
+from ._warn import reset_after_fork
+
+__all__ = ["adopt", "shared"]
+
+
+class _ProcessBound(Protocol):
+    def close(self, timeout: float | None = None) -> None: ...
+    def _forget_after_fork(self) -> None: ...
+
+
+_T = TypeVar("_T")
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+_shared: dict[Hashable, Any] = {}
+_lock = threading.Lock()  # guards _live and the hooks
+_shared_lock = threading.Lock()  # held while a factory runs, which may adopt()
+_hooks_installed = False
+
+
+def adopt(client: _ProcessBound) -> None:
+    """Have ``client`` closed at exit and reset in forked children (held weakly)."""
+    global _hooks_installed  # noqa: PLW0603 - installed once per process
+    with _lock:
+        _live.add(client)
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    atexit.register(_close_all_at_exit)
+
+
+def shared(key: Hashable, factory: Callable[[], _T]) -> _T:
+    """The process's one object for ``key``, made by ``factory`` on first use."""
+    with _shared_lock:
+        obj = _shared.get(key)
+        if obj is None:
+            obj = _shared[key] = factory()
+    return obj
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _shared_lock  # noqa: PLW0603 - the parent's may be held forever here
+    _lock = threading.Lock()
+    _shared_lock = threading.Lock()
+    reset_after_fork()
+    for client in list(_live):
+        client._forget_after_fork()
+
+
+def _close_all_at_exit() -> None:
+    for client in list(_live):
+        client.close()  # never raises
+
+
+class _MultiprocessingHook:
+    """Weak-referenceable key for multiprocessing's after-fork registry."""
+
+
+_mp_hook = _MultiprocessingHook()
+_mp_hook_registered = False
+
+
+def _before_fork() -> None:
+    # multiprocessing clears its finalizer registry in the child, then runs
+    # its after-fork hooks: register one that arms a finalizer there.
+    global _mp_hook_registered  # noqa: PLW0603
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None or _mp_hook_registered:
+        return
+    try:
+        mp_util.register_after_fork(_mp_hook, _arm_multiprocessing_exit)
+        _mp_hook_registered = True
+    except Exception:  # noqa: BLE001 - a private-ish API: best effort, never fatal
+        pass
+
+
+def _arm_multiprocessing_exit(_hook: object) -> None:
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(None, _close_all_at_exit, exitpriority=0)

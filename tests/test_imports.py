@@ -1,0 +1,69 @@
+"""What importing a layer loads: each in a fresh interpreter (a subprocess).
+
+The protocol is sans-IO and imports only itself; the daemon never loads the
+client (whose at-fork and atexit hooks it would otherwise carry); the client
+registers its hooks with its first Client, not at import.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+
+def run_fresh(code: str) -> dict:
+    """Run ``code`` in a new interpreter; it prints one JSON object, returned here."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return json.loads(out.stdout)
+
+
+def test_protocol_loads_no_socket_and_no_client() -> None:
+    got = run_fresh(
+        """
+        import json, sys
+        import runtally.protocol
+        print(json.dumps(sorted(
+            m for m in sys.modules
+            if m in ("socket", "_socket", "select", "selectors")
+            or m.startswith(("runtally.client", "runtally.daemon", "runtally.cli"))
+        )))
+        """
+    )
+    assert got == []
+
+
+def test_daemon_loads_no_client_and_registers_no_client_hook() -> None:
+    got = run_fresh(
+        """
+        import importlib, json, pkgutil, sys
+        import runtally.daemon
+        for info in pkgutil.iter_modules(runtally.daemon.__path__):
+            importlib.import_module(f"runtally.daemon.{info.name}")
+        # The client's hooks live in runtally.client._process: not loaded, not registered.
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith("runtally.client"))))
+        """
+    )
+    assert got == []
+
+
+def test_client_hooks_come_with_the_first_client(tmp_path: object) -> None:
+    got = run_fresh(
+        f"""
+        import atexit, json
+        before = atexit._ncallbacks()
+        from runtally.client import Client
+        imported = atexit._ncallbacks() - before
+        Client({str(tmp_path)!r} + "/d.sock", {str(tmp_path)!r} + "/spool")
+        Client({str(tmp_path)!r} + "/d.sock", {str(tmp_path)!r} + "/spool")
+        print(json.dumps({{"imported": imported, "clients": atexit._ncallbacks() - before}}))
+        """
+    )
+    assert got == {"imported": 0, "clients": 1}
