@@ -35,7 +35,7 @@ from typing import Any
 import click
 
 from ..config import Settings
-from ..protocol import MAX_STACK
+from ..protocol import stack_tail
 from ._common import uses_settings, warn
 
 __all__ = ["StderrTee", "exec_command", "exit_status"]
@@ -292,7 +292,7 @@ def _run(  # noqa: PLR0917 - private helper of one command
         code = exit_status(returncode)
         sig = _signal_name(-returncode) if returncode < 0 else None
         tee.join(_DRAIN_S)
-        tracking.stack = tee.tail()[-MAX_STACK:] or None  # the seed's limit, keeping the end
+        tracking.stack = stack_tail(tee.tail()) or None
         if code != 0:
             why = _failure_message(name, code, sig, tracking.stack or "")
     tracking.finish(step_name, argv, code, why or cannot_start, sig)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from runtally.config import ConfigError, Settings, default_paths, resolve
+from runtally.config import Settings, resolve_or_defaults
 
 from ._connection import Client
 from ._options import ClientOptions
@@ -32,13 +31,6 @@ def get_client(
 
 
 def _settings(socket: Any, spool: Any) -> Settings:
-    try:
-        return resolve({"socket": socket, "spool": spool})
-    except (ConfigError, OSError, ValueError) as exc:
-        warn_once("config", f"{exc}; using the default socket and spool paths")
-        paths = default_paths()
-        return Settings(
-            socket=Path(socket) if socket else paths["socket"],
-            db=paths["db"],
-            spool=Path(spool) if spool else paths["spool"],
-        )
+    return resolve_or_defaults(
+        {"socket": socket, "spool": spool}, warn=lambda message: warn_once("config", message)
+    )

@@ -32,6 +32,7 @@ from runtally.protocol import (
     RunStart,
     StepEnd,
     StepStart,
+    stack_tail,
 )
 
 from . import _coerce
@@ -390,5 +391,4 @@ def _format_traceback(exc: BaseException) -> str | None:
         return None
     lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
     text = "".join(lines)
-    # Keep the end: the innermost frames and the message matter most.
-    return text if len(text) <= MAX_STACK else "..." + text[-(MAX_STACK - 3) :]
+    return stack_tail(text)

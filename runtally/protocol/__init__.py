@@ -47,6 +47,7 @@ from ._messages import (
     StepEnd,
     StepStart,
     Welcome,
+    stack_tail,
 )
 from ._spool import SPOOL_MAGIC, SpoolReader, SpoolTail, encode_record, read_spool
 
@@ -99,4 +100,5 @@ __all__ = [
     "encode_record",
     "frame_payload",
     "read_spool",
+    "stack_tail",
 ]

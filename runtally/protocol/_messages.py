@@ -41,6 +41,7 @@ __all__ = [
     "StepEnd",
     "StepStart",
     "Welcome",
+    "stack_tail",
 ]
 
 #: The version a ``hello``/``welcome`` carries; v1 is the only one so far.
@@ -54,6 +55,16 @@ MAX_UID = 128
 MAX_NAME = 256
 #: Counts and durations are integers from 0 to MAX_COUNT (SQLite's INTEGER is 64-bit).
 MAX_COUNT = 2**62
+
+
+def stack_tail(text: str, limit: int = MAX_STACK) -> str:
+    """``text`` cut to ``limit`` characters keeping the end, marked by a leading ``...``.
+
+    A traceback's or a stderr tail's last lines (the innermost frame, the
+    message, the final error) matter most, so the start is what goes.
+    """
+    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
+
 
 Uid = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_UID)]
 #: Epoch milliseconds between 1970 and the end of year 9999.
