@@ -48,6 +48,9 @@ class Settings:
     queue_events: int = 5000
     replay_interval_s: float = 1.0
     client_flush_timeout_s: float = 2.0
+    web_host: str = "127.0.0.1"
+    web_port: int = 8390
+    web_password_hash: str | None = None
     config_file: Path | None = None
 
 
