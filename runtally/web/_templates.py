@@ -58,4 +58,7 @@ def environment() -> jinja2.Environment:
         count=_count,
     )
     env.globals["query"] = _query
+    from ._charts import svg  # _charts imports visible from here
+
+    env.globals["svg"] = svg
     return env
