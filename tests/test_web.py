@@ -359,3 +359,37 @@ class TestCommand:
             assert status == 200 and len(json.loads(body)["runs"]) == 2
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
+
+
+class TestSystemdUnit:
+    UNIT = Path(__file__).resolve().parent.parent / "systemd" / "runtally-web.service"
+
+    def test_systemd_analyze_verify(self, tmp_path: Path) -> None:
+        import shutil
+        import subprocess
+        import sys
+
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            pytest.fail("systemd-analyze not found: run `make system-deps`")
+        unit = self.UNIT.read_text()
+        assert "\nExecStart=/usr/local/bin/runtally web\n" in unit
+        command = f"{sys.executable} -m runtally.cli web"
+        (tmp_path / "runtally-web.service").write_text(
+            unit.replace("ExecStart=/usr/local/bin/runtally web", f"ExecStart={command}")
+        )
+        proc = subprocess.run(
+            [analyze, "verify", "--man=no", "runtally-web.service"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "runtally" in line]
+        assert proc.returncode == 0 and ours == [], proc.stdout + proc.stderr
+
+    def test_read_only_and_hardened_like_the_daemon(self) -> None:
+        unit = self.UNIT.read_text()
+        assert "ReadWritePaths" not in unit and "StateDirectory" not in unit
+        assert "\nReadOnlyPaths=/var/lib/runtally /var/spool/runtally\n" in unit
+        assert "\nProtectSystem=strict\n" in unit and "\nNoNewPrivileges=yes\n" in unit
+        daemon = (self.UNIT.parent / "runtally.service").read_text()
+        env = [line for line in daemon.splitlines() if line.startswith("Environment=")]
+        assert all(f"\n{line}\n" in unit for line in env)  # the same paths as the daemon
