@@ -144,6 +144,18 @@ class TestKeysetPagination:
         everything = [r["id"] for r in ok_json(client, "/api/runs?pipeline=bulk&limit=500")["runs"]]
         assert flat == everything and len(everything) == BULK_RUNS
 
+    def test_link_keeps_filters_url_encoded(self, client: TestClient) -> None:
+        r = client.get("/api/runs?pipeline=a%26b c&limit=1&since=30d")
+        assert r.json() == {"runs": []} and "link" not in r.headers
+        r = client.get("/api/runs?since=30d&limit=1")
+        assert "since=30d" in r.headers["link"] and "limit=1" in r.headers["link"]
+        # q = "rejected 100%": the link must carry the % and the space encoded.
+        r = client.get("/api/errors?q=rejected%20100%25&limit=1")
+        nxt = re.search(r'<([^>]+)>; rel="next"', r.headers["link"]).group(1)
+        assert "q=rejected+100%25" in nxt
+        following = client.get(nxt).json()["errors"]
+        assert len(following) == 1 and following[0]["error_message"] == "email rejected 100%"
+
     def test_back_from_a_page_gives_the_page_before(self, client: TestClient) -> None:
         pages = self.walk(client, "/api/runs?pipeline=bulk&limit=5", "runs")
         r = client.get(f"/api/runs?pipeline=bulk&limit=5&after={pages[2][0]}")

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio
 from starlette.applications import Starlette
@@ -127,7 +128,7 @@ def _link_header(request: Request, page: wq.Page) -> dict[str, str]:
     base = {k: v for k, v in request.query_params.items() if k not in ("before", "after")}
     for rel, key, cursor in (("next", "before", page.older), ("prev", "after", page.newer)):
         if cursor is not None:
-            query = "&".join(f"{k}={v}" for k, v in {**base, key: cursor}.items())
+            query = urlencode({**base, key: cursor})
             links.append(f'<{request.url.path}?{query}>; rel="{rel}"')
     return {"link": ", ".join(links)} if links else {}
 
