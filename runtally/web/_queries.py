@@ -278,18 +278,30 @@ def error_groups(
 
 
 def _pipelines(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    """Every (club_slug, pipeline), by hopping through the index (one seek per pipeline)."""
+    """Every (club_slug, pipeline): a skip scan of ``idx_runs_club_pipeline``, one seek each.
+
+    ``(club_slug, pipeline) > (?, ?)`` would walk every run of the current
+    pipeline; equality on the club and a range on the pipeline seeks instead.
+    """
     out: list[tuple[str, str]] = []
     row = conn.execute(
         "SELECT club_slug, pipeline FROM runs ORDER BY club_slug, pipeline LIMIT 1"
     ).fetchone()
     while row is not None:
-        out.append((row[0], row[1]))
-        row = conn.execute(
-            "SELECT club_slug, pipeline FROM runs WHERE (club_slug, pipeline) > (?, ?)"
-            " ORDER BY club_slug, pipeline LIMIT 1",
-            (row[0], row[1]),
-        ).fetchone()
+        club, pipeline = row[0], row[1]
+        out.append((club, pipeline))
+        row = (
+            conn.execute(
+                "SELECT club_slug, pipeline FROM runs WHERE club_slug = ? AND pipeline > ?"
+                " ORDER BY club_slug, pipeline LIMIT 1",
+                (club, pipeline),
+            ).fetchone()
+            or conn.execute(
+                "SELECT club_slug, pipeline FROM runs WHERE club_slug > ?"
+                " ORDER BY club_slug, pipeline LIMIT 1",
+                (club,),
+            ).fetchone()
+        )
     return out
 
 
