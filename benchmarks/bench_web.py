@@ -170,6 +170,8 @@ def measure(db: Path, repeat: int, n_runs: int) -> dict[str, Any]:
         "run_with_errors": lambda: f"/runs/{pick(error_runs)}",
         "errors": lambda: "/errors",
         "errors_pipeline": lambda: f"/errors?pipeline={pick(PIPELINES)}",
+        "errors_pipeline_club": lambda: f"/errors?pipeline={pick(PIPELINES)}&club={pick(CLUBS)}",
+        "errors_pipeline_grouped": lambda: f"/errors?pipeline={pick(PIPELINES)}&group=message",
         "errors_club_step": lambda: f"/errors?club={pick(CLUBS)}&step={pick(STEP_NAMES)}",
         "errors_step": lambda: f"/errors?step={pick(STEP_NAMES)}",
         "errors_member": lambda: f"/errors?member={pick(members)}",

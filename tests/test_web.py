@@ -405,3 +405,53 @@ class TestSystemdUnit:
         daemon = (self.UNIT.parent / "runtally.service").read_text()
         env = [line for line in daemon.splitlines() if line.startswith("Environment=")]
         assert all(f"\n{line}\n" in unit for line in env)  # the same paths as the daemon
+
+
+class TestPipelineErrorPlans:
+    """A pipeline filter reads a window of the newest errors, else goes through the runs."""
+
+    @pytest.fixture
+    def many(self, tmp_path: Path) -> Path:
+        """Pipeline ``busy`` has errors every minute; ``quiet`` only long ago."""
+        from runtally.protocol import ErrorEvent, RunEnd
+
+        evs: list = []
+        for i in range(30):
+            for name in ("busy", "quiet"):
+                if name == "quiet" and i >= 3:
+                    continue
+                run, ts = f"{name}{i}", 1_770_000_000_000 + i * 60_000 + (name == "quiet")
+                evs.append(RunStart(id=f"{run}-s", ts=ts, run=run, pipeline=name))
+                evs += [
+                    ErrorEvent(id=f"{run}-e{j}", ts=ts + j, run=run, step_name="s",
+                               member=f"M{j}", message=f"{name} failed")
+                    for j in range(2)
+                ]  # fmt: skip
+                evs.append(RunEnd(id=f"{run}-r", ts=ts + 10, run=run, outcome="failure"))
+        path = tmp_path / "dashboard.sqlite"
+        store = Store.open(path)
+        store.apply(evs)
+        store.close()
+        return path
+
+    @pytest.mark.parametrize("window", [4, 1_000])
+    @pytest.mark.parametrize("pipeline", ["busy", "quiet"])
+    def test_every_page_equals_the_cli_listing(
+        self, many: Path, monkeypatch: pytest.MonkeyPatch, window: int, pipeline: str
+    ) -> None:
+        from runtally.web import _errors
+
+        monkeypatch.setattr(_errors, "WINDOW", window)
+        listed = cli_json("errors", "-p", pipeline, "-n", "0", "--db", str(many))["errors"]
+        truth = [e["id"] for e in listed]
+        with TestClient(create_app(config_for(many))) as c:
+            url = f"/api/errors?pipeline={pipeline}&limit=4"
+            pages = TestKeysetPagination().walk(c, url, "errors")
+            assert [i for p in pages for i in p] == truth
+            back = c.get(f"/api/errors?pipeline={pipeline}&limit=4&after={pages[-1][0]}").json()
+            if len(pages) > 1:
+                assert [e["id"] for e in back["errors"]] == pages[-2]
+            groups = c.get(f"/api/errors?pipeline={pipeline}&group=message").json()["groups"]
+            assert [(g["error_message"], g["errors"]) for g in groups] == [
+                (f"{pipeline} failed", len(truth))
+            ]

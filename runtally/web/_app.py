@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..cli._render import iso_from_datetime, parse_since
 from . import _charts as charts
+from . import _errors as we
 from . import _queries as wq
 from ._data import DatabaseUnavailable, Health, NotFound, read, stamp
 from ._security import Guard
@@ -109,8 +110,8 @@ def _run_filter(params: Any) -> wq.RunFilter:
     )
 
 
-def _error_filter(params: Any) -> wq.ErrorFilter:
-    return wq.ErrorFilter(
+def _error_filter(params: Any) -> we.ErrorFilter:
+    return we.ErrorFilter(
         run_id=_int(params, "run"),
         pipeline=_text(params, "pipeline"),
         club=_text(params, "club"),
@@ -278,12 +279,12 @@ def create_app(config: WebConfig) -> Guard:
         params = request.query_params
         f = _error_filter(params)
         if _text(params, "group") == "message":
-            groups = await read(config.db, lambda c: wq.error_groups(c, f))
+            groups = await read(config.db, lambda c: we.error_groups(c, f))
             return {"groups": groups, "page_": None}
         before, after = _int(params, "before"), _int(params, "after")
         limit = _limit(params, PAGE_ERRORS)
         found = await read(
-            config.db, lambda c: wq.errors_page(c, f, before=before, after=after, limit=limit)
+            config.db, lambda c: we.errors_page(c, f, before=before, after=after, limit=limit)
         )
         return {"groups": None, "page_": found}
 
@@ -292,7 +293,7 @@ def create_app(config: WebConfig) -> Guard:
             data = await errors_data(request)
         except (BadRequest, DatabaseUnavailable) as exc:
             return failed(request, "errors.html", exc, groups=None, page_=wq.Page())
-        return page(request, "errors.html", scan=wq.GROUP_SCAN, **data)
+        return page(request, "errors.html", scan=we.GROUP_SCAN, **data)
 
     async def api_errors(request: Request) -> Response:
         try:

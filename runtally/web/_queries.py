@@ -19,11 +19,8 @@ from ..cli import _query as q
 from ..cli._read import run_json
 
 __all__ = [
-    "ErrorFilter",
     "Page",
     "RunFilter",
-    "error_groups",
-    "errors_page",
     "overview",
     "pipeline_history",
     "run_detail",
@@ -32,8 +29,6 @@ __all__ = [
 
 #: Runs in the overview's success strip and duration sparkline.
 STRIP_RUNS = 30
-#: Newest matching errors the grouped view counts (bounds its cost on any database).
-GROUP_SCAN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +42,6 @@ class RunFilter:
     until: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorFilter:
-    """Filters of the errors page; ``text`` is a case-insensitive substring of the message."""
-
-    run_id: int | None = None
-    pipeline: str | None = None
-    club: str | None = None
-    step: str | None = None
-    member: str | None = None
-    since: str | None = None
-    until: str | None = None
-    text: str | None = None
-
-
 @dataclass(slots=True)
 class Page:
     """One page of rows, newest first; ``older``/``newer`` are cursors (row ids) or None."""
@@ -70,7 +51,7 @@ class Page:
     newer: int | None = None
 
 
-def _keyset(
+def keyset(
     conn: sqlite3.Connection,
     select: str,
     where: list[str],
@@ -144,7 +125,7 @@ def runs_page(
 ) -> Page:
     """A page of runs (``RUN_FIELDS`` dicts) matching ``f``, newest first."""
     where, params = _run_where(f)
-    page = _keyset(
+    page = keyset(
         conn,
         q._RUN_SELECT,
         where,
@@ -189,92 +170,6 @@ def run_detail(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
         "parent": run_json(parent) if parent is not None else None,
         "children": [run_json(c) for c in children],
     }
-
-
-def _error_where(f: ErrorFilter) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("e.run_id", f.run_id),
-        ("r.pipeline", f.pipeline),
-        ("e.club_slug", f.club),
-        ("e.step_name", f.step),
-        ("e.member_identifier", f.member),
-    ):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if f.since is not None:
-        where.append("e.created_at >= ?")
-        params.append(f.since)
-    if f.until is not None:
-        where.append("e.created_at < ?")
-        params.append(f.until)
-    if f.text:
-        escaped = f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where.append("e.error_message LIKE ? ESCAPE '\\'")
-        params.append(f"%{escaped}%")
-    return where, params
-
-
-def errors_page(
-    conn: sqlite3.Connection,
-    f: ErrorFilter,
-    *,
-    before: int | None = None,
-    after: int | None = None,
-    limit: int = 100,
-) -> Page:
-    """A page of errors (``ERROR_FIELDS`` dicts) matching ``f``, newest first."""
-    where, params = _error_where(f)
-    page = _keyset(
-        conn,
-        q._ERROR_SELECT,
-        where,
-        params,
-        alias="e",
-        time_col="created_at",
-        anchor="SELECT created_at, id FROM run_errors WHERE id = ?",
-        before=before,
-        after=after,
-        limit=limit,
-    )
-    page.rows = [{k: e[k] for k in q.ERROR_FIELDS} for e in page.rows]
-    return page
-
-
-def error_groups(
-    conn: sqlite3.Connection, f: ErrorFilter, *, limit: int = 100
-) -> list[dict[str, Any]]:
-    """Errors matching ``f`` grouped by (step, message), biggest group first.
-
-    Counts the newest ``GROUP_SCAN`` matching errors only, so one cause that
-    failed many members shows as one line: ``{step_name, error_message,
-    errors, members, runs, first_at, last_at, last_run_id, sample_members}``.
-    """
-    where, params = _error_where(f)
-    inner = (
-        "SELECT e.id, e.run_id, e.step_name, e.member_identifier, e.error_message, e.created_at"
-        " FROM run_errors e JOIN runs r ON r.id = e.run_id"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY e.created_at DESC, e.id DESC LIMIT ?"
-    )
-    rows = conn.execute(
-        "SELECT step_name, error_message, count(*) AS errors,"
-        " count(DISTINCT member_identifier) AS members, count(DISTINCT run_id) AS runs,"
-        " min(created_at) AS first_at, max(created_at) AS last_at, max(run_id) AS last_run_id,"
-        " substr(group_concat(DISTINCT member_identifier), 1, 400) AS sample"
-        f" FROM ({inner}) GROUP BY step_name, error_message"
-        " ORDER BY errors DESC, last_at DESC LIMIT ?",
-        [*params, GROUP_SCAN, limit],
-    ).fetchall()
-    out = []
-    for r in rows:
-        item = dict(r)
-        sample = item.pop("sample") or ""
-        item["sample_members"] = [m for m in sample.split(",") if m][:10]
-        out.append(item)
-    return out
 
 
 def _pipelines(conn: sqlite3.Connection) -> list[tuple[str, str]]:
