@@ -205,3 +205,21 @@ def test_a_new_run_appears_and_finishes_on_the_open_overview(site: dict, watched
         watched.shot("overview-live")
     finally:
         tracker.close()
+
+
+def test_pages_work_with_javascript_off(site: dict, browser: Any) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        base, ids = site["base"], site["ids"]
+        page.goto(base + "/runs?limit=5&pipeline=bulk")
+        page.click("a[rel=next]")  # a plain link: keyset paging needs no script
+        page.wait_for_url(re.compile(r"before="))
+        assert page.locator("tr.run-row").count() == 5
+        page.goto(base + f"/runs/{ids['bravo']}")
+        assert page.locator("svg.timeline rect").count() == 2
+        assert page.locator("#live-state").get_attribute("class") == "live-state"  # no script
+        page.goto(base + "/pipelines/bulk")
+        assert page.locator("svg.wide rect").count() > 0
+    finally:
+        context.close()
