@@ -53,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True):
     queue_events: int = 5000  # the writer's queue bound, events
     replay_interval_s: float = 1.0  # seconds between spool scans
     client_flush_timeout_s: float = 2.0  # seconds a client waits for acks on close
+    web_host: str = "127.0.0.1"  # where `runtally web` binds
+    web_port: int = 8390  # its TCP port
+    web_password_hash: str | None = None  # HTTP basic auth for `runtally web` (see docs)
     config_file: Path | None = None  # the file read, if any
 
 

@@ -1,18 +1,24 @@
 #!/bin/sh
 # Install the Debian packages the test suite needs, if they are missing.
 # systemd-analyze (unit verification) and systemd-socket-activate (socket
-# activation tests) both come from Debian's `systemd` package.
+# activation tests) both come from Debian's `systemd` package; the dashboard's
+# browser tests drive Debian's `chromium` (/usr/bin/chromium) with Playwright,
+# so no browser is ever downloaded by `playwright install`.
 set -eu
-missing=""
+packages=""
 for tool in systemd-analyze systemd-socket-activate; do
-    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        packages="systemd"
+    fi
 done
-[ -z "$missing" ] && exit 0
-echo "system-deps: missing$missing; installing Debian package systemd" >&2
+[ -x /usr/bin/chromium ] || packages="$packages chromium"
+[ -z "$packages" ] && exit 0
+echo "system-deps: installing Debian package(s):$packages" >&2
 if [ "$(id -u)" -ne 0 ]; then
-    echo "system-deps: run as root, or: sudo apt-get install -y systemd" >&2
+    echo "system-deps: run as root, or: sudo apt-get install -y$packages" >&2
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends systemd >/dev/null
+# shellcheck disable=SC2086 # the package list is meant to split
+apt-get install -y -qq --no-install-recommends $packages >/dev/null

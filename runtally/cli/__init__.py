@@ -15,6 +15,7 @@ from ._exec import exec_command
 from ._read import errors, runs, show
 from ._replay import replay
 from ._status import status
+from ._web import web
 
 __all__ = ["daemon_main", "main"]
 
@@ -33,6 +34,7 @@ main.add_command(errors)
 main.add_command(status)
 main.add_command(replay)
 main.add_command(exec_command)
+main.add_command(web)
 
 
 def daemon_main() -> None:

@@ -1,0 +1,360 @@
+"""The Starlette application: five pages, their JSON under ``/api``, static files.
+
+Every route is a GET.  HTML pages render one template; with the header
+``X-Runtally-Live: 1`` (sent by ``static/live.js``) only the page's ``live``
+block is rendered, which the script swaps in when ``/api/stamp`` changes.
+The JSON of runs, a run and errors is exactly ``runtally runs|show|errors
+--json``; ``/api/status`` is ``runtally status --json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..cli._errors import RunNotFound
+from ..cli._render import parse_since
+from ..daemon._timefmt import iso_from_datetime
+from . import _charts as charts
+from . import _errors as we
+from . import _queries as wq
+from ._data import DatabaseUnavailable, Health, NotFound, read, stamp
+from ._security import Guard
+from ._templates import environment
+
+__all__ = ["WebConfig", "create_app"]
+
+LIVE_HEADER = "x-runtally-live"
+PAGE_RUNS = 50
+PAGE_ERRORS = 100
+MAX_LIMIT = 500
+#: Errors listed on a run page (the run's errors page and ``/api/runs/RUN`` have all).
+RUN_PAGE_ERRORS = 200
+OUTCOMES = ("success", "failure", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """What the dashboard reads and who may see it."""
+
+    db: Path
+    socket: Path
+    spool: Path
+    token: str | None = None
+    password_hash: str | None = None
+    poll_ms: int = 2000
+    health_ttl_s: float = 10.0
+
+
+class BadRequest(ValueError):
+    """A query parameter that cannot be used; the message says which and why."""
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, indent=2, ensure_ascii=False).encode()
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
+def _text(params: Any, name: str) -> str | None:
+    value = params.get(name)
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _int(params: Any, name: str) -> int | None:
+    value = _text(params, name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise BadRequest(f"{name} must be a whole number, not {value!r}")
+    return int(value)
+
+
+def _when(params: Any, name: str) -> str | None:
+    value = _text(params, name)
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {exc}") from None
+
+
+def _limit(params: Any, default: int) -> int:
+    value = _int(params, "limit")
+    return default if value is None else max(1, min(value, MAX_LIMIT))
+
+
+def _run_filter(params: Any) -> wq.RunFilter:
+    outcome = _text(params, "outcome")
+    if outcome is not None and outcome not in OUTCOMES:
+        raise BadRequest(f"outcome must be one of {', '.join(OUTCOMES)}")
+    return wq.RunFilter(
+        pipeline=_text(params, "pipeline"),
+        club=_text(params, "club"),
+        outcome=outcome,
+        since=_when(params, "since"),
+        until=_when(params, "until"),
+    )
+
+
+def _error_filter(params: Any) -> we.ErrorFilter:
+    return we.ErrorFilter(
+        run_id=_int(params, "run"),
+        pipeline=_text(params, "pipeline"),
+        club=_text(params, "club"),
+        step=_text(params, "step"),
+        member=_text(params, "member"),
+        since=_when(params, "since"),
+        until=_when(params, "until"),
+        text=_text(params, "q"),
+    )
+
+
+def _link_header(request: Request, page: wq.Page) -> dict[str, str]:
+    """RFC 8288 ``Link`` to the next/previous page: the JSON body keeps the CLI's shape."""
+    links = []
+    base = {k: v for k, v in request.query_params.items() if k not in ("before", "after")}
+    for rel, key, cursor in (("next", "before", page.older), ("prev", "after", page.newer)):
+        if cursor is not None:
+            query = urlencode({**base, key: cursor})
+            links.append(f'<{request.url.path}?{query}>; rel="{rel}"')
+    return {"link": ", ".join(links)} if links else {}
+
+
+def create_app(config: WebConfig) -> Guard:
+    """The dashboard as an ASGI app (Starlette wrapped in the security ``Guard``)."""
+    env = environment()
+    health = Health(config.socket, config.db, config.spool, ttl=config.health_ttl_s)
+    spawner: dict[str, Callable[[Callable[[], Any]], None]] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            spawner["spawn"] = tg.start_soon
+            yield
+            spawner.clear()
+            tg.cancel_scope.cancel()
+
+    def page(request: Request, name: str, status: int = 200, **ctx: Any) -> Response:
+        template = env.get_template(name)
+        ctx.setdefault("error", None)
+        context = {
+            "request_path": request.url.path,
+            "params": defaultdict(str, request.query_params.items()),
+            "poll_ms": config.poll_ms,
+            **ctx,
+        }
+        if request.headers.get(LIVE_HEADER) == "1":
+            block = template.blocks["live"]
+            html = "".join(block(template.new_context(context)))
+        else:
+            html = template.render(context)
+        headers = {"cache-control": "no-store", "vary": "X-Runtally-Live"}
+        return HTMLResponse(html, status, headers=headers)
+
+    def failed(request: Request, name: str, exc: Exception, **ctx: Any) -> Response:
+        status = 400 if isinstance(exc, BadRequest) else 404 if isinstance(exc, NotFound) else 503
+        if request.url.path.startswith("/api/"):
+            return _json({"error": str(exc)}, status)
+        return page(request, name, status, error=str(exc), **ctx)
+
+    # -- overview ------------------------------------------------------------------
+
+    async def overview_data() -> dict[str, Any]:
+        now = datetime.now(UTC)
+        report = await health.get(spawner.get("spawn"))
+        try:
+            pipelines = await read(
+                config.db,
+                lambda c: wq.overview(
+                    c,
+                    day_ago=iso_from_datetime(now - timedelta(days=1)),
+                    week_ago=iso_from_datetime(now - timedelta(days=7)),
+                ),
+            )
+        except DatabaseUnavailable:
+            pipelines = []  # the health cards say why
+        return {"health": report, "pipelines": pipelines}
+
+    async def overview(request: Request) -> Response:
+        data = await overview_data()
+        clubs = sorted({p["club_slug"] for p in data["pipelines"]})
+        for p in data["pipelines"]:
+            p["strip"] = charts.strip(p["recent"])
+            p["spark"] = charts.sparkline(p["recent"])
+        return page(request, "overview.html", clubs=clubs, **data)
+
+    async def api_overview(request: Request) -> Response:
+        return _json(await overview_data())
+
+    async def api_status(request: Request) -> Response:
+        return _json(await health.get(spawner.get("spawn")))
+
+    async def api_stamp(request: Request) -> Response:
+        value = await anyio.to_thread.run_sync(stamp, config.db, config.spool)
+        return _json({"stamp": f"{value}:{health.generation}"})
+
+    # -- runs ----------------------------------------------------------------------
+
+    async def runs_data(request: Request) -> tuple[wq.RunFilter, wq.Page]:
+        params = request.query_params
+        f = _run_filter(params)
+        before, after, limit = (
+            _int(params, "before"),
+            _int(params, "after"),
+            _limit(params, PAGE_RUNS),
+        )
+        found = await read(
+            config.db, lambda c: wq.runs_page(c, f, before=before, after=after, limit=limit)
+        )
+        return f, found
+
+    async def runs(request: Request) -> Response:
+        try:
+            _f, found = await runs_data(request)
+        except (BadRequest, DatabaseUnavailable) as exc:
+            return failed(request, "runs.html", exc, page_=wq.Page(), outcomes=OUTCOMES)
+        return page(request, "runs.html", page_=found, outcomes=OUTCOMES)
+
+    async def api_runs(request: Request) -> Response:
+        try:
+            _f, found = await runs_data(request)
+        except (BadRequest, DatabaseUnavailable) as exc:
+            return failed(request, "", exc)
+        return _json({"runs": found.rows}, headers=_link_header(request, found))
+
+    # -- run -----------------------------------------------------------------------
+
+    async def run_data(request: Request) -> dict[str, Any]:
+        ref = request.path_params["ref"]
+
+        def fetch(conn: Any) -> dict[str, Any]:
+            try:
+                return wq.run_detail(conn, ref)
+            except RunNotFound as exc:
+                raise NotFound(str(exc)) from None
+
+        return await read(config.db, fetch)
+
+    async def run(request: Request) -> Response:
+        try:
+            detail = await run_data(request)
+        except (NotFound, DatabaseUnavailable) as exc:
+            return failed(request, "run.html", exc, detail=None)
+        timeline = charts.timeline(detail["run"], detail["steps"], now=datetime.now(UTC))
+        return page(
+            request,
+            "run.html",
+            detail=detail,
+            timeline=timeline,
+            shown_errors=detail["errors"][:RUN_PAGE_ERRORS],
+        )
+
+    async def api_run(request: Request) -> Response:
+        try:
+            return _json(await run_data(request))
+        except (NotFound, DatabaseUnavailable) as exc:
+            return failed(request, "", exc)
+
+    # -- errors --------------------------------------------------------------------
+
+    async def errors_data(request: Request) -> dict[str, Any]:
+        params = request.query_params
+        f = _error_filter(params)
+        if _text(params, "group") == "message":
+            groups = await read(config.db, lambda c: we.error_groups(c, f))
+            return {"groups": groups, "page_": None}
+        before, after = _int(params, "before"), _int(params, "after")
+        limit = _limit(params, PAGE_ERRORS)
+        found = await read(
+            config.db, lambda c: we.errors_page(c, f, before=before, after=after, limit=limit)
+        )
+        return {"groups": None, "page_": found}
+
+    async def errors(request: Request) -> Response:
+        try:
+            data = await errors_data(request)
+        except (BadRequest, DatabaseUnavailable) as exc:
+            return failed(request, "errors.html", exc, groups=None, page_=wq.Page())
+        return page(request, "errors.html", scan=we.GROUP_SCAN, **data)
+
+    async def api_errors(request: Request) -> Response:
+        try:
+            data = await errors_data(request)
+        except (BadRequest, DatabaseUnavailable) as exc:
+            return failed(request, "", exc)
+        if data["groups"] is not None:
+            return _json({"groups": data["groups"]})
+        found = data["page_"]
+        return _json({"errors": found.rows}, headers=_link_header(request, found))
+
+    # -- pipeline ------------------------------------------------------------------
+
+    async def pipeline_data(request: Request) -> dict[str, Any]:
+        name = request.path_params["name"]
+        club = _text(request.query_params, "club")
+        since_day = iso_from_datetime(datetime.now(UTC) - timedelta(days=30))[:10]
+        history = await read(
+            config.db,
+            lambda c: wq.pipeline_history(c, name, club=club, since_day=since_day),
+        )
+        if not history["runs"]:
+            raise NotFound(f"no runs of pipeline {name!r}" + (f" in club {club!r}" if club else ""))
+        return history
+
+    async def pipeline(request: Request) -> Response:
+        try:
+            history = await pipeline_data(request)
+        except (NotFound, DatabaseUnavailable) as exc:
+            return failed(request, "pipeline.html", exc, history=None)
+        return page(
+            request,
+            "pipeline.html",
+            history=history,
+            durations=charts.durations(history["runs"]),
+            counts=charts.stacked_counts(history["runs"]),
+            rate=charts.rate_per_day(history["days"]),
+            recent=list(reversed(history["runs"][-20:])),
+        )
+
+    async def api_pipeline(request: Request) -> Response:
+        try:
+            return _json(await pipeline_data(request))
+        except (NotFound, DatabaseUnavailable) as exc:
+            return failed(request, "", exc)
+
+    static = StaticFiles(directory=str(resources.files("runtally.web") / "static"))
+    app = Starlette(
+        routes=[
+            Route("/", overview),
+            Route("/runs", runs),
+            Route("/runs/{ref}", run),
+            Route("/errors", errors),
+            Route("/pipelines/{name}", pipeline),
+            Route("/api/overview", api_overview),
+            Route("/api/status", api_status),
+            Route("/api/stamp", api_stamp),
+            Route("/api/runs", api_runs),
+            Route("/api/runs/{ref}", api_run),
+            Route("/api/errors", api_errors),
+            Route("/api/pipelines/{name}", api_pipeline),
+            Mount("/static", static, name="static"),
+        ],
+        lifespan=lifespan,
+    )
+    return Guard(app, token=config.token, password_hash=config.password_hash)

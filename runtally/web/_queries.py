@@ -1,0 +1,287 @@
+"""What the dashboard reads: keyset pages of runs and errors, the overview, a pipeline's history.
+
+Every function takes a read-only ``sqlite3.Connection`` from the CLI's
+``_query.read`` and runs in a worker thread.  Runs and errors come back
+in exactly the CLI's ``--json`` shapes (``_query.RUN_FIELDS`` and
+``ERROR_FIELDS``, built on the CLI's own SELECTs), so ``/api/runs`` and
+``runtally runs --json`` agree.  Pages are keyset-paginated on
+``(started_at, id)`` / ``(created_at, id)``: a cursor is the id of the row
+the page continues from, and every page is an index range, never an OFFSET.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..cli import _query as q
+from ..cli._read import run_json
+
+__all__ = [
+    "Page",
+    "RunFilter",
+    "overview",
+    "pipeline_history",
+    "run_detail",
+    "runs_page",
+]
+
+#: Runs in the overview's success strip and duration sparkline.
+STRIP_RUNS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Filters of the runs page; ``since``/``until`` are stored-format UTC ISO strings."""
+
+    pipeline: str | None = None
+    club: str | None = None
+    outcome: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+
+@dataclass(slots=True)
+class Page:
+    """One page of rows, newest first; ``older``/``newer`` are cursors (row ids) or None."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    older: int | None = None
+    newer: int | None = None
+
+
+def keyset(
+    conn: sqlite3.Connection,
+    select: str,
+    where: list[str],
+    params: list[Any],
+    *,
+    alias: str,
+    time_col: str,
+    anchor: str,
+    before: int | None,
+    after: int | None,
+    limit: int,
+) -> Page:
+    """Rows of ``select`` newest first, the page older than ``before`` or newer than ``after``."""
+    key = f"({alias}.{time_col}, {alias}.id)"
+    descending = True
+    cursor = before if before is not None else after
+    if cursor is not None:
+        row = conn.execute(anchor, (cursor,)).fetchone()
+        if row is not None:
+            descending = before is not None
+            where = [*where, f"{key} {'<' if descending else '>'} (?, ?)"]
+            params = [*params, row[0], row[1]]
+        else:
+            cursor = None  # a cursor that names no row: start from the newest
+    order = "DESC" if descending else "ASC"
+    sql = select + (" WHERE " + " AND ".join(where) if where else "")
+    sql += f" ORDER BY {alias}.{time_col} {order}, {alias}.id {order} LIMIT ?"
+    rows = [dict(r) for r in conn.execute(sql, [*params, limit + 1]).fetchall()]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if not descending:
+        rows.reverse()
+    page = Page(rows)
+    if rows:
+        if descending:
+            page.older = rows[-1]["id"] if more else None
+            page.newer = rows[0]["id"] if cursor is not None else None
+        else:
+            page.older = rows[-1]["id"]  # we came from there: older rows exist
+            page.newer = rows[0]["id"] if more else None
+    return page
+
+
+def _run_where(f: RunFilter) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("r.pipeline", f.pipeline), ("r.club_slug", f.club)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if f.outcome is not None:
+        where.append("r.outcome = ?" if f.outcome != "running" else "r.outcome = 'running'")
+        if f.outcome != "running":
+            params.append(f.outcome)
+    if f.since is not None:
+        where.append("r.started_at >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        where.append("r.started_at < ?")
+        params.append(f.until)
+    return where, params
+
+
+def runs_page(
+    conn: sqlite3.Connection,
+    f: RunFilter,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 50,
+) -> Page:
+    """A page of runs (``RUN_FIELDS`` dicts) matching ``f``, newest first."""
+    where, params = _run_where(f)
+    page = keyset(
+        conn,
+        q._RUN_SELECT,
+        where,
+        params,
+        alias="r",
+        time_col="started_at",
+        anchor="SELECT started_at, id FROM runs WHERE id = ?",
+        before=before,
+        after=after,
+        limit=limit,
+    )
+    page.rows = [run_json(r) for r in page.rows]
+    return page
+
+
+def run_detail(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
+    """``runtally show RUN --json``: run (with summary and meta), steps, errors, parent, children.
+
+    Raises RunNotFound (from ``_query.find_run``) when there is no such run.
+    """
+    from ..cli._render import loads_or_text
+
+    found = q.find_run(conn, ref)
+    steps = q.steps_of(conn, found["id"])
+    errs = q.errors_of(conn, found["id"])
+    parent = q.parent_of(conn, found)
+    children = q.children_of(conn, found)
+    return {
+        "run": {
+            **run_json(found),
+            "summary": loads_or_text(found["summary_json"]),
+            "meta": loads_or_text(found["meta_json"]),
+        },
+        "steps": [
+            {
+                **{k: s[k] for k in q.STEP_FIELDS if k != "detail_json"},
+                "detail": loads_or_text(s["detail_json"]),
+            }
+            for s in steps
+        ],
+        "errors": [{k: e[k] for k in q.ERROR_FIELDS} for e in errs],
+        "parent": run_json(parent) if parent is not None else None,
+        "children": [run_json(c) for c in children],
+    }
+
+
+def _pipelines(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Every (club_slug, pipeline): a skip scan of ``idx_runs_club_pipeline``, one seek each.
+
+    ``(club_slug, pipeline) > (?, ?)`` would walk every run of the current
+    pipeline; equality on the club and a range on the pipeline seeks instead.
+    """
+    out: list[tuple[str, str]] = []
+    row = conn.execute(
+        "SELECT club_slug, pipeline FROM runs ORDER BY club_slug, pipeline LIMIT 1"
+    ).fetchone()
+    while row is not None:
+        club, pipeline = row[0], row[1]
+        out.append((club, pipeline))
+        row = (
+            conn.execute(
+                "SELECT club_slug, pipeline FROM runs WHERE club_slug = ? AND pipeline > ?"
+                " ORDER BY club_slug, pipeline LIMIT 1",
+                (club, pipeline),
+            ).fetchone()
+            or conn.execute(
+                "SELECT club_slug, pipeline FROM runs WHERE club_slug > ?"
+                " ORDER BY club_slug, pipeline LIMIT 1",
+                (club,),
+            ).fetchone()
+        )
+    return out
+
+
+#: Order of pipelines on the overview: the ones needing attention first.
+_ATTENTION = {"failure": 0, "running": 1}
+
+
+def overview(conn: sqlite3.Connection, *, day_ago: str, week_ago: str) -> list[dict[str, Any]]:
+    """One dict per (club, pipeline): last run, 24 h / 7 d counts, the last runs for strips.
+
+    ``{pipeline, club_slug, last: RUN_FIELDS dict, runs_24h, failures_24h, runs_7d,
+    failures_7d, recent: [{id, outcome, duration_ms, started_at}] oldest first}``;
+    failing, then running pipelines first, then by name.
+    """
+    out = []
+    for club, pipeline in _pipelines(conn):
+        recent = [
+            dict(r)
+            for r in conn.execute(
+                "SELECT id, outcome, duration_ms, started_at FROM runs"
+                " WHERE club_slug = ? AND pipeline = ? ORDER BY started_at DESC, id DESC LIMIT ?",
+                (club, pipeline, STRIP_RUNS),
+            )
+        ]
+        last = dict(conn.execute(q._RUN_SELECT + " WHERE r.id = ?", (recent[0]["id"],)).fetchone())
+        counts = conn.execute(
+            "SELECT count(*), coalesce(sum(outcome = 'failure'), 0),"
+            " coalesce(sum(started_at >= ?), 0),"
+            " coalesce(sum(started_at >= ? AND outcome = 'failure'), 0)"
+            " FROM runs WHERE club_slug = ? AND pipeline = ? AND started_at >= ?",
+            (day_ago, day_ago, club, pipeline, week_ago),
+        ).fetchone()
+        recent.reverse()
+        out.append(
+            {
+                "pipeline": pipeline,
+                "club_slug": club,
+                "last": run_json(last),
+                "runs_7d": counts[0],
+                "failures_7d": counts[1],
+                "runs_24h": counts[2],
+                "failures_24h": counts[3],
+                "recent": recent,
+            }
+        )
+    out.sort(key=lambda p: (_ATTENTION.get(p["last"]["outcome"], 2), p["pipeline"], p["club_slug"]))
+    return out
+
+
+def pipeline_history(
+    conn: sqlite3.Connection,
+    pipeline: str,
+    *,
+    club: str | None,
+    since_day: str,
+    runs: int = 200,
+) -> dict[str, Any]:
+    """A pipeline's last ``runs`` runs (oldest first) and its success rate per UTC day.
+
+    ``{pipeline, club_slug, clubs, runs: [{id, started_at, duration_ms, outcome,
+    total_created, total_updated, total_skipped, total_failed}], days: [{day,
+    runs, successes, failures}]}``; ``club`` None means every club.
+    """
+    where, params = "pipeline = ?", [pipeline]
+    if club is not None:
+        where += " AND club_slug = ?"
+        params.append(club)
+    rows = [
+        dict(r)
+        for r in conn.execute(
+            "SELECT id, started_at, duration_ms, outcome, total_created, total_updated,"
+            f" total_skipped, total_failed FROM runs WHERE {where}"
+            " ORDER BY started_at DESC, id DESC LIMIT ?",
+            [*params, runs],
+        )
+    ]
+    rows.reverse()
+    days = [
+        dict(r)
+        for r in conn.execute(
+            "SELECT substr(started_at, 1, 10) AS day, count(*) AS runs,"
+            " sum(outcome = 'success') AS successes, sum(outcome = 'failure') AS failures"
+            f" FROM runs WHERE {where} AND started_at >= ? GROUP BY day ORDER BY day",
+            [*params, since_day],
+        )
+    ]
+    clubs = [c for c, p in _pipelines(conn) if p == pipeline]
+    return {"pipeline": pipeline, "club_slug": club, "clubs": clubs, "runs": rows, "days": days}

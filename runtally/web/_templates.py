@@ -1,0 +1,64 @@
+"""The Jinja2 environment: autoescape everywhere, control characters made visible.
+
+Pipeline names, members and messages are user input.  Autoescape turns
+``<script>`` into text; ``finalize`` additionally shows terminal escapes and
+other control characters as ``\\x1b``-style text, so they neither vanish nor
+reach a terminal that copies the page.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from markupsafe import Markup
+
+from ..cli._render import fmt_ago, fmt_bytes, fmt_duration, fmt_local
+
+__all__ = ["environment", "visible"]
+
+# C0 controls but tab and newline, DEL, C1 controls (CSI = \x9b), bidi overrides.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(value: Any) -> Any:
+    """``value`` with control characters spelled out (``\\x1b``); other values unchanged."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+    return value
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _query(params: dict[str, Any], **changes: Any) -> str:
+    """``?a=1&b=2`` from the current filters with ``changes`` (None drops a key)."""
+    merged = {**params, **changes}
+    kept = {k: v for k, v in merged.items() if v not in (None, "")}
+    return "?" + urlencode(kept) if kept else "?"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("runtally.web", "templates"),
+        autoescape=True,
+        finalize=visible,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        duration=fmt_duration,
+        local=fmt_local,
+        ago=fmt_ago,
+        bytes=fmt_bytes,
+        count=_count,
+    )
+    env.globals["query"] = _query
+    from ._charts import svg  # _charts imports visible from here
+
+    env.globals["svg"] = svg
+    return env
