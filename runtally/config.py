@@ -54,6 +54,9 @@ class Settings(msgspec.Struct, frozen=True):
     replay_interval_s: float = 1.0  # seconds between spool scans
     client_flush_timeout_s: float = 2.0  # seconds a client waits for acks on close
     config_file: Path | None = None  # the file read, if any
+    max_connections_per_uid: int = 64  # connections one uid may hold open at once
+    #: bytes of incomplete frames buffered across all connections (at least 2 MiB)
+    max_partial_bytes: int = 16 << 20
 
 
 _ENV = {

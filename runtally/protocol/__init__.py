@@ -10,6 +10,7 @@ from ._frames import (
     encode_frame,
     encode_frames,
 )
+from ._limits import DEPTH_MARKER, MAX_DEPTH, depth_exceeds, limit_depth
 from ._messages import (
     CONTROL_TYPES,
     EVENT_TYPES,
@@ -41,7 +42,9 @@ from ._spool import SPOOL_MAGIC, SpoolReader, SpoolTail, encode_record, read_spo
 
 __all__ = [
     "CONTROL_TYPES",
+    "DEPTH_MARKER",
     "EVENT_TYPES",
+    "MAX_DEPTH",
     "MAX_FRAME",
     "MAX_MESSAGE",
     "MAX_STACK",
@@ -77,8 +80,10 @@ __all__ = [
     "Welcome",
     "decode_client_message",
     "decode_server_message",
+    "depth_exceeds",
     "encode_frame",
     "encode_frames",
     "encode_record",
+    "limit_depth",
     "read_spool",
 ]
