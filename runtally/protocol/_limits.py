@@ -30,14 +30,19 @@ _CONTAINERS = (dict, list, tuple)
 
 def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
     """True when ``value`` nests maps/arrays more than ``limit`` deep (stops at the limit)."""
+    # On the daemon's hot path (every meta/detail/summary): plain loops, no generators,
+    # and no call at all for a scalar child.
     if isinstance(value, dict):
-        if limit <= 0:
+        children: Any = value.values()
+    elif isinstance(value, list | tuple):
+        children = value
+    else:
+        return False
+    if limit <= 0:
+        return True
+    for child in children:
+        if isinstance(child, _CONTAINERS) and depth_exceeds(child, limit - 1):
             return True
-        return any(depth_exceeds(v, limit - 1) for v in value.values())
-    if isinstance(value, list | tuple):
-        if limit <= 0:
-            return True
-        return any(depth_exceeds(v, limit - 1) for v in value)
     return False
 
 
