@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, frozen=True):
     web_port: int = 8390  # its TCP port
     web_password_hash: str | None = None  # HTTP basic auth for `runtally web` (see docs)
     config_file: Path | None = None  # the file read, if any
+    max_connections_per_uid: int = 64  # connections one uid may hold open at once
+    #: bytes of incomplete frames buffered across all connections (at least 2 MiB)
+    max_partial_bytes: int = 16 << 20
 
 
 _ENV = {

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from runtally import config
+from runtally.daemon._admission import FD_RESERVE
 from runtally.daemon._systemd import Notifier, listen_fds, watchdog_interval
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,6 +115,10 @@ def test_units_agree_with_each_other_and_config(monkeypatch: pytest.MonkeyPatch)
     assert service["Service.ReadWritePaths"] == [env["RUNTALLY_SPOOL"]]
     assert sock["Socket.SocketMode"] == ["0660"]
     assert sock["Socket.SocketGroup"] == service["Service.Group"] == ["runtally"]
+    # Enough descriptors that max_connections is refused before accept(2) fails.
+    (nofile,) = service["Service.LimitNOFILE"]
+    settings = config.Settings(socket=Path("s"), db=Path("d"), spool=Path("p"))
+    assert int(nofile) >= 2 * (settings.max_connections + FD_RESERVE)
 
     # The client's zero-config defaults (used when /run/runtally exists) match the units.
     class AlwaysDir(type(Path())):  # type: ignore[misc]
@@ -299,6 +304,7 @@ def test_listen_fds_rejects_garbage_count() -> None:
 
 CHILD = """
 import os, socket, sys
+from runtally.daemon._admission import FD_RESERVE
 from runtally.daemon._systemd import listen_fds
 try:
     socks = listen_fds()
@@ -398,6 +404,7 @@ def test_listen_fds_refuses_other_socket_types(
 
 FD3 = """
 import os, socket, sys
+from runtally.daemon._admission import FD_RESERVE
 from runtally.daemon._systemd import listen_fds
 what = sys.argv[1]
 if what == "pipe":

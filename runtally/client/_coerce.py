@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from runtally.protocol import MAX_COUNT, MAX_NAME, MAX_UID
+from runtally.protocol import MAX_COUNT, MAX_NAME, MAX_UID, limit_depth
 
 from ._warn import warn_once
 
@@ -115,7 +115,9 @@ def plain(value: Any) -> Any:
     if value is None:
         return None
     try:
-        result = msgspec.to_builtins(value, str_keys=True, enc_hook=_str)
+        # Cut what nests deeper than the daemon accepts, before (any depth of plain
+        # containers) and after (objects that expand into containers) converting.
+        result = limit_depth(msgspec.to_builtins(limit_depth(value), str_keys=True, enc_hook=_str))
         size = len(msgspec.msgpack.encode(result))
     except Exception as exc:  # noqa: BLE001 - any object at all may be passed in
         warn_once(f"plain-{type(value).__name__}", f"cannot encode {type(value).__name__}: {exc}")

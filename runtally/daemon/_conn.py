@@ -21,11 +21,21 @@ hello/ping/status     welcome/pong/status
 replay                replayed (admins only, else error)
 broken frame          error; frame to dead_letters; connection closed
 EOF                   remaining replies sent, connection closed
+no complete frame     idle: closed; mid-frame: error, then closed
+  for idle_timeout_s
+evicted (budget)      error, then closed
 ====================  ==============================================
 
 Backpressure: the batch queue per connection is small, and the writer's
 ``submit`` blocks when its budget is spent, so a client that floods or never
 reads its replies stops being read.
+
+Memory: what the decoder buffers of an incomplete frame counts against the
+daemon's ``PartialBudget`` after every read; over it, the connections that
+have gone longest without completing a frame are evicted.  The idle timeout
+runs from the last *complete* frame (or from the end of the daemon's own wait
+on the writer), not from the last byte: a client trickling a byte a second
+never completes one and is closed like an idle one (slowloris).
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ from ..protocol import (
     encode_frame,
 )
 from ..protocol import ErrorEvent as ErrorEventMsg
+from ._budget import PartialBudget
 from ._store import DeadLetter, Origin
 from ._timefmt import now_ms
 from ._writer import Job
@@ -108,7 +119,12 @@ class ServerHooks(Protocol):
 
 
 class Connection:
-    """Serves one accepted stream until EOF, a broken frame, idle time or shutdown."""
+    """Serves one accepted stream until EOF, a broken frame, idle time, eviction or shutdown.
+
+    ``idle_timeout_s``: the longest the client may go without completing a
+    frame.  ``budget``: the daemon-wide budget for incomplete frames (None:
+    unbounded, for tests of other things).
+    """
 
     def __init__(
         self,
@@ -117,18 +133,37 @@ class Connection:
         hooks: ServerHooks,
         *,
         idle_timeout_s: float = math.inf,
+        budget: PartialBudget | None = None,
     ) -> None:
         self.stream = stream
         self.origin = origin
         self.hooks = hooks
         self.idle_timeout_s = idle_timeout_s
+        self.budget = budget
+        #: Bytes of an incomplete frame buffered, as last told to the budget.
+        self.partial_bytes = 0
         self._stopping = False
+        #: Why the budget evicted this connection (its buffer is already dropped).
+        self._evicted: str | None = None
         self._read_scope: trio.CancelScope | None = None
         self._decoder = FrameDecoder()
+        #: trio time of the last complete frame (or of the end of our own wait).
+        self._progress_at = trio.current_time()
 
     def stop_reading(self) -> None:
         """Shutdown: finish replies for what was read, read nothing more."""
         self._stopping = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    def evict(self, reason: str) -> None:
+        """Over the partial-frame budget: drop the buffer now, reply ``reason``, close.
+
+        Called by the budget (already released); the replies owed for what
+        was read before are still sent first.
+        """
+        self._evicted = reason
+        self._decoder = FrameDecoder()  # the bytes go now, not when the reader wakes
         if self._read_scope is not None:
             self._read_scope.cancel()
 
@@ -141,6 +176,8 @@ class Connection:
                 async with send:
                     await self._reader(send)
         finally:
+            if self.budget is not None:
+                self.budget.release(self)
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
@@ -148,23 +185,52 @@ class Connection:
 
     async def _reader(self, batches: trio.MemorySendChannel[Batch]) -> None:
         while not self._stopping:
-            data = b""
-            with trio.CancelScope() as self._read_scope, trio.move_on_after(self.idle_timeout_s):
-                try:
-                    data = await self.stream.receive_some(_READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-            self._read_scope = None
+            data = b"" if self._evicted is not None else await self._receive()
+            if self._evicted is not None:
+                await batches.send(self._goodbye(self._evicted))
+                return
             if not data:
+                if self._decoder.buffered and self._timed_out():
+                    # Timed out mid-frame: say so (a silent idle client just gets EOF).
+                    reason = f"no complete frame for {self.idle_timeout_s:g} s; closing"
+                    await batches.send(self._goodbye(reason))
                 return  # EOF, idle, or shutdown
             batch = self._decode_chunk(data)
+            if self.budget is not None:
+                self.budget.update(self, self._decoder.buffered, progressed=bool(batch.entries))
+            if not batch.entries:
+                continue  # part of a frame: nothing to reply yet, no progress
             if not batch.job.empty:
                 await self.hooks.submit(batch.job)
             else:
                 batch.job.done.set()
             await batches.send(batch)
+            # A frame completed; and time spent waiting on the writer or on our
+            # own send queue is ours, not the client's.
+            self._progress_at = trio.current_time()
             if batch.close:
                 return
+
+    async def _receive(self) -> bytes:
+        """The next chunk; b"" on EOF, a broken stream, idle timeout or cancellation."""
+        deadline = self._progress_at + self.idle_timeout_s
+        try:
+            with trio.CancelScope(deadline=deadline) as self._read_scope:
+                return await self.stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._read_scope = None
+        return b""
+
+    def _timed_out(self) -> bool:
+        return trio.current_time() >= self._progress_at + self.idle_timeout_s
+
+    def _goodbye(self, reason: str) -> Batch:
+        """A batch of one ``error`` reply that closes the connection once sent."""
+        batch = Batch(Job(origin=self.origin), [encode_frame(ErrorReply(reason))], close=True)
+        batch.job.done.set()
+        return batch
 
     def _decode_chunk(self, data: bytes) -> Batch:
         job = Job(origin=self.origin)

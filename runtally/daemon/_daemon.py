@@ -17,6 +17,8 @@ import trio
 from .._version import __version__
 from ..config import Settings
 from ..protocol import ErrorReply, Replayed, StatusReply, encode_frame
+from ._admission import Admission
+from ._budget import PartialBudget
 from ._conn import Connection
 from ._log import logger
 from ._peer import is_admin, is_allowed, peer_origin
@@ -48,6 +50,9 @@ class Daemon:
         self.schema_version = store.schema_version
         #: The connections being served (admitted, not yet closed).
         self.connections: set[Connection] = set()
+        #: Connection limits (global, per uid, descriptors) and the partial-frame budget.
+        self.admission = Admission(settings)
+        self.partials = PartialBudget(settings.max_partial_bytes)
         #: Set by the first SIGTERM/SIGINT, or by ``request_stop`` (tests, embedding).
         self.stop_requested = trio.Event()
 
@@ -108,8 +113,10 @@ class Daemon:
         """Serve one accepted stream: admit it (limits, allow-lists) or refuse it in one reply."""
         origin = peer_origin(stream.socket)
         refusal = None
-        if len(self.connections) >= self.settings.max_connections:
-            refusal = f"too many connections (limit {self.settings.max_connections}); retry later"
+        if (refused := self.admission.refuse(origin)) is not None:
+            refusal = refused.reason
+            if refused.audit is not None:
+                await self.writer.submit(Job(audit=[refused.audit]))
         elif not is_allowed(self.settings, origin.uid, origin.gid):
             refusal = f"uid {origin.uid} gid {origin.gid} is not allowed to emit"
             await self.writer.submit(
@@ -131,8 +138,11 @@ class Daemon:
                     await stream.send_all(encode_frame(ErrorReply(refusal)))
             await stream.aclose()
             return
-        conn = Connection(stream, origin, self, idle_timeout_s=self.settings.idle_timeout_s)
+        conn = Connection(
+            stream, origin, self, idle_timeout_s=self.settings.idle_timeout_s, budget=self.partials
+        )
         self.connections.add(conn)
+        self.admission.opened(origin)
         if self.stop_requested.is_set():
             conn.stop_reading()  # accepted just before the stop: reply to nothing, close
         try:
@@ -141,3 +151,4 @@ class Daemon:
             logger.error("connection from pid %s failed: %r", origin.pid, exc)
         finally:
             self.connections.discard(conn)
+            self.admission.closed(origin)

@@ -25,6 +25,7 @@ import trio
 
 from .._version import __version__
 from ..config import Settings
+from ._accept import serve_listeners
 from ._daemon import Daemon
 from ._log import logger
 from ._probe import Silence, probe
@@ -137,7 +138,7 @@ async def serve(
                     async with trio.open_nursery() as intake:
                         await intake.start(
                             functools.partial(
-                                trio.serve_listeners,
+                                serve_listeners,
                                 daemon.handle,
                                 listeners,
                                 handler_nursery=connections,

@@ -18,6 +18,7 @@ from ._frames import (
     encode_message,
     frame_payload,
 )
+from ._limits import DEPTH_MARKER, MAX_DEPTH, depth_exceeds, limit_depth
 from ._messages import (
     CONTROL_TYPES,
     EVENT_TYPES,
@@ -53,8 +54,10 @@ from ._spool import SPOOL_MAGIC, SpoolReader, SpoolTail, encode_record, read_spo
 
 __all__ = [
     "CONTROL_TYPES",
+    "DEPTH_MARKER",
     "EVENT_TYPES",
     "MAX_COUNT",
+    "MAX_DEPTH",
     "MAX_FRAME",
     "MAX_MESSAGE",
     "MAX_NAME",
@@ -95,10 +98,12 @@ __all__ = [
     "Welcome",
     "decode_client_message",
     "decode_server_message",
+    "depth_exceeds",
     "encode_frame",
     "encode_message",
     "encode_record",
     "frame_payload",
+    "limit_depth",
     "read_spool",
     "stack_tail",
 ]

@@ -15,12 +15,16 @@ from typing import Literal
 import msgspec
 
 from ._errors import FrameError, LocalProtocolError, RemoteProtocolError
+from ._limits import MAX_DEPTH, depth_exceeds
 from ._messages import (
     CONTROL_TYPES,
     EVENT_TYPES,
     MAX_UID,
     ClientMessage,
+    RunEnd,
+    RunStart,
     ServerMessage,
+    StepEnd,
 )
 
 __all__ = [
@@ -112,24 +116,31 @@ class FrameDecoder:
 
     def receive_data(self, data: bytes) -> None:
         """Append bytes read from the peer."""
-        if self._pos:
-            # Compact once per chunk rather than once per frame.
-            del self._buf[: self._pos]
-            self._pos = 0
         self._buf += data
 
     def next_frame(self) -> bytes | None:
         """The next complete frame body; None for more bytes; FrameError for a bad length."""
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 4:
+            self._compact()
             return None
         (length,) = _HEADER.unpack_from(buf, pos)
         check_length(length, self._max_frame, FrameError)
         end = pos + 4 + length
         if len(buf) < end:
+            self._compact()
             return None
         self._pos = end
         return bytes(buf[pos + 4 : end])
+
+    def _compact(self) -> None:
+        # Once per chunk (when the frames in it are used up), not once per frame.
+        # A fresh buffer holding only the rest: the frames returned must not stay
+        # allocated while a connection is idle (a 1 MiB frame, then silence, would
+        # keep 1 MiB per connection; ``del buf[:pos]`` keeps the allocation).
+        if self._pos:
+            self._buf = self._buf[self._pos :]
+            self._pos = 0
 
     def frames(self) -> list[bytes]:
         """Every complete frame buffered now (raises FrameError like ``next_frame``)."""
@@ -159,15 +170,28 @@ class Refusal(msgspec.Struct, frozen=True):
         return self.kind == "broken"
 
 
+#: The free-form field of each event type that has one (nesting limited to MAX_DEPTH).
+_FREE_FORM = {RunStart: "meta", StepEnd: "detail", RunEnd: "summary"}
+
+
 def decode_client_message(frame: bytes) -> ClientMessage | Refusal:
-    """Decode one frame from a client into a typed message or a Refusal."""
+    """Decode one frame from a client into a typed message or a Refusal.
+
+    An event whose ``meta``/``detail``/``summary`` nests deeper than
+    ``MAX_DEPTH`` is ``invalid`` (a nack naming the field and the limit).
+    """
     try:
-        return _client_decoder.decode(frame)
+        message = _client_decoder.decode(frame)
     except msgspec.ValidationError as exc:
-        error: Exception = exc
+        return _classify(frame, exc)
     except _MALFORMED as exc:
         return Refusal("broken", f"not a MessagePack message: {exc}")
-    return _classify(frame, error)
+    field = _FREE_FORM.get(type(message))
+    if field is not None and depth_exceeds(getattr(message, field)):
+        tag = message.__struct_config__.tag
+        reason = f"invalid {tag}: {field} nested deeper than {MAX_DEPTH} levels"
+        return Refusal("invalid", reason, message.id, is_event=True)  # type: ignore[union-attr]
+    return message
 
 
 def _classify(frame: bytes, error: Exception) -> Refusal:
