@@ -4,7 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test run lint bench system-deps clean
+# make dist: where the wheel and sdist go.
+DIST ?= dist
+# make install: a venv of its own (pipx-style) and where the commands are linked.
+INSTALL_VENV ?= $(HOME)/.local/share/runtally/venv
+INSTALL_BIN  ?= $(HOME)/.local/bin
+
+.PHONY: test run lint bench dist install uninstall system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,5 +39,33 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/run_all.py
 
+## dist: a wheel and an sdist of this checkout in $(DIST)/ (python -m build).
+## --no-isolation builds with the venv's own setuptools (the test extra pins the
+## backend pyproject asks for), so it needs no network; the wheel is built from
+## the sdist, so a file missing from the sdist is missing from the wheel too.
+dist: $(STAMP)
+	rm -rf $(DIST) build
+	$(BIN)/python -m build --no-isolation --outdir $(DIST) .
+	rm -rf build
+
+## install: the wheel from `make dist` in a venv of its own ($(INSTALL_VENV)),
+## runtally and runtallyd linked into $(INSTALL_BIN). Re-run to upgrade.
+install: dist
+	test -x '$(INSTALL_VENV)/bin/python' || $(PYTHON) -m venv '$(INSTALL_VENV)'
+	set -e; whl=$$(ls $(DIST)/runtally-*-py3-none-any.whl); \
+	  '$(INSTALL_VENV)/bin/python' -m pip install --quiet --force-reinstall --no-deps "$$whl"; \
+	  '$(INSTALL_VENV)/bin/python' -m pip install --quiet "$$whl"
+	mkdir -p '$(INSTALL_BIN)'
+	ln -sfn '$(abspath $(INSTALL_VENV))/bin/runtally' '$(INSTALL_BIN)/runtally'
+	ln -sfn '$(abspath $(INSTALL_VENV))/bin/runtallyd' '$(INSTALL_BIN)/runtallyd'
+	@'$(INSTALL_BIN)/runtally' --version
+	@case ":$$PATH:" in *':$(INSTALL_BIN):'*) ;; \
+	  *) echo 'note: $(INSTALL_BIN) is not on PATH';; esac
+
+## uninstall: remove what `make install` put in place
+uninstall:
+	rm -f '$(INSTALL_BIN)/runtally' '$(INSTALL_BIN)/runtallyd'
+	test ! -f '$(INSTALL_VENV)/pyvenv.cfg' || rm -rf '$(INSTALL_VENV)'
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(DIST) .pytest_cache .hypothesis build *.egg-info
