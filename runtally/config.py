@@ -19,7 +19,7 @@ import os
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -53,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True):
     queue_events: int = 5000  # the writer's queue bound, events
     replay_interval_s: float = 1.0  # seconds between spool scans
     client_flush_timeout_s: float = 2.0  # seconds a client waits for acks on close
+    #: club_slug of a run started without one (``runtally exec`` without
+    #: ``--club``, ``RunTracker(pipeline)``); ``rondo`` is the seed schema's default.
+    default_club: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] = "rondo"
     config_file: Path | None = None  # the file read, if any
 
 
@@ -63,7 +66,7 @@ _ENV = {
 }
 # get_type_hints, not msgspec.structs.fields: that would import msgspec.inspect and
 # msgspec.json (~8 ms) into every pipeline that imports the client.
-_FIELDS: dict[str, Any] = typing.get_type_hints(Settings)
+_FIELDS: dict[str, Any] = typing.get_type_hints(Settings, include_extras=True)
 _ID_LISTS = frozenset({"allow_uids", "allow_gids", "admin_uids"})
 
 

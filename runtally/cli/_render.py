@@ -26,6 +26,7 @@ from ..daemon._timefmt import parse_iso as _parse_iso
 
 __all__ = [
     "OUTCOME_STYLES",
+    "DurationType",
     "SinceType",
     "console",
     "fmt_ago",
@@ -36,6 +37,7 @@ __all__ = [
     "iso_from_datetime",
     "loads_or_text",
     "outcome_text",
+    "parse_duration",
     "parse_iso",
     "parse_since",
     "table",
@@ -202,6 +204,43 @@ def parse_since(value: str, now: datetime | None = None) -> str:
     if moment.tzinfo is None:
         moment = moment.astimezone()  # naive = local time
     return iso_from_datetime(moment)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+
+
+def parse_duration(value: str) -> float:
+    """``90s``, ``30m``, ``2h``, ``1h30m``, ``1.5h``, ``45`` (seconds) -> seconds.
+
+    Raises ValueError with a sentence saying what is accepted.
+    """
+    text = value.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None or match.end() == pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+        pos = match.end()
+    if not text or pos != len(text) or total <= 0:
+        raise ValueError(f"{value!r} is not a duration such as 90s, 30m, 2h or 1h30m")
+    return total
+
+
+class DurationType(click.ParamType):
+    """A duration option (``--timeout 2h``) as seconds; a bad value is a usage error."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class SinceType(click.ParamType):
