@@ -28,6 +28,7 @@ __all__ = [
     "OUTCOME_STYLES",
     "DurationType",
     "SinceType",
+    "clock_ahead_s",
     "console",
     "fmt_ago",
     "fmt_bytes",
@@ -40,6 +41,7 @@ __all__ = [
     "parse_duration",
     "parse_iso",
     "parse_since",
+    "plural",
     "table",
 ]
 
@@ -132,6 +134,24 @@ def fmt_ago(text: str | None, now: float | None = None) -> str:
             amount = f"{int(seconds // size)}{unit}"
             return f"in {amount}" if ahead else f"{amount} ago"
     return "just now"  # pragma: no cover - unreachable
+
+
+#: A started_at further than this in the future is flagged: the client's clock was ahead.
+CLOCK_TOLERANCE_S = 60.0
+
+
+def clock_ahead_s(text: str | None, now: float | None = None) -> float | None:
+    """Seconds a stored time is in the future beyond CLOCK_TOLERANCE_S; None if it is not."""
+    moment = parse_iso(text)
+    if moment is None:
+        return None
+    ahead = moment.timestamp() - (time.time() if now is None else now)
+    return round(ahead, 3) if ahead > CLOCK_TOLERANCE_S else None
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 run``, ``2 runs``, ``1,200 errors`` (``nouns``: an irregular plural)."""
+    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
 
 
 def fmt_when(text: str | None) -> str:
