@@ -91,6 +91,7 @@ class Replayer:
     async def replay_once(self) -> ReplayStats:
         async with self._lock:
             stats = ReplayStats()
+            started = time.monotonic()
             for path in spool_backlog(self.spool_dir):
                 try:
                     stats += await self._replay_file(path)
@@ -102,6 +103,12 @@ class Replayer:
                     self._failed.pop(path.name, None)
             self._sweep_stale_tmp()
             self.total += stats
+            if stats.files or stats.quarantined:
+                s = "" if stats.files == 1 else "s"
+                log(
+                    f"runtallyd: replayed {stats.files} spool file{s}, {stats.events:,} events"
+                    f" ({stats.quarantined} quarantined) in {time.monotonic() - started:.3f} s"
+                )
             return stats
 
     async def _report_failure(self, path: Path, exc: OSError) -> None:
