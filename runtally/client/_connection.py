@@ -653,6 +653,7 @@ def get_client(
             client = Client(
                 settings.socket, settings.spool, flush_timeout=settings.client_flush_timeout_s
             )
+            client.default_club = settings.default_club  # RunTracker's club when given none
             _clients[key] = client
     return client
 

@@ -114,6 +114,7 @@ class RunTracker:
                 self.member_keys = tuple(str(k) for k in keys)
             if client is None:
                 self._client = get_client(socket, spool)
+            self.club_slug = self.club_slug or getattr(self._client, "default_club", None)
         except Exception as exc:  # noqa: BLE001
             warn(f"RunTracker could not be set up ({exc!r}); tracking is disabled")
 
@@ -382,7 +383,11 @@ def _elapsed_ms(started: float) -> int:
 
 
 def _exception_text(exc: BaseException) -> str:
-    return _coerce.text(exc, MAX_MESSAGE) or type(exc).__name__
+    # As a traceback's last line and Sentry show it: ``KeyError: 'k'``, not ``'k'``.
+    text = _coerce.text(exc, MAX_MESSAGE)
+    return _coerce.text(
+        f"{type(exc).__name__}: {text}" if text else type(exc).__name__, MAX_MESSAGE
+    )
 
 
 def _format_traceback(exc: BaseException) -> str | None:
