@@ -184,4 +184,3 @@ class TestErrorRows:
         (error,) = [e for e in _spooled(spool) if e["type"] == "error"]
         assert error["message"] == message
         assert error["step_name"] == "s"
-

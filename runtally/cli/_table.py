@@ -35,6 +35,8 @@ __all__ = ["GAP", "Column", "StreamTable", "clean"]
 #: Spaces between columns.
 GAP = 2
 _ELLIPSIS = "…"
+#: How far back a cut looks for a space to end on a whole word.
+_WORD_BACK = 15
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}
 _CONTROL[ord("\t")] = " "
@@ -74,15 +76,17 @@ def _width(text: str) -> int:
 
 
 def _fit(text: str, width: int) -> str:
-    """``text`` cut to ``width`` cells, ending in ``…`` when cut."""
+    """``text`` cut to ``width`` cells, ending in ``…`` when cut; at a space if one is near."""
     if _width(text) <= width:
         return text
     if width <= 1:
         return _ELLIPSIS[:width]
-    if text.isascii():
-        return text[: width - 1] + _ELLIPSIS
-    cut = set_cell_size(text, width - 1)
-    return cut.rstrip() + _ELLIPSIS if cell_len(cut) <= width - 1 else cut + _ELLIPSIS
+    cut = text[: width - 1] if text.isascii() else set_cell_size(text, width - 1).rstrip()
+    if not text[len(cut) : len(cut) + 1].isspace():
+        space = cut.rfind(" ", max(0, len(cut) - _WORD_BACK))
+        if space > 0:
+            cut = cut[:space]  # end on a whole word rather than mid-word
+    return cut.rstrip() + _ELLIPSIS
 
 
 class StreamTable:
@@ -203,7 +207,8 @@ class StreamTable:
         if self.title:
             self.out.print(Text(self.title, style="bold"))
         header = self._line(None, [col.header for col in self.columns]).rstrip()
-        self.out.print(Text(header, style="bold"))
+        # soft_wrap: the header is one line like the rows, however wide (a pipe).
+        self.out.print(Text(header, style="bold"), soft_wrap=True)
 
 
 def pages_of(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
