@@ -138,8 +138,17 @@ def _print_database(out: Console, db: DatabaseSection) -> None:
         f"schema {db.schema_version}, {fmt_bytes(db.size_bytes)}{wal}, "
         f"last write {fmt_when(db.last_write) if db.last_write else 'never'}",
     )
-    counts = "  ".join(f"{t} {'-' if n is None else f'{n:,}'}" for t, n in db.row_counts.items())
-    _line(out, "", counts)
+    # As many "table count" pairs a line as fit, each line under the label column.
+    pairs = [f"{t} {'-' if n is None else f'{n:,}'}" for t, n in db.row_counts.items()]
+    room = max(20, out.width - 11) if out.is_terminal else 10**6
+    line: list[str] = []
+    for pair in pairs:
+        if line and len("  ".join([*line, pair])) > room:
+            _line(out, "", "  ".join(line))
+            line = []
+        line.append(pair)
+    if line:
+        _line(out, "", "  ".join(line))
 
 
 def _print_spool(out: Console, sp: SpoolSection) -> None:
