@@ -19,7 +19,7 @@ import os
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -56,10 +56,20 @@ class Settings(msgspec.Struct, frozen=True):
     web_host: str = "127.0.0.1"  # where `runtally web` binds
     web_port: int = 8390  # its TCP port
     web_password_hash: str | None = None  # HTTP basic auth for `runtally web` (see docs)
-    config_file: Path | None = None  # the file read, if any
+    #: club_slug of a run started without one (``runtally exec`` without
+    #: ``--club``, ``RunTracker(pipeline)``); ``rondo`` is the seed schema's default.
+    default_club: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] = "rondo"
     max_connections_per_uid: int = 64  # connections one uid may hold open at once
     #: bytes of incomplete frames buffered across all connections (at least 2 MiB)
     max_partial_bytes: int = 16 << 20
+    config_file: Path | None = None  # the file read, if any
+    #: Where each resolved value came from, for messages: ``(("db", "environment
+    #: variable RUNTALLY_DB"), ...)``; empty for settings not made by ``resolve``.
+    sources: tuple[tuple[str, str], ...] = ()
+
+    def source_of(self, name: str) -> str | None:
+        """Where setting ``name`` came from (``option --db``, ...); None when unknown."""
+        return dict(self.sources).get(name)
 
 
 _ENV = {
@@ -69,7 +79,11 @@ _ENV = {
 }
 # get_type_hints, not msgspec.structs.fields: that would import msgspec.inspect and
 # msgspec.json (~8 ms) into every pipeline that imports the client.
-_FIELDS: dict[str, Any] = typing.get_type_hints(Settings)
+_FIELDS: dict[str, Any] = {
+    name: kind
+    for name, kind in typing.get_type_hints(Settings, include_extras=True).items()
+    if name != "sources"  # the resolver's record, not a setting
+}
 _ID_LISTS = frozenset({"allow_uids", "allow_gids", "admin_uids"})
 
 
@@ -201,7 +215,9 @@ def resolve(
     for name, value in given.items():
         values[name] = (value, sources.get(name, f"argument {name!r}"))
     values["config_file"] = (config_file, "the resolver")
-    return Settings(**{name: _convert(name, v, src) for name, (v, src) in values.items()})
+    converted = {name: _convert(name, v, src) for name, (v, src) in values.items()}
+    sources = tuple((name, src) for name, (_, src) in values.items() if name != "config_file")
+    return Settings(**converted, sources=sources)
 
 
 def resolve_or_defaults(

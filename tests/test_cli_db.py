@@ -266,11 +266,10 @@ def test_doctor_on_a_garbage_file_is_one_line(tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.sqlite"
     truncated.write_bytes(b"SQLite format 3\x00" + b"\x00" * 20)
     one_line_error(run("db", "doctor", "--db", str(truncated)))
-    # A directory where the file should be: click refuses the option itself.
-    result = run("db", "doctor", "--db", str(tmp_path))
-    assert result.exit_code == 2
-    assert "is a directory" in result.output
-    assert "Traceback" not in result.output
+    # A directory where the file should be: one line naming where the path came from.
+    line = one_line_error(run("db", "doctor", "--db", str(tmp_path)))
+    assert "is a directory" in line
+    assert "(db from option --db)" in line
 
 
 def test_doctor_on_an_empty_file_says_not_initialized(tmp_path: Path) -> None:

@@ -36,7 +36,10 @@ MARKUP = "[bold]not markup[/bold] [/] [red"
 
 
 def ledger_events() -> list:
+    """In the order the daemon receives them: runs by their start, so ids follow it too."""
     return [
+        RunStart(id="d1", ts=T_OLD, run="old", pipeline="nikki"),
+        RunEnd(id="d2", ts=T_OLD + 500, run="old", outcome="success"),
         RunStart(
             id="a1",
             ts=T_ALPHA,
@@ -121,8 +124,6 @@ def ledger_events() -> list:
             id="c1", ts=T_CHILD, run="child", pipeline="teams", club_slug="other", parent="bravo"
         ),
         StepStart(id="c2", ts=T_CHILD + 1, run="child", step="child-s1", name="teams-sync"),
-        RunStart(id="d1", ts=T_OLD, run="old", pipeline="nikki"),
-        RunEnd(id="d2", ts=T_OLD + 500, run="old", outcome="success"),
         RunStart(id="o1", ts=T_ORPHAN, run="orphan", pipeline="people", parent="ghost"),
         RunEnd(id="o2", ts=T_ORPHAN + 2500, run="orphan", outcome="success"),
     ]
@@ -606,7 +607,7 @@ class TestDatabase:
         path = tmp_path / "dashboard.sqlite"
         store = Store.open(path)
         try:
-            store.apply(ledger_events()[:4])
+            store.apply(ledger_events()[2:6])  # alpha
             assert [r["uid"] for r in as_json("runs", "--db", str(path))["runs"]] == ["alpha"]
             store.apply([RunStart(id="n1", ts=NOW, run="new", pipeline="people")])
             assert (path.parent / "dashboard.sqlite-wal").exists()

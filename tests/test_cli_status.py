@@ -104,7 +104,9 @@ class TestDaemonUp:
             "database",
             "spool",
             "pipelines",
+            "default_club",
         ]
+        assert report["default_club"] == "rondo"
         assert report["healthy"] is True
         assert report["problems"] == []
         assert report["warnings"] == []
@@ -217,11 +219,21 @@ class TestDaemonUp:
             assert count(d.db, "runs") == 0  # not replayed by itself
             result = cli("replay", "--socket", str(d.socket))
             assert result.exit_code == 0, result.output
-            assert result.output == "replayed 1 file(s), 2 event(s); 0 quarantined\n"
+            assert result.output == (
+                "replayed now: 1 file, 2 events (0 quarantined)\n"
+                "since the daemon started: 1 file, 2 events (0 quarantined)\n"
+            )
             assert count(d.db, "runs", "uid = ? AND outcome = 'success'", ["spooled"]) == 1
             assert list(d.spool.glob("*.spool")) == []
             again = cli("replay", "--socket", str(d.socket), "--json")
-            assert json.loads(again.output) == {"files": 0, "events": 0, "quarantined": 0}
+            assert json.loads(again.output) == {
+                "files": 0,
+                "events": 0,
+                "quarantined": 0,
+                "total_files": 1,
+                "total_events": 2,
+                "total_quarantined": 0,
+            }
         finally:
             d.stop()
 

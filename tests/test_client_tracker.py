@@ -327,7 +327,7 @@ class TestRecordErrors:
             caught = exc
         errs = self._errors(sandbox, tracker, [caught, {"error": caught, "email": "e@x"}])
         for err in errs:
-            assert err.message == "laposta said no"
+            assert err.message == "ConnectionError: laposta said no"  # as a traceback says
             assert "Traceback" in err.stack
             assert "failing_upload" in err.stack
         assert errs[1].member == "e@x"
@@ -378,7 +378,11 @@ class TestTrackRun:
         ends = of(StepEnd, evs)
         assert [(e.outcome, e.created) for e in ends] == [("success", 1), ("failure", 5)]
         (err,) = of(ErrorEvent, evs)  # one row: the run does not record it again
-        assert (err.step, err.step_name, err.message) == (step.uid, "download", "sportlink is down")
+        assert (err.step, err.step_name, err.message) == (
+            step.uid,
+            "download",
+            "RuntimeError: sportlink is down",
+        )
         assert "sync_members" in err.stack
         assert of(RunEnd, evs)[0].outcome == "failure"
 

@@ -204,7 +204,10 @@ SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
         {"uptime_s", "events_committed", "queue_depth", "schema_version", "db_path"},
         {"connections", "spool_files", "version", "pid", "last_commit_ts"},
     ),
-    "replayed": ({"files", "events", "quarantined"}, set()),
+    "replayed": (
+        {"files", "events", "quarantined"},
+        {"total_files", "total_events", "total_quarantined"},
+    ),
     "ack": ({"id"}, set()),
     "nack": ({"id", "error"}, set()),
     "error": ({"error"}, set()),

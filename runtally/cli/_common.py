@@ -19,19 +19,34 @@ import click
 
 from ..config import Settings, resolve, resolve_or_defaults
 from ..errors import RuntallyError
+from ._errors import DatabaseError
 
-__all__ = ["command_errors", "setting_option", "uses_settings", "warn"]
+__all__ = ["command_errors", "setting_option", "source_note", "uses_settings", "warn"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 PathName = Literal["socket", "db", "spool"]
 
 _OVERRIDES = "runtally.overrides"  # ctx.meta key: setting name -> (value, source)
 
-_file = click.Path(dir_okay=False, path_type=Path)
-_dir = click.Path(file_okay=False, path_type=Path)
+
+class _PathType(click.ParamType):
+    """A path, unchecked here: what is wrong with it is said later, naming its source.
+
+    (``click.Path`` would refuse a directory itself, as "Invalid value for
+    '--db'" with exit status 2, even when the value came from RUNTALLY_DB.)
+    """
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        return value if isinstance(value, Path) else Path(value)
+
+
+_file = _PathType()
+_dir = _PathType()
 
 #: Each path option: its flag, type, variable and help.
-_OPTIONS: dict[str, tuple[str, click.Path, str, str]] = {
+_OPTIONS: dict[str, tuple[str, click.ParamType, str, str]] = {
     "socket": ("--socket", _file, "RUNTALLY_SOCKET", "Daemon socket path"),
     "db": ("--db", _file, "RUNTALLY_DB", "dashboard.sqlite path"),
     "spool": ("--spool", _dir, "RUNTALLY_SPOOL", "Spool directory"),
@@ -81,6 +96,14 @@ def _settings(ctx: click.Context, *, fallback: bool) -> Settings:
     return resolve(overrides, sources={name: src for name, (_, src) in remembered.items()})
 
 
+def source_note(settings: Settings, name: str) -> str:
+    """`` (db from environment variable RUNTALLY_DB)``, or "" when it is a default."""
+    source = settings.source_of(name)
+    if source is None or source == "the defaults":
+        return ""
+    return f" ({name} from {source})"
+
+
 def warn(message: str) -> None:
     """One ``runtally: ...`` line on stderr; never raises."""
     try:
@@ -102,7 +125,11 @@ def uses_settings(*paths: PathName, fallback: bool = False) -> Callable[[F], F]:
         def command(*args: Any, **kwargs: Any) -> Any:
             ctx = click.get_current_context()
             with command_errors():
-                return f(_settings(ctx, fallback=fallback), *args, **kwargs)
+                settings = _settings(ctx, fallback=fallback)
+                try:
+                    return f(settings, *args, **kwargs)
+                except DatabaseError as exc:
+                    raise DatabaseError(f"{exc}{source_note(settings, 'db')}") from None
 
         wrapped: Any = command
         for name in reversed((*paths, "config_file")):

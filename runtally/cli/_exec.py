@@ -3,12 +3,17 @@
 The run has one step, named after the command (``--step`` to choose).  The
 command must behave exactly as without us, whatever happens to tracking:
 
-* stdin and stdout are inherited untouched; stderr goes through a pipe that
-  a thread copies to our stderr as the bytes come, keeping the last lines for
-  the error row (the one visible difference: the command's stderr is a pipe,
-  not a terminal);
+* stdin and stdout are inherited untouched (stdout goes through the relay
+  too with ``--capture-stdout``); stderr is a pipe that a small forked
+  process (``_relay``) copies to our stderr as the bytes come, keeping the
+  last lines for the error row.  The relay outlives us as long as anything
+  the command left in the background still holds that pipe, so such a
+  worker keeps a working stderr and is neither killed nor waited for (the
+  one visible difference: the command's stderr is a pipe, not a terminal);
 * our exit status is the command's, ``128 + N`` when signal N killed it,
-  127 when it cannot be found and 126 when it cannot be executed;
+  127 when it cannot be found, 126 when it cannot be executed, and 124
+  (as ``timeout(1)``) when ``--timeout`` stopped it: SIGTERM to the command,
+  SIGKILL ``--kill-after`` later if it is still there;
 * SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to us are passed on to the command
   and we keep waiting for it.  They are blocked and taken with
   ``sigtimedwait``, so we see who sent them: one the terminal sent to the
@@ -26,9 +31,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +42,22 @@ import click
 from ..config import Settings
 from ..protocol import stack_tail
 from ._common import uses_settings, warn
+from ._relay import Relay, start_relay
+from ._render import DurationType, fmt_duration
 
-__all__ = ["StderrTee", "exec_command", "exit_status"]
+__all__ = ["EXIT_TIMED_OUT", "exec_command", "exit_status", "tail_text"]
 
 #: Signals passed on to the command.
 FORWARDED = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT})
 #: si_code of a signal the kernel itself sent: for these, the terminal's
 #: INTR/QUIT keys or a hangup, sent to the whole foreground process group.
 SI_KERNEL = 0x80
-#: Lines of stderr kept for the error row of a failed command.
+#: Lines of output kept for the run by default (``--tail-lines``).
 TAIL_LINES = 20
+#: Bytes of each stream the relay keeps: enough for TAIL_LINES long lines.
 _TAIL_BYTES = 16 * 1024
-#: After the command exits, how long to wait for the rest of its stderr (a
-#: background grandchild may hold the pipe open forever).
-_DRAIN_S = 1.0
+#: Exit status after ``--timeout`` stopped the command (GNU ``timeout``'s).
+EXIT_TIMED_OUT = 124
 
 
 def exit_status(returncode: int) -> int:
@@ -58,61 +65,33 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-class StderrTee(threading.Thread):
-    """Copies a pipe to our stderr as bytes arrive and keeps the last lines."""
-
-    def __init__(self, fd: int, out: Any) -> None:
-        super().__init__(name="runtally-exec-stderr", daemon=True)
-        self._fd = fd
-        self._out = out  # a binary stream, or None when ours is gone
-        self._tail = bytearray()
-
-    def run(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self._fd, 65536)
-            except InterruptedError:
-                continue
-            except OSError:
-                break
-            if not chunk:
-                break
-            self._write(chunk)
-            self._tail += chunk
-            if len(self._tail) > 2 * _TAIL_BYTES:
-                del self._tail[:-_TAIL_BYTES]
-        os.close(self._fd)
-
-    def _write(self, chunk: bytes) -> None:
-        if self._out is None:
-            return
-        try:
-            self._out.write(chunk)
-            self._out.flush()
-        except (OSError, ValueError):
-            # Our stderr is closed or broken: keep draining the command's pipe
-            # so it never blocks on a full pipe or dies of SIGPIPE because of us.
-            self._out = None
-
-    def tail(self, lines: int = TAIL_LINES) -> str:
-        """The last ``lines`` lines seen, decoded (undecodable bytes replaced)."""
-        data = bytes(self._tail[-_TAIL_BYTES:])
-        text = data.decode("utf-8", errors="replace")
-        kept = text.rstrip("\n").splitlines()[-lines:]
-        return "\n".join(kept)
+def tail_text(data: bytes, lines: int) -> str:
+    """The last ``lines`` lines of some output, decoded (undecodable bytes replaced, not lost)."""
+    if lines <= 0 or not data:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
-def _binary_stderr() -> Any:
-    return getattr(sys.stderr, "buffer", None)
+@dataclass(slots=True)
+class Outcome:
+    """How the command ended, as the run records it."""
+
+    code: int  # our exit status
+    sig: str | None = None  # the signal that killed it (SIGTERM)
+    timed_out_ms: int | None = None  # --timeout, when it struck
+    why: str | None = None  # a failure's message (the error row)
+    stderr_bytes: bytes = b""  # the end of its stderr, as the relay kept it
+    stdout_bytes: bytes = b""  # the end of its stdout (--capture-stdout)
+    stderr: str = ""  # its stderr tail, --tail-lines lines
+    stdout: str | None = None  # its stdout tail (--capture-stdout)
 
 
 class _Tracking:
     """The run around the command; every call is safe when tracking is off."""
 
-    def __init__(self, pipeline: str, club: str | None, settings: Settings) -> None:
+    def __init__(self, pipeline: str, club: str, settings: Settings) -> None:
         self.tracker: Any = None
-        #: The stderr tail for a failure's error row.
-        self.stack: str | None = None
         self.run_id: str | None = None
         self.step_id: str | None = None
         try:
@@ -134,20 +113,23 @@ class _Tracking:
         except Exception as exc:  # noqa: BLE001 - RunTracker never raises; belt and braces
             warn(f"could not record the start of the run ({exc!r})")
 
-    def finish(
-        self, step_name: str, argv: Sequence[str], code: int, why: str | None, sig: str | None
-    ) -> None:
-        """Record the outcome; ``why`` (a failure's message) adds an error row."""
+    def finish(self, step_name: str, argv: Sequence[str], end: Outcome) -> None:
+        """Record the outcome; a failure adds an error row with the stderr tail."""
         if self.tracker is None:
             return
-        detail: dict[str, Any] = {"argv": list(argv), "exit_code": code}
-        if sig is not None:
-            detail["signal"] = sig
-        ok = code == 0
+        detail: dict[str, Any] = {"argv": list(argv), "exit_code": end.code}
+        if end.sig is not None:
+            detail["signal"] = end.sig
+        if end.timed_out_ms is not None:
+            detail["timed_out_after_ms"] = end.timed_out_ms
+        if end.stdout is not None:
+            detail["stdout_tail"] = end.stdout
+        ok = end.code == 0
         t = self.tracker
         try:
             if not ok:
-                t.record_error(step_name, self.step_id, None, why, self.stack)
+                stack = stack_tail(end.stderr) or None
+                t.record_error(step_name, self.step_id, None, end.why, stack)
             t.end_step(self.step_id, "success" if ok else "failure", detail=detail)
             t.end_run(success=ok, stats=detail)
             t.close()
@@ -162,12 +144,14 @@ def _signal_name(number: int) -> str | None:
         return None
 
 
-def _failure_message(name: str, code: int, sig: str | None, tail: str) -> str:
-    if sig is not None:
-        message = f"{name} was killed by {sig} (exit status {code})"
+def _failure_message(name: str, end: Outcome) -> str:
+    if end.timed_out_ms is not None:
+        message = f"{name} timed out after {fmt_duration(end.timed_out_ms)}"
+    elif end.sig is not None:
+        message = f"{name} was killed by {end.sig} (exit status {end.code})"
     else:
-        message = f"{name} exited with status {code}"
-    last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+        message = f"{name} exited with status {end.code}"
+    last = next((line.strip() for line in reversed(end.stderr.splitlines()) if line.strip()), "")
     return f"{message}: {last}" if last else message
 
 
@@ -177,17 +161,48 @@ def _should_forward(info: Any, child_pid: int) -> bool:
     return info.si_pid != child_pid  # the child signalling its group reached us too
 
 
-def _wait(proc: subprocess.Popen[bytes], waited: set[signal.Signals]) -> int:
+def _send(proc: subprocess.Popen[bytes], number: int) -> None:
+    try:
+        proc.send_signal(number)
+    except ProcessLookupError:
+        pass
+
+
+class _Clock:
+    """--timeout and --kill-after as deadlines (monotonic seconds); None: never."""
+
+    def __init__(self, timeout_s: float | None, kill_after_s: float) -> None:
+        now = time.monotonic()
+        self.timeout_s = timeout_s
+        self.term_at = now + timeout_s if timeout_s is not None else None
+        self.kill_after_s = kill_after_s
+        self.kill_at: float | None = None
+        self.fired = False
+
+    def next_wait(self) -> float:
+        due = self.kill_at if self.fired else self.term_at
+        return 1.0 if due is None else max(0.0, min(1.0, due - time.monotonic()))
+
+    def tick(self, proc: subprocess.Popen[bytes]) -> None:
+        now = time.monotonic()
+        if not self.fired and self.term_at is not None and now >= self.term_at:
+            self.fired = True
+            self.kill_at = now + self.kill_after_s
+            _send(proc, signal.SIGTERM)
+        elif self.fired and self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None  # once
+            _send(proc, signal.SIGKILL)
+
+
+def _wait(proc: subprocess.Popen[bytes], waited: set[signal.Signals], clock: _Clock) -> int:
     """Wait for the command, passing on the signals we are sent; its return code."""
     while proc.poll() is None:
-        info = signal.sigtimedwait(waited, 1.0)
+        info = signal.sigtimedwait(waited, clock.next_wait())
+        clock.tick(proc)
         if info is None or info.si_signo == signal.SIGCHLD:
             continue
         if _should_forward(info, proc.pid):
-            try:
-                proc.send_signal(info.si_signo)
-            except ProcessLookupError:
-                pass
+            _send(proc, info.si_signo)
     return proc.returncode
 
 
@@ -205,13 +220,49 @@ def _drain_pending(waited: set[signal.Signals]) -> None:
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("--pipeline", "-p", required=True, help="Pipeline name of the run.")
-@click.option("--club", "-c", default=None, help="Club (club_slug) of the run.")
+@click.option(
+    "--club",
+    "-c",
+    default=None,
+    help="Club (club_slug) of the run [default: the default_club setting, itself `rondo`].",
+)
 @click.option(
     "--step",
     "-s",
     "step_name",
     default=None,
     help="Name of the run's one step [default: the command's file name].",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=DurationType(),
+    default=None,
+    metavar="DURATION",
+    help="Stop the command after DURATION (90s, 30m, 2h, 1h30m): SIGTERM, then SIGKILL"
+    " --kill-after later; the run fails with 'timed out after ...', exit status 124.",
+)
+@click.option(
+    "--kill-after",
+    "kill_after_s",
+    type=DurationType(),
+    default=10.0,
+    show_default="10s",
+    metavar="DURATION",
+    help="With --timeout: how long after SIGTERM to send SIGKILL.",
+)
+@click.option(
+    "--tail-lines",
+    type=click.IntRange(min=0),
+    default=TAIL_LINES,
+    show_default=True,
+    metavar="N",
+    help="Lines of stderr kept in a failed run's error row.",
+)
+@click.option(
+    "--capture-stdout",
+    is_flag=True,
+    help="Keep the last --tail-lines lines of stdout too (step detail `stdout_tail`).",
 )
 @uses_settings("socket", "spool", fallback=True)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -221,6 +272,10 @@ def exec_command(
     pipeline: str,
     club: str | None,
     step_name: str | None,
+    timeout_s: float | None,
+    kill_after_s: float,
+    tail_lines: int,
+    capture_stdout: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND as a tracked run; its output and exit status pass through.
@@ -228,7 +283,7 @@ def exec_command(
     Put it in front of a crontab line:
     `runtally exec --pipeline people -- /opt/sync/people.sh --full`.
     Exit status: the command's, 128+N if signal N killed it, 127 if it cannot
-    be found, 126 if it cannot be executed.
+    be found, 126 if it cannot be executed, 124 if --timeout stopped it.
     """
     argv = list(command)
     name = Path(argv[0]).name or argv[0]
@@ -238,31 +293,37 @@ def exec_command(
     # once it has, instead of killing us with the run left open.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
-        tracking = _Tracking(pipeline, club, settings)
-        code, cannot_start = _run(tracking, argv, name, step_name, waited, old_mask)
+        # The relay first: forked while we have no thread, socket or spool file.
+        relay = start_relay(capture_stdout=capture_stdout, tail_bytes=_TAIL_BYTES)
+        tracking = _Tracking(pipeline, club or settings.default_club, settings)
+        tracking.start(step_name)
+        clock = _Clock(timeout_s, kill_after_s)
+        end, cannot_start = _run(tracking, argv, relay, waited, old_mask, clock)
+        end.stderr = tail_text(end.stderr_bytes, tail_lines)
+        if capture_stdout:
+            end.stdout = tail_text(end.stdout_bytes, tail_lines)
+        if end.code != 0:
+            end.why = cannot_start or _failure_message(name, end)
+        tracking.finish(step_name, argv, end)
     finally:
         _drain_pending(waited)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     if cannot_start is not None:
         error = click.ClickException(cannot_start)
-        error.exit_code = code
+        error.exit_code = end.code
         raise error
-    raise SystemExit(code)
+    raise SystemExit(end.code)
 
 
 def _run(  # noqa: PLR0917 - private helper of one command
     tracking: _Tracking,
     argv: list[str],
-    name: str,
-    step_name: str,
+    relay: Relay | None,
     waited: set[signal.Signals],
     old_mask: set[signal.Signals],
-) -> tuple[int, str | None]:
-    """Start and wait for the command.
-
-    Returns its exit status, and why it could not be started (None if it was).
-    """
-    tracking.start(step_name)
+    clock: _Clock,
+) -> tuple[Outcome, str | None]:
+    """Start and wait for the command: how it ended, and why it could not start (or None)."""
     env = dict(os.environ)
     if tracking.run_id:
         from ..client import PARENT_ENV
@@ -272,28 +333,31 @@ def _run(  # noqa: PLR0917 - private helper of one command
     def child_mask() -> None:  # runs in the child between fork and exec
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
-    why: str | None = None
-    cannot_start: str | None = None
-    sig: str | None = None
+    streams: dict[str, Any] = {}
+    if relay is not None:
+        streams = {"stderr": relay.stderr_w}
+        if relay.stdout_w is not None:
+            streams["stdout"] = relay.stdout_w
     try:
-        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, preexec_fn=child_mask)  # noqa: PLW1509 - no other thread exists yet
-    except FileNotFoundError:
-        code, cannot_start = 127, f"cannot run {argv[0]!r}: command not found"
-    except PermissionError:
-        code, cannot_start = 126, f"cannot run {argv[0]!r}: permission denied"
+        proc = subprocess.Popen(argv, env=env, preexec_fn=child_mask, **streams)  # noqa: PLW1509 - no other thread exists yet
     except OSError as exc:
-        code, cannot_start = 126, f"cannot run {argv[0]!r}: {exc.strerror or exc}"
-    else:
-        assert proc.stderr is not None
-        tee = StderrTee(os.dup(proc.stderr.fileno()), _binary_stderr())
-        proc.stderr.close()
-        tee.start()
-        returncode = _wait(proc, waited)
-        code = exit_status(returncode)
-        sig = _signal_name(-returncode) if returncode < 0 else None
-        tee.join(_DRAIN_S)
-        tracking.stack = stack_tail(tee.tail()) or None
-        if code != 0:
-            why = _failure_message(name, code, sig, tracking.stack or "")
-    tracking.finish(step_name, argv, code, why or cannot_start, sig)
-    return code, cannot_start
+        if relay is not None:
+            relay.close_write_ends()
+            relay.report()
+        if isinstance(exc, FileNotFoundError):
+            return Outcome(127), f"cannot run {argv[0]!r}: command not found"
+        if isinstance(exc, PermissionError):
+            return Outcome(126), f"cannot run {argv[0]!r}: permission denied"
+        return Outcome(126), f"cannot run {argv[0]!r}: {exc.strerror or exc}"
+    if relay is not None:
+        relay.close_write_ends()  # only the command and its children hold them now
+    returncode = _wait(proc, waited, clock)
+    end = Outcome(exit_status(returncode))
+    if clock.fired:
+        end.code = EXIT_TIMED_OUT
+        end.timed_out_ms = round((clock.timeout_s or 0) * 1000)
+    elif returncode < 0:
+        end.sig = _signal_name(-returncode)
+    if relay is not None:
+        end.stderr_bytes, end.stdout_bytes = relay.report()
+    return end, None

@@ -34,7 +34,7 @@ from ..protocol import (
 from . import _query as q
 from ._ask import ask
 from ._errors import CliError
-from ._render import fmt_duration
+from ._render import clock_ahead_s, fmt_duration, plural
 
 __all__ = [
     "DEFAULT_MAX_SPOOL_AGE_S",
@@ -100,7 +100,8 @@ class PipelineRow(msgspec.Struct):
     duration_ms: int | None
     outcome: str | None
     error_count: int
-    age_s: float | None  # seconds since it started
+    age_s: float | None  # seconds since it started (negative: the client's clock was ahead)
+    clock_ahead_s: float | None = None  # started this far in the future (beyond a tolerance)
 
 
 class StatusReport(msgspec.Struct):
@@ -113,6 +114,7 @@ class StatusReport(msgspec.Struct):
     database: DatabaseSection
     spool: SpoolSection
     pipelines: list[PipelineRow]
+    default_club: str = "rondo"  # the club of a run started without one (setting default_club)
 
 
 def collect(
@@ -122,6 +124,7 @@ def collect(
     *,
     max_spool_age: float = DEFAULT_MAX_SPOOL_AGE_S,
     timeout: float = 1.0,
+    default_club: str = "rondo",
 ) -> StatusReport:
     """Ask, read and look (``timeout`` seconds for the daemon); never raises for findings."""
     now = time.time()
@@ -146,8 +149,14 @@ def collect(
         warnings.append(f"spool: {spool.error}")
     if spool.corrupt_files:
         warnings.append(
-            f"spool: {spool.corrupt_files} quarantined file(s) in {spool_dir / 'corrupt'}"
+            f"spool: {plural(spool.corrupt_files, 'quarantined file')} in {spool_dir / 'corrupt'}"
         )
+    for p in pipelines:
+        if p.clock_ahead_s is not None:
+            warnings.append(
+                f"pipeline {p.pipeline} ({p.club_slug}): run #{p.run_id} started in the future,"
+                f" client clock ahead by {fmt_duration(int(p.clock_ahead_s * 1000))}"
+            )
     return StatusReport(
         healthy=not problems,
         problems=problems,
@@ -156,6 +165,7 @@ def collect(
         database=database,
         spool=spool,
         pipelines=pipelines,
+        default_club=default_club,
     )
 
 
@@ -234,9 +244,13 @@ def _database(path: Path, now: float) -> tuple[DatabaseSection, list[PipelineRow
 
 
 def _pipelines(conn: sqlite3.Connection, now: float) -> list[PipelineRow]:
-    """Each (club, pipeline)'s newest run."""
+    """Each (club, pipeline)'s newest run: the last the daemon received (highest id).
+
+    Not the latest ``started_at``: a run recorded while a client's clock was
+    ahead would stay "last" after the clock is corrected.
+    """
     rows = conn.execute(
-        "WITH latest AS (SELECT id, max(started_at) FROM runs GROUP BY club_slug, pipeline)"
+        "WITH latest AS (SELECT max(id) AS id FROM runs GROUP BY club_slug, pipeline)"
         " SELECT r.pipeline, r.club_slug, r.id AS run_id, r.uid AS run_uid, r.started_at,"
         " r.finished_at, r.duration_ms, r.outcome,"
         " (SELECT count(*) FROM run_errors e WHERE e.run_id = r.id) AS error_count"
@@ -246,7 +260,8 @@ def _pipelines(conn: sqlite3.Connection, now: float) -> list[PipelineRow]:
     for row in rows:
         started = _moment(row["started_at"])
         age = round(now - started.timestamp(), 3) if started is not None else None
-        out.append(PipelineRow(**dict(row), age_s=age))
+        ahead = clock_ahead_s(row["started_at"], now)
+        out.append(PipelineRow(**dict(row), age_s=age, clock_ahead_s=ahead))
     return out
 
 

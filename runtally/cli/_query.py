@@ -11,6 +11,7 @@ the ``--json`` shape (see README, "Everyday commands").
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import stat
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..daemon._readonly import CannotOpen, read_only
+from ..protocol import RunStart
 from ._errors import DatabaseError, RunNotFound
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "find_run",
     "list_errors",
     "list_runs",
+    "max_name",
+    "name_filter",
     "parent_of",
     "read",
     "steps_of",
@@ -147,23 +151,49 @@ def _dicts(rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
+@functools.cache
+def max_name() -> int:
+    """The longest name the protocol accepts (pipeline, club, step): 256 characters.
+
+    Read from the protocol's own declaration, so a filter is cut exactly as
+    a name is on its way in.
+    """
+    import msgspec.inspect  # only here: ~8 ms, and only for a filter
+
+    info = msgspec.inspect.type_info(RunStart)
+    field = next(f for f in info.fields if f.name == "pipeline")  # type: ignore[attr-defined]
+    return int(field.type.max_length)
+
+
+def name_filter(value: str | None) -> str | None:
+    """A name filter cut as the client cuts the name it records (256, then stripped)."""
+    if value is None or len(value) <= max_name():
+        return value
+    return value[: max_name()].strip()
+
+
 def _newest(
     conn: sqlite3.Connection,
     select: str,
     equal: dict[str, Any],
     *,
     since: tuple[str, str | None],
-    order: str,
+    key: str,
     limit: int | None,
+    before: int | None,
 ) -> list[dict[str, Any]]:
     """``select`` filtered by ``column = value`` for each given value and
-    ``column >= since``, ordered by ``order``, at most ``limit`` rows (0/None: all)."""
+    ``column >= since``, newest first by ``key`` (the id: the order the daemon
+    received them in), below ``before`` if given, at most ``limit`` rows (0/None: all)."""
     where = [f"{column} = ?" for column, value in equal.items() if value is not None]
     params: list[Any] = [value for value in equal.values() if value is not None]
     if since[1] is not None:
         where.append(f"{since[0]} >= ?")
         params.append(since[1])
-    sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
+    if before is not None:
+        where.append(f"{key} < ?")
+        params.append(before)
+    sql = select + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {key} DESC"
     if limit:
         sql += " LIMIT ?"
         params.append(limit)
@@ -178,15 +208,27 @@ def list_runs(
     outcome: str | None = None,
     since: str | None = None,
     limit: int | None = None,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Runs matching every given filter, newest first."""
+    """Runs matching every given filter, newest first.
+
+    Newest is the order the daemon received them in (their ids), not
+    ``started_at``: a client whose clock was ahead must not keep its run on
+    top after the clock is corrected.  ``before``: only ids below it (the
+    next page after a run of that id).
+    """
     return _newest(
         conn,
         _RUN_SELECT,
-        {"r.pipeline": pipeline, "r.club_slug": club, "r.outcome": outcome},
+        {
+            "r.pipeline": name_filter(pipeline),
+            "r.club_slug": name_filter(club),
+            "r.outcome": outcome,
+        },
         since=("r.started_at", since),
-        order="r.started_at DESC, r.id DESC",
+        key="r.id",
         limit=limit,
+        before=before,
     )
 
 
@@ -271,19 +313,21 @@ def list_errors(
     member: str | None = None,
     since: str | None = None,
     limit: int | None = None,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Errors matching every given filter, newest first."""
+    """Errors matching every given filter, newest (as received) first; see ``list_runs``."""
     return _newest(
         conn,
         _ERROR_SELECT,
         {
             "e.run_id": run_id,
-            "r.pipeline": pipeline,
-            "e.club_slug": club,
-            "e.step_name": step,
+            "r.pipeline": name_filter(pipeline),
+            "e.club_slug": name_filter(club),
+            "e.step_name": name_filter(step),
             "e.member_identifier": member,
         },
         since=("e.created_at", since),
-        order="e.created_at DESC, e.id DESC",
+        key="e.id",
         limit=limit,
+        before=before,
     )

@@ -7,9 +7,10 @@ shape is documented in README.md ("Everyday commands") and kept stable.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -18,9 +19,9 @@ from rich.text import Text
 
 from ..config import Settings
 from . import _query as q
-from ._common import uses_settings
-from ._render import SinceType, console, loads_or_text
-from ._views import errors_table, print_error_blocks, print_run, runs_table, steps_table
+from ._common import uses_settings, warn
+from ._render import SinceType, console, loads_or_text, plural
+from ._views import print_error_blocks, print_errors, print_run, print_runs, print_steps
 
 __all__ = ["errors", "runs", "show"]
 
@@ -28,6 +29,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Errors ``show`` prints for people (``--json`` has them all).
 SHOW_ERRORS = 50
+#: Rows read for the first page of a listing (it fixes the column widths), then per page.
+FIRST_PAGE = 200
+PAGE = 5000
 
 _since_option = click.option(
     "--since",
@@ -41,6 +45,12 @@ _json_option = click.option(
 )
 _pipeline_option = click.option("--pipeline", "-p", default=None, help="Only this pipeline.")
 _club_option = click.option("--club", "-c", default=None, help="Only this club (club_slug).")
+_wide_option = click.option(
+    "--wide",
+    "-w",
+    is_flag=True,
+    help="Every column in full, nothing cut, even if lines wrap (as on a pipe).",
+)
 
 
 def _limit_option(default: int) -> Callable[[F], F]:
@@ -69,7 +79,47 @@ def _pick(row: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
 
 def _more_note(out: Console, shown: int, limit: int, noun: str) -> None:
     if limit and shown >= limit:
-        out.print(Text(f"(the newest {shown} {noun}; --limit to see more)", style="dim"))
+        out.print(Text(f"(the newest {plural(shown, noun)}; --limit to see more)", style="dim"))
+
+
+def _fits(out: Console, wide: bool) -> bool:
+    """Fit the table to the terminal: on a terminal, unless --wide."""
+    return out.is_terminal and not wide
+
+
+def _note_cut_names(**names: str | None) -> None:
+    """Say so when a name filter is longer than a name can be (it is cut, as names are)."""
+    for option, value in names.items():
+        if value is not None and len(value) > q.max_name():
+            warn(
+                f"--{option} is longer than {q.max_name()} characters: cut to "
+                f"{q.max_name()}, as names are when they are recorded"
+            )
+
+
+def _pages(
+    fetch: Callable[[int | None, int], list[dict[str, Any]]], limit: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Pages of a newest-first listing: ``fetch(before_id, n)`` until ``limit`` (0: all).
+
+    Each page is its own read (``q.read``), keyed on the last id seen, so the
+    first rows are printed while the rest are still unread, and a page that
+    ``read`` must repeat is repeated whole, never printed twice.
+    """
+    before: int | None = None
+    left = limit or None
+    size = FIRST_PAGE
+    while left is None or left > 0:
+        n = size if left is None else min(size, left)
+        page = fetch(before, n)
+        if page:
+            yield page
+        if len(page) < n:
+            return
+        before = page[-1]["id"]
+        if left is not None:
+            left -= len(page)
+        size = PAGE
 
 
 # -- runs ----------------------------------------------------------------------------
@@ -87,6 +137,7 @@ def _more_note(out: Console, shown: int, limit: int, noun: str) -> None:
 )
 @_since_option
 @_limit_option(50)
+@_wide_option
 @_json_option
 @uses_settings("db")
 def runs(
@@ -97,24 +148,41 @@ def runs(
     outcome: str | None,
     since: str | None,
     limit: int,
+    wide: bool,
     as_json: bool,
 ) -> None:
-    """List runs, newest first: outcome, duration, counts and errors of each."""
-    found = q.read(
-        settings.db,
-        lambda conn: q.list_runs(
-            conn, pipeline=pipeline, club=club, outcome=outcome, since=since, limit=limit
-        ),
-    )
+    """List runs, newest first (as the daemon received them): outcome, duration, counts, errors.
+
+    On a terminal the table fits its width, one run per line; --wide or a
+    pipe shows every column in full.
+    """
+    _note_cut_names(pipeline=pipeline, club=club)
+
+    def fetch(before: int | None, n: int) -> list[dict[str, Any]]:
+        return q.read(
+            settings.db,
+            lambda conn: q.list_runs(
+                conn,
+                pipeline=pipeline,
+                club=club,
+                outcome=outcome,
+                since=since,
+                limit=n,
+                before=before,
+            ),
+        )
+
     if as_json:
-        _echo_json({"runs": [run_json(r) for r in found]})
+        _echo_json({"runs": [run_json(r) for r in fetch(None, limit)]})
         return
     out = console()
-    if not found:
+    pages = _pages(fetch, limit)
+    first = next(pages, None)
+    if first is None:
         out.print("no runs match")
         return
-    out.print(runs_table(found))
-    _more_note(out, len(found), limit, "runs")
+    shown = print_runs(out, itertools.chain([first], pages), fit=_fits(out, wide))
+    _more_note(out, shown, limit, "run")
 
 
 # -- show ----------------------------------------------------------------------------
@@ -125,6 +193,7 @@ def runs(
 @click.option("--pipeline", "-p", default=None, help="With RUN `latest`: of this pipeline.")
 @click.option("--club", "-c", default=None, help="With RUN `latest`: of this club.")
 @click.option("--stack", is_flag=True, help="Print each error's stack (or stderr tail) in full.")
+@_wide_option
 @_json_option
 @uses_settings("db")
 def show(
@@ -134,6 +203,7 @@ def show(
     pipeline: str | None,
     club: str | None,
     stack: bool,
+    wide: bool,
     as_json: bool,
 ) -> None:
     """One run in full: its steps, errors, parent and child runs.
@@ -174,10 +244,11 @@ def show(
         )
         return
     out = console()
+    fit = _fits(out, wide)
     print_run(out, found, parent)
     if steps:
         out.print()
-        out.print(steps_table(steps))
+        print_steps(out, steps, fit=fit)
     else:
         out.print(Text("\nno steps", style="dim"))
     if errs:
@@ -186,18 +257,18 @@ def show(
         if stack:
             print_error_blocks(out, shown, total=len(errs))
         else:
-            out.print(errors_table(shown, title=f"Errors ({len(errs)})", with_run=False))
+            print_errors(out, [shown], fit=fit, with_run=False, title=f"Errors ({len(errs):,})")
         if len(errs) > len(shown):
             out.print(
                 Text(
-                    f"(the first {len(shown)} of {len(errs)} errors; all of them: "
+                    f"(the first {len(shown)} of {len(errs):,} errors; all of them: "
                     f"runtally errors --run {found['id']} --limit 0)",
                     style="dim",
                 )
             )
     if children:
         out.print()
-        out.print(runs_table(children, title=f"Child runs ({len(children)})"))
+        print_runs(out, [children], fit=fit, title=f"Child runs ({len(children):,})")
 
 
 # -- errors --------------------------------------------------------------------------
@@ -214,6 +285,7 @@ def show(
 @_since_option
 @_limit_option(100)
 @click.option("--stack", is_flag=True, help="Print each error in full with its stack.")
+@_wide_option
 @_json_option
 @uses_settings("db")
 def errors(
@@ -227,38 +299,51 @@ def errors(
     since: str | None,
     limit: int,
     stack: bool,
+    wide: bool,
     as_json: bool,
 ) -> None:
     """List errors, newest first: when, which run and step, which member, why.
 
     With --run latest, --pipeline/--club choose whose latest run.
     """
+    _note_cut_names(pipeline=pipeline, club=club, step=step)
+    run_id: int | None = None
+    if run_ref is not None:
+        run_id = q.read(
+            settings.db, lambda conn: q.find_run(conn, run_ref, pipeline=pipeline, club=club)
+        )["id"]
 
-    def gather(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-        run_id = None
-        if run_ref is not None:
-            run_id = q.find_run(conn, run_ref, pipeline=pipeline, club=club)["id"]
-        return q.list_errors(
-            conn,
-            run_id=run_id,
-            pipeline=pipeline,
-            club=club,
-            step=step,
-            member=member,
-            since=since,
-            limit=limit,
+    def fetch(before: int | None, n: int) -> list[dict[str, Any]]:
+        return q.read(
+            settings.db,
+            lambda conn: q.list_errors(
+                conn,
+                run_id=run_id,
+                pipeline=pipeline,
+                club=club,
+                step=step,
+                member=member,
+                since=since,
+                limit=n,
+                before=before,
+            ),
         )
 
-    found = q.read(settings.db, gather)
     if as_json:
-        _echo_json({"errors": [_pick(e, q.ERROR_FIELDS) for e in found]})
+        _echo_json({"errors": [_pick(e, q.ERROR_FIELDS) for e in fetch(None, limit)]})
         return
     out = console()
-    if not found:
+    pages = _pages(fetch, limit)
+    first = next(pages, None)
+    if first is None:
         out.print("no errors match")
         return
     if stack:
-        print_error_blocks(out, found)
+        everything = [e for page in itertools.chain([first], pages) for e in page]
+        print_error_blocks(out, everything)
+        shown = len(everything)
     else:
-        out.print(errors_table(found, title=None, with_run=True))
-    _more_note(out, len(found), limit, "errors")
+        shown = print_errors(
+            out, itertools.chain([first], pages), fit=_fits(out, wide), with_run=True
+        )
+    _more_note(out, shown, limit, "error")

@@ -26,7 +26,9 @@ from ..daemon._timefmt import parse_iso as _parse_iso
 
 __all__ = [
     "OUTCOME_STYLES",
+    "DurationType",
     "SinceType",
+    "clock_ahead_s",
     "console",
     "fmt_ago",
     "fmt_bytes",
@@ -36,8 +38,10 @@ __all__ = [
     "iso_from_datetime",
     "loads_or_text",
     "outcome_text",
+    "parse_duration",
     "parse_iso",
     "parse_since",
+    "plural",
     "table",
 ]
 
@@ -132,6 +136,24 @@ def fmt_ago(text: str | None, now: float | None = None) -> str:
     return "just now"  # pragma: no cover - unreachable
 
 
+#: A started_at further than this in the future is flagged: the client's clock was ahead.
+CLOCK_TOLERANCE_S = 60.0
+
+
+def clock_ahead_s(text: str | None, now: float | None = None) -> float | None:
+    """Seconds a stored time is in the future beyond CLOCK_TOLERANCE_S; None if it is not."""
+    moment = parse_iso(text)
+    if moment is None:
+        return None
+    ahead = moment.timestamp() - (time.time() if now is None else now)
+    return round(ahead, 3) if ahead > CLOCK_TOLERANCE_S else None
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 run``, ``2 runs``, ``1,200 errors`` (``nouns``: an irregular plural)."""
+    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
+
+
 def fmt_when(text: str | None) -> str:
     """Local time with its age: ``2026-02-08 15:53:00 (3h ago)``."""
     if not text:
@@ -202,6 +224,43 @@ def parse_since(value: str, now: datetime | None = None) -> str:
     if moment.tzinfo is None:
         moment = moment.astimezone()  # naive = local time
     return iso_from_datetime(moment)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+
+
+def parse_duration(value: str) -> float:
+    """``90s``, ``30m``, ``2h``, ``1h30m``, ``1.5h``, ``45`` (seconds) -> seconds.
+
+    Raises ValueError with a sentence saying what is accepted.
+    """
+    text = value.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None or match.end() == pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+        pos = match.end()
+    if not text or pos != len(text) or total <= 0:
+        raise ValueError(f"{value!r} is not a duration such as 90s, 30m, 2h or 1h30m")
+    return total
+
+
+class DurationType(click.ParamType):
+    """A duration option (``--timeout 2h``) as seconds; a bad value is a usage error."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class SinceType(click.ParamType):

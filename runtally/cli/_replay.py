@@ -16,6 +16,7 @@ from ..protocol import ErrorReply, Replay, Replayed
 from ._ask import DaemonUnavailable, ask
 from ._common import uses_settings
 from ._errors import CliError
+from ._render import plural
 
 __all__ = ["replay"]
 
@@ -32,7 +33,11 @@ __all__ = ["replay"]
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON.")
 @uses_settings("socket")
 def replay(settings: Settings, timeout: float, as_json: bool) -> None:
-    """Replay the spool now (the daemon also does so every second by itself)."""
+    """Replay the spool now (the daemon also does so every second by itself).
+
+    Prints what this replay did, and what the daemon replayed since it
+    started (its start-up replay and every pass since, this one included).
+    """
     try:
         reply = ask(settings.socket, Replay(), timeout=timeout)
     except DaemonUnavailable as exc:
@@ -45,5 +50,10 @@ def replay(settings: Settings, timeout: float, as_json: bool) -> None:
         click.echo(json.dumps(msgspec.structs.asdict(reply)))
         return
     click.echo(
-        f"replayed {reply.files} file(s), {reply.events} event(s); {reply.quarantined} quarantined"
+        f"replayed now: {plural(reply.files, 'file')}, {plural(reply.events, 'event')}"
+        f" ({reply.quarantined:,} quarantined)"
+    )
+    click.echo(
+        f"since the daemon started: {plural(reply.total_files, 'file')},"
+        f" {plural(reply.total_events, 'event')} ({reply.total_quarantined:,} quarantined)"
     )

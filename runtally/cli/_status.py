@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ..config import Settings
 from ..daemon._timefmt import iso_from_ms
-from ._common import uses_settings
+from ._common import source_note, uses_settings
 from ._health import (
     DEFAULT_MAX_SPOOL_AGE_S,
     DaemonSection,
@@ -29,7 +29,8 @@ from ._health import (
     StatusReport,
     collect,
 )
-from ._render import console, fmt_ago, fmt_bytes, fmt_duration, fmt_when, outcome_text, table
+from ._render import OUTCOME_STYLES, console, fmt_ago, fmt_bytes, fmt_duration, fmt_when, plural
+from ._table import Column, StreamTable
 
 __all__ = ["status"]
 
@@ -55,17 +56,33 @@ EXIT_UNHEALTHY = 1
     metavar="SECONDS",
     help="How long to wait for the daemon's answer.",
 )
+@click.option(
+    "--wide", "-w", is_flag=True, help="Every column in full, nothing cut, even if lines wrap."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (shape in README).")
 @uses_settings("socket", "db", "spool")
-def status(settings: Settings, *, max_spool_age: float, timeout: float, as_json: bool) -> None:
+def status(
+    settings: Settings, *, max_spool_age: float, timeout: float, wide: bool, as_json: bool
+) -> None:
     """Daemon, database, spool backlog and each pipeline's last run.
 
     Exit status 1 when the daemon is down, the spool is backing up, or the
     database cannot be read: usable as a health check.
     """
     report = collect(
-        settings.socket, settings.db, settings.spool, max_spool_age=max_spool_age, timeout=timeout
+        settings.socket,
+        settings.db,
+        settings.spool,
+        max_spool_age=max_spool_age,
+        timeout=timeout,
+        default_club=settings.default_club,
     )
+    if report.database.error:
+        note = source_note(settings, "db")
+        report.database.error += note
+        report.problems = [
+            f"{p}{note}" if p.startswith("database: ") else p for p in report.problems
+        ]
     if as_json:
         click.echo(json.dumps(msgspec.to_builtins(report), indent=2, ensure_ascii=False))
     else:
@@ -73,7 +90,8 @@ def status(settings: Settings, *, max_spool_age: float, timeout: float, as_json:
         _print_daemon(out, report.daemon)
         _print_database(out, report.database)
         _print_spool(out, report.spool)
-        _print_pipelines(out, report.pipelines)
+        _line(out, "club", f"{report.default_club} (runs started without one; default_club)")
+        _print_pipelines(out, report.pipelines, fit=out.is_terminal and not wide)
         _print_verdict(out, report)
     if report.problems:
         sys.exit(EXIT_UNHEALTHY)
@@ -100,8 +118,8 @@ def _print_daemon(out: Console, d: DaemonSection) -> None:
         _line(
             out,
             "",
-            f"{s['events_committed']:,} events committed, queue {s['queue_depth']:,}, "
-            f"{s['connections']} connection(s), last commit {last}",
+            f"{plural(s['events_committed'], 'event')} committed, queue {s['queue_depth']:,}, "
+            f"{plural(s['connections'], 'connection')}, last commit {last}",
         )
     else:
         _line(out, "daemon", Text("DOWN", style="bold red"), f": {d.error}")
@@ -120,14 +138,23 @@ def _print_database(out: Console, db: DatabaseSection) -> None:
         f"schema {db.schema_version}, {fmt_bytes(db.size_bytes)}{wal}, "
         f"last write {fmt_when(db.last_write) if db.last_write else 'never'}",
     )
-    counts = "  ".join(f"{t} {'-' if n is None else f'{n:,}'}" for t, n in db.row_counts.items())
-    _line(out, "", counts)
+    # As many "table count" pairs a line as fit, each line under the label column.
+    pairs = [f"{t} {'-' if n is None else f'{n:,}'}" for t, n in db.row_counts.items()]
+    room = max(20, out.width - 11) if out.is_terminal else 10**6
+    line: list[str] = []
+    for pair in pairs:
+        if line and len("  ".join([*line, pair])) > room:
+            _line(out, "", "  ".join(line))
+            line = []
+        line.append(pair)
+    if line:
+        _line(out, "", "  ".join(line))
 
 
 def _print_spool(out: Console, sp: SpoolSection) -> None:
     if sp.pending_files:
         summary = Text(
-            f"{sp.pending_files} file(s) waiting, {fmt_bytes(sp.bytes)}, oldest event "
+            f"{plural(sp.pending_files, 'file')} waiting, {fmt_bytes(sp.bytes)}, oldest event "
             f"{fmt_ago(sp.oldest_at)}",
             style="bold red" if sp.backing_up else "yellow",
         )
@@ -138,32 +165,40 @@ def _print_spool(out: Console, sp: SpoolSection) -> None:
     _line(out, "spool", f"{sp.path}: ", summary)
 
 
-def _print_pipelines(out: Console, pipelines: list[PipelineRow]) -> None:
+#: The pipelines table: its columns as _table gives way at narrow widths.
+PIPELINE_COLUMNS = [
+    Column("PIPELINE", lambda p: p["pipeline"], keep=100, flex=True, min_width=10),
+    Column("CLUB", lambda p: p["club_slug"], keep=40, max_width=12),
+    Column("LAST RUN", lambda p: f"#{p['run_id']}", right=True, keep=90),
+    Column(
+        "STARTED",
+        lambda p: fmt_when(p["started_at"]),
+        keep=85,
+        compact=lambda p: fmt_ago(p["started_at"]),
+    ),
+    Column("DURATION", lambda p: fmt_duration(p["duration_ms"]), right=True, keep=60),
+    Column(
+        "OUTCOME",
+        lambda p: p["outcome"] or "-",
+        keep=95,
+        style=lambda p: OUTCOME_STYLES.get(p["outcome"] or ""),
+    ),
+    Column(
+        "ERRORS",
+        lambda p: f"{p['error_count']:,}",
+        right=True,
+        keep=80,
+        style=lambda p: "red" if p["error_count"] else None,
+    ),
+]
+
+
+def _print_pipelines(out: Console, pipelines: list[PipelineRow], *, fit: bool) -> None:
     if not pipelines:
         return
     out.print()
-    t = table(
-        "PIPELINE",
-        "CLUB",
-        "LAST RUN",
-        "STARTED",
-        "DURATION",
-        "OUTCOME",
-        "ERRORS",
-        title="Pipelines",
-        right=("LAST RUN", "DURATION", "ERRORS"),
-    )
-    for p in pipelines:
-        t.add_row(
-            p.pipeline,
-            p.club_slug,
-            f"#{p.run_id}",
-            fmt_when(p.started_at),
-            fmt_duration(p.duration_ms),
-            outcome_text(p.outcome),
-            Text(f"{p.error_count:,}", style="red" if p.error_count else ""),
-        )
-    out.print(t)
+    rows = [msgspec.structs.asdict(p) for p in pipelines]
+    StreamTable(out, PIPELINE_COLUMNS, fit=fit, title="Pipelines").print_rows([rows])
 
 
 def _print_verdict(out: Console, report: StatusReport) -> None:

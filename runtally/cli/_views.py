@@ -6,27 +6,37 @@ rich renderables printed on ``_render.console()``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from ._render import fmt_duration, fmt_local, fmt_when, loads_or_text, outcome_text, table
+from ._render import (
+    OUTCOME_STYLES,
+    clock_ahead_s,
+    fmt_ago,
+    fmt_duration,
+    fmt_local,
+    fmt_when,
+    loads_or_text,
+    outcome_text,
+)
+from ._table import Column, StreamTable, clean
 
 __all__ = [
     "count",
-    "errors_table",
+    "error_columns",
     "print_error_blocks",
+    "print_errors",
     "print_run",
-    "runs_table",
-    "steps_table",
+    "print_runs",
+    "print_steps",
+    "run_columns",
 ]
 
 #: Longest error message shown in a table cell (``--json`` and ``--stack`` show all).
 MESSAGE_CELL = 300
-
-_COUNTS = ("CREATED", "UPDATED", "SKIPPED", "FAILED", "ERRORS")
 
 
 def count(n: int | None) -> str:
@@ -34,31 +44,63 @@ def count(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 
 
-def runs_table(found: list[dict[str, Any]], title: str | None = None) -> Table:
-    """Runs, one a row; a PARENT column when any of them is nested."""
-    nested = any(r["parent_run_id"] is not None or r["parent_uid"] for r in found)
-    columns = ["ID", "PIPELINE", "CLUB", "STARTED", "DURATION", "OUTCOME", *_COUNTS]
-    if nested:
-        columns.append("PARENT")
-    t = table(*columns, title=title, right=("ID", "DURATION", *_COUNTS))
-    for r in found:
-        row: list[Any] = [
-            str(r["id"]),
-            r["pipeline"],
-            r["club_slug"],
-            fmt_when(r["started_at"]),
-            fmt_duration(r["duration_ms"]),
-            outcome_text(r["outcome"]),
-            count(r["total_created"]),
-            count(r["total_updated"]),
-            count(r["total_skipped"]),
-            count(r["total_failed"]),
-            Text(count(r["error_count"]), style="red" if r["error_count"] else ""),
-        ]
-        if nested:
-            row.append(_parent_ref(r))
-        t.add_row(*row)
-    return t
+def _counts(prefix: str, suffix: str, keeps: tuple[int, ...]) -> list[Column]:
+    """The CREATED..FAILED count columns of ``{prefix}created{suffix}``..., and ERRORS."""
+    names = ("created", "updated", "skipped", "failed")
+    cols = [
+        Column(
+            name.upper(),
+            lambda r, key=f"{prefix}{name}{suffix}": count(r[key]),
+            right=True,
+            keep=keep,
+        )
+        for name, keep in zip(names, keeps, strict=True)
+    ]
+    cols.append(
+        Column(
+            "ERRORS",
+            lambda r: count(r["error_count"]),
+            right=True,
+            keep=80,
+            style=lambda r: "red" if r["error_count"] else None,
+        )
+    )
+    return cols
+
+
+def _outcome_column(key: str = "outcome") -> Column:
+    return Column(
+        "OUTCOME",
+        lambda r: r[key] or "-",
+        keep=95,
+        style=lambda r: OUTCOME_STYLES.get(r[key] or ""),
+    )
+
+
+def run_columns() -> list[Column]:
+    """Columns of a run listing; at 80 columns one run per line, least needed dropped first."""
+    return [
+        Column("ID", lambda r: str(r["id"]), right=True, keep=100),
+        Column("PIPELINE", lambda r: r["pipeline"], keep=100, flex=True, min_width=10),
+        Column("CLUB", lambda r: r["club_slug"], keep=40, max_width=12),
+        Column(
+            "STARTED",
+            lambda r: fmt_when(r["started_at"]),
+            keep=85,
+            compact=lambda r: fmt_ago(r["started_at"]) or fmt_local(r["started_at"]),
+        ),
+        Column("DURATION", lambda r: fmt_duration(r["duration_ms"]), right=True, keep=70),
+        _outcome_column(),
+        *_counts("total_", "", (50, 45, 35, 60)),
+        Column("PARENT", _parent_ref, keep=30, max_width=12),
+    ]
+
+
+def print_runs(
+    out: Console, pages: Iterable[list[dict[str, Any]]], *, fit: bool, title: str | None = None
+) -> int:
+    """Runs, one a line, page by page; the number printed."""
+    return StreamTable(out, run_columns(), fit=fit, title=title).print_rows(pages)
 
 
 def _parent_ref(run: dict[str, Any]) -> str:
@@ -70,12 +112,12 @@ def _parent_ref(run: dict[str, Any]) -> str:
 def print_run(out: Console, run: dict[str, Any], parent: dict[str, Any] | None) -> None:
     """A run's header block: uid, outcome, times, totals, parent, meta, summary."""
     head = Text(f"Run {run['id']}", style="bold")
-    head.append(f"  {run['pipeline']}  (club {run['club_slug']})")
+    head.append(f"  {clean(run['pipeline'])}  (club {clean(run['club_slug'])})")
     out.print(head)
     fields: list[tuple[str, Any]] = [
         ("uid", run["uid"] or "-"),
         ("outcome", outcome_text(run["outcome"])),
-        ("started", fmt_when(run["started_at"])),
+        ("started", _started(run["started_at"])),
         ("finished", fmt_when(run["finished_at"])),
         ("duration", fmt_duration(run["duration_ms"])),
         (
@@ -89,7 +131,7 @@ def print_run(out: Console, run: dict[str, Any], parent: dict[str, Any] | None) 
     if parent is not None:
         fields.append(("parent", _run_line(parent)))
     elif run["parent_uid"]:
-        fields.append(("parent", f"uid {run['parent_uid']} (not in the database)"))
+        fields.append(("parent", f"uid {clean(run['parent_uid'])} (not in the database)"))
     meta = loads_or_text(run["meta_json"])
     if isinstance(meta, dict) and meta:
         fields.append(("meta", _meta_line(meta)))
@@ -97,12 +139,23 @@ def print_run(out: Console, run: dict[str, Any], parent: dict[str, Any] | None) 
         fields.append(("summary", run["summary_json"]))
     for label, value in fields:
         line = Text(f"  {label:<9} ", style="dim")
-        line.append(value if isinstance(value, Text) else Text(str(value)))
+        line.append(value if isinstance(value, Text) else Text(clean(value)))
         out.print(line)
 
 
+def _started(started_at: str | None) -> Text:
+    """When a run started; flagged when that is in the future (a client clock ahead)."""
+    line = Text(fmt_when(started_at))
+    ahead = clock_ahead_s(started_at)
+    if ahead is not None:
+        line.append(
+            f"  client clock ahead by {fmt_duration(int(ahead * 1000))}", style="bold yellow"
+        )
+    return line
+
+
 def _run_line(run: dict[str, Any]) -> Text:
-    line = Text(f"#{run['id']} {run['pipeline']} ")
+    line = Text(f"#{run['id']} {clean(run['pipeline'])} ")
     line.append(outcome_text(run["outcome"]))
     line.append(f", started {fmt_when(run['started_at'])}")
     return line
@@ -116,30 +169,25 @@ def _meta_line(meta: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def steps_table(steps: list[dict[str, Any]]) -> Table:
-    """A run's steps, one a row, with their counts."""
-    t = table(
-        "STEP",
-        "STARTED",
-        "DURATION",
-        "OUTCOME",
-        *_COUNTS,
-        title=f"Steps ({len(steps)})",
-        right=("DURATION", *_COUNTS),
-    )
-    for s in steps:
-        t.add_row(
-            s["step_name"],
-            fmt_local(s["started_at"]),
-            fmt_duration(s["duration_ms"]),
-            outcome_text(s["outcome"] or ("running" if s["finished_at"] is None else None)),
-            count(s["created_count"]),
-            count(s["updated_count"]),
-            count(s["skipped_count"]),
-            count(s["failed_count"]),
-            Text(count(s["error_count"]), style="red" if s["error_count"] else ""),
-        )
-    return t
+def print_steps(out: Console, steps: list[dict[str, Any]], *, fit: bool) -> None:
+    """A run's steps, one a line, with their counts."""
+    columns = [
+        Column("STEP", lambda s: s["step_name"], keep=100, flex=True, min_width=10),
+        Column(
+            "STARTED",
+            lambda s: fmt_local(s["started_at"]),
+            keep=40,
+            compact=lambda s: fmt_ago(s["started_at"]),
+        ),
+        Column("DURATION", lambda s: fmt_duration(s["duration_ms"]), right=True, keep=70),
+        _outcome_column("shown_outcome"),
+        *_counts("", "_count", (50, 45, 35, 60)),
+    ]
+    rows = [
+        {**s, "shown_outcome": s["outcome"] or ("running" if s["finished_at"] is None else None)}
+        for s in steps
+    ]
+    StreamTable(out, columns, fit=fit, title=f"Steps ({len(steps)})").print_rows([rows])
 
 
 def _message_cell(message: str | None) -> str:
@@ -150,30 +198,62 @@ def _message_cell(message: str | None) -> str:
     return first + (" …" if rest.strip() else "")
 
 
-def errors_table(errs: list[dict[str, Any]], *, title: str | None, with_run: bool) -> Table:
-    """Errors, one a row, each message cut to one line of MESSAGE_CELL characters."""
-    columns = ["TIME", *(["RUN", "PIPELINE"] if with_run else []), "STEP", "MEMBER", "MESSAGE"]
-    t = table(*columns, title=title, right=("RUN",))
-    for e in errs:
-        row = [fmt_local(e["created_at"])]
-        if with_run:
-            row += [str(e["run_id"]), e["pipeline"]]
-        row += [e["step_name"], e["member_identifier"] or "-", _message_cell(e["error_message"])]
-        t.add_row(*row)
-    return t
+def error_columns(*, with_run: bool) -> list[Column]:
+    """Columns of an error listing, each message cut to one line."""
+    columns = [
+        Column(
+            "TIME",
+            lambda e: fmt_local(e["created_at"]),
+            keep=90,
+            compact=lambda e: fmt_ago(e["created_at"]) or fmt_local(e["created_at"]),
+        )
+    ]
+    if with_run:
+        columns += [
+            Column("RUN", lambda e: str(e["run_id"]), right=True, keep=100),
+            Column("PIPELINE", lambda e: e["pipeline"], keep=60, max_width=16),
+        ]
+    columns += [
+        Column("STEP", lambda e: e["step_name"], keep=70, max_width=18),
+        Column("MEMBER", lambda e: e["member_identifier"] or "-", keep=75, max_width=14),
+        Column(
+            "MESSAGE",
+            lambda e: _message_cell(e["error_message"]),
+            keep=100,
+            flex=True,
+            min_width=16,
+        ),
+    ]
+    return columns
+
+
+def print_errors(
+    out: Console,
+    pages: Iterable[list[dict[str, Any]]],
+    *,
+    fit: bool,
+    with_run: bool,
+    title: str | None = None,
+) -> int:
+    """Errors, one a line, page by page; the number printed."""
+    return StreamTable(out, error_columns(with_run=with_run), fit=fit, title=title).print_rows(
+        pages
+    )
 
 
 def print_error_blocks(out: Console, errs: list[dict[str, Any]], total: int | None = None) -> None:
     """Errors in full, each with its stack (``--stack``)."""
     out.print(Text(f"Errors ({len(errs) if total is None else total})", style="bold"))
     for e in errs:
-        head = Text(f"#{e['id']} {fmt_local(e['created_at'])}  run {e['run_id']} {e['pipeline']}")
-        head.append(f"  step {e['step_name']}")
+        head = Text(
+            f"#{e['id']} {fmt_local(e['created_at'])}  run {e['run_id']} {clean(e['pipeline'])}"
+        )
+        head.append(f"  step {clean(e['step_name'])}")
         if e["member_identifier"]:
-            head.append(f"  member {e['member_identifier']}")
+            head.append(f"  member {clean(e['member_identifier'])}")
         out.print(head)
         for line in (e["error_message"] or "").splitlines() or [""]:
-            out.print(Text(f"    {line}", style="red"))
+            out.print(Text(f"    {clean(line)}", style="red"))
         if e["error_stack"]:
             for line in e["error_stack"].splitlines():
-                out.print(Text(f"      {line}", style="dim"))
+                out.print(Text(f"      {clean(line)}", style="dim"))

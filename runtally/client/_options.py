@@ -29,6 +29,8 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     ``resend_max_records``/``resend_max_bytes``: an own spool bigger than
     this is handed to the daemon's replayer instead of resent on reconnect.
     ``clock``: monotonic seconds, for the backoff and the flush deadline.
+    ``default_club``: the ``club_slug`` of a run whose RunTracker names none
+    (the ``default_club`` setting); None leaves it to the daemon (seed ``rondo``).
     """
 
     flush_timeout: float = 2.0
@@ -40,3 +42,4 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     resend_max_records: int = 1000
     resend_max_bytes: int = 1 << 20
     clock: Callable[[], float] = time.monotonic
+    default_club: str | None = None

@@ -114,6 +114,8 @@ class RunTracker:
                 self.member_keys = tuple(str(k) for k in keys)
             if client is None:
                 self._client = get_client(socket, spool)
+            if self.club_slug is None and self._client is not None:
+                self.club_slug = self._client.options.default_club
         except Exception as exc:  # noqa: BLE001
             warn(f"RunTracker could not be set up ({exc!r}); tracking is disabled")
 
@@ -383,7 +385,11 @@ def _elapsed_ms(started: float) -> int:
 
 
 def _exception_text(exc: BaseException) -> str:
-    return _coerce.text(exc, MAX_MESSAGE) or type(exc).__name__
+    # As a traceback's last line and Sentry show it: ``KeyError: 'k'``, not ``'k'``.
+    text = _coerce.text(exc, MAX_MESSAGE)
+    return _coerce.text(
+        f"{type(exc).__name__}: {text}" if text else type(exc).__name__, MAX_MESSAGE
+    )
 
 
 def _format_traceback(exc: BaseException) -> str | None:

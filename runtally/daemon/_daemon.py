@@ -97,7 +97,17 @@ class Daemon:
                 ErrorReply(f"replay is an admin message; uid {origin.uid} is not an admin")
             )
         stats = await self.replayer.replay_once()
-        return encode_frame(Replayed(stats.files, stats.events, stats.quarantined))
+        total = self.replayer.total
+        return encode_frame(
+            Replayed(
+                stats.files,
+                stats.events,
+                stats.quarantined,
+                total.files,
+                total.events,
+                total.quarantined,
+            )
+        )
 
     def summary(self) -> str:
         """One line for systemd's STATUS: commits, connections, queue, a busy database."""

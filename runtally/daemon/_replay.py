@@ -95,6 +95,7 @@ class Replayer:
         """Replay every file whose writer is gone, now; one replay at a time."""
         async with self._lock:
             stats = ReplayStats()
+            started = time.monotonic()
             for path in spool_backlog(self.spool_dir):
                 try:
                     stats += await self._replay_file(path)
@@ -106,6 +107,16 @@ class Replayer:
                     self._failed.pop(path.name, None)
             self._sweep_stale_tmp()
             self.total += stats
+            if stats.files or stats.quarantined:
+                s = "" if stats.files == 1 else "s"
+                logger.info(
+                    "replayed %d spool file%s, %s events (%d quarantined) in %.3f s",
+                    stats.files,
+                    s,
+                    f"{stats.events:,}",
+                    stats.quarantined,
+                    time.monotonic() - started,
+                )
             return stats
 
     async def _report_failure(self, path: Path, exc: OSError) -> None:

@@ -274,6 +274,10 @@ class Replayed(_Msg, tag="replayed"):
     files: int
     events: int
     quarantined: int
+    # What the daemon replayed since it started, this replay included (0: an older daemon).
+    total_files: int = 0
+    total_events: int = 0
+    total_quarantined: int = 0
 
 
 class Ack(_Msg, tag="ack"):

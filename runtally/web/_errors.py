@@ -1,6 +1,6 @@
 """The errors page's reads: keyset pages and the grouped view, fast for any pipeline filter.
 
-Errors are listed newest first by walking ``created_at``.  With a pipeline
+Errors are listed newest first (the order the daemon received them in: ``id``).  With a pipeline
 filter (a column of ``runs``, not of ``run_errors``) that walk is fast when
 the pipeline has recent errors and reads every error when it has none.  So
 a pipeline filter first walks a bounded window of the newest errors (plan A);
@@ -83,18 +83,14 @@ def _needs_plans(f: ErrorFilter) -> bool:
     return f.pipeline is not None and f.run_id is None and f.member is None and f.step is None
 
 
-def _window(conn: sqlite3.Connection, cursor: int | None, descending: bool) -> str | None:
-    """The ``created_at`` of the WINDOW-th error from the cursor (None: fewer errors than that)."""
+def _window(conn: sqlite3.Connection, cursor: int | None, descending: bool) -> int | None:
+    """The id of the WINDOW-th error from the cursor (None: fewer errors than that)."""
     op, order = ("<", "DESC") if descending else (">", "ASC")
     where, params = "", []
     if cursor is not None:
-        anchor = conn.execute("SELECT created_at, id FROM run_errors WHERE id = ?", (cursor,))
-        row = anchor.fetchone()
-        if row is not None:
-            where, params = f"WHERE (created_at, id) {op} (?, ?)", [row[0], row[1]]
+        where, params = f"WHERE id {op} ?", [cursor]
     row = conn.execute(
-        f"SELECT created_at FROM run_errors {where} ORDER BY created_at {order}, id {order}"
-        " LIMIT 1 OFFSET ?",
+        f"SELECT id FROM run_errors {where} ORDER BY id {order} LIMIT 1 OFFSET ?",
         [*params, WINDOW],
     ).fetchone()
     return None if row is None else row[0]
@@ -116,8 +112,6 @@ def _page(
         where,
         params,
         alias="e",
-        time_col="created_at",
-        anchor="SELECT created_at, id FROM run_errors WHERE id = ?",
         before=before,
         after=after,
         limit=limit,
@@ -145,7 +139,7 @@ def errors_page(
                 conn, _SELECT_ERRORS_FIRST, where, params, before=before, after=after, limit=limit
             )
         else:
-            windowed = [*where, f"e.created_at {'>=' if descending else '<='} ?"]
+            windowed = [*where, f"e.id {'>=' if descending else '<='} ?"]
             page = _page(
                 conn,
                 _SELECT_ERRORS_FIRST,
@@ -179,9 +173,9 @@ def error_groups(
     if _needs_plans(f):
         join, order = _RUNS_FIRST, "r.started_at DESC, r.id DESC"
     elif f.pipeline is not None:
-        join, order = _JOIN, "e.created_at DESC, e.id DESC"
+        join, order = _JOIN, "e.id DESC"
     else:  # no condition on runs: no lookup of each error's run
-        join, order = "FROM run_errors e", "e.created_at DESC, e.id DESC"
+        join, order = "FROM run_errors e", "e.id DESC"
     inner = (
         "SELECT e.id, e.run_id, e.step_name, e.member_identifier, e.error_message,"
         f" e.created_at {join}"

@@ -4,9 +4,9 @@ Every function takes a read-only ``sqlite3.Connection`` from the CLI's
 ``_query.read`` and runs in a worker thread.  Runs and errors come back
 in exactly the CLI's ``--json`` shapes (``_query.RUN_FIELDS`` and
 ``ERROR_FIELDS``, built on the CLI's own SELECTs), so ``/api/runs`` and
-``runtally runs --json`` agree.  Pages are keyset-paginated on
-``(started_at, id)`` / ``(created_at, id)``: a cursor is the id of the row
-the page continues from, and every page is an index range, never an OFFSET.
+``runtally runs --json`` agree.  Pages are keyset-paginated on ``id`` (the
+order the daemon received rows in, as in the CLI): a cursor is the id of the
+row the page continues from, and every page is an index range, never an OFFSET.
 """
 
 from __future__ import annotations
@@ -58,27 +58,23 @@ def keyset(
     params: list[Any],
     *,
     alias: str,
-    time_col: str,
-    anchor: str,
     before: int | None,
     after: int | None,
     limit: int,
 ) -> Page:
-    """Rows of ``select`` newest first, the page older than ``before`` or newer than ``after``."""
-    key = f"({alias}.{time_col}, {alias}.id)"
-    descending = True
+    """Rows of ``select`` newest first, the page older than ``before`` or newer than ``after``.
+
+    "Newest" is the order the daemon received rows in (``id``), as in the CLI:
+    a client clock that was wrong must not hide a row behind older ones.
+    """
+    descending = after is None
     cursor = before if before is not None else after
     if cursor is not None:
-        row = conn.execute(anchor, (cursor,)).fetchone()
-        if row is not None:
-            descending = before is not None
-            where = [*where, f"{key} {'<' if descending else '>'} (?, ?)"]
-            params = [*params, row[0], row[1]]
-        else:
-            cursor = None  # a cursor that names no row: start from the newest
+        where = [*where, f"{alias}.id {'<' if descending else '>'} ?"]
+        params = [*params, cursor]
     order = "DESC" if descending else "ASC"
     sql = select + (" WHERE " + " AND ".join(where) if where else "")
-    sql += f" ORDER BY {alias}.{time_col} {order}, {alias}.id {order} LIMIT ?"
+    sql += f" ORDER BY {alias}.id {order} LIMIT ?"
     rows = [dict(r) for r in conn.execute(sql, [*params, limit + 1]).fetchall()]
     more = len(rows) > limit
     rows = rows[:limit]
@@ -131,8 +127,6 @@ def runs_page(
         where,
         params,
         alias="r",
-        time_col="started_at",
-        anchor="SELECT started_at, id FROM runs WHERE id = ?",
         before=before,
         after=after,
         limit=limit,
@@ -217,7 +211,7 @@ def overview(conn: sqlite3.Connection, *, day_ago: str, week_ago: str) -> list[d
             dict(r)
             for r in conn.execute(
                 "SELECT id, outcome, duration_ms, started_at FROM runs"
-                " WHERE club_slug = ? AND pipeline = ? ORDER BY started_at DESC, id DESC LIMIT ?",
+                " WHERE club_slug = ? AND pipeline = ? ORDER BY id DESC LIMIT ?",
                 (club, pipeline, STRIP_RUNS),
             )
         ]
