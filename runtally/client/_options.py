@@ -29,6 +29,8 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     ``resend_max_records``/``resend_max_bytes``: an own spool bigger than
     this is handed to the daemon's replayer instead of resent on reconnect.
     ``clock``: monotonic seconds, for the backoff and the flush deadline.
+    ``daemon_user``: besides root and this process's uid, the account a
+    daemon may run as; a listener running as anyone else gets no events.
     """
 
     flush_timeout: float = 2.0
@@ -40,3 +42,4 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     resend_max_records: int = 1000
     resend_max_bytes: int = 1 << 20
     clock: Callable[[], float] = time.monotonic
+    daemon_user: str | None = "runtally"

@@ -27,7 +27,9 @@ def get_client(
     """
     settings = _settings(socket, spool)
     key = (os.fspath(settings.socket), os.fspath(settings.spool))
-    options = ClientOptions(flush_timeout=settings.client_flush_timeout_s)
+    options = ClientOptions(
+        flush_timeout=settings.client_flush_timeout_s, daemon_user=settings.daemon_user
+    )
     return shared(key, lambda: Client(settings.socket, settings.spool, options))
 
 
