@@ -115,6 +115,7 @@ class _Tracking:
         self.stack: str | None = None
         self.run_id: str | None = None
         self.step_id: str | None = None
+        self.capture_argv = settings.capture_argv
         try:
             # Lazy: the client is light, but `runtally runs` should not load it.
             from ..client import RunTracker
@@ -140,7 +141,11 @@ class _Tracking:
         """Record the outcome; ``why`` (a failure's message) adds an error row."""
         if self.tracker is None:
             return
-        detail: dict[str, Any] = {"argv": list(argv), "exit_code": code}
+        from ..client._redact import redact_argv  # lazy, as the client itself
+
+        detail: dict[str, Any] = {"exit_code": code}
+        if self.capture_argv:
+            detail = {"argv": redact_argv(argv), **detail}
         if sig is not None:
             detail["signal"] = sig
         ok = code == 0

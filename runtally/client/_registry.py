@@ -28,7 +28,9 @@ def get_client(
     settings = _settings(socket, spool)
     key = (os.fspath(settings.socket), os.fspath(settings.spool))
     options = ClientOptions(
-        flush_timeout=settings.client_flush_timeout_s, daemon_user=settings.daemon_user
+        flush_timeout=settings.client_flush_timeout_s,
+        daemon_user=settings.daemon_user,
+        capture_argv=settings.capture_argv,
     )
     return shared(key, lambda: Client(settings.socket, settings.spool, options))
 
