@@ -19,6 +19,7 @@ import click
 
 from ..config import Settings, resolve, resolve_or_defaults
 from ..errors import RuntallyError
+from ._text import visible
 
 __all__ = ["command_errors", "setting_option", "uses_settings", "warn"]
 
@@ -68,7 +69,7 @@ def command_errors() -> Iterator[None]:
     try:
         yield
     except RuntallyError as exc:
-        error = click.ClickException(str(exc))
+        error = click.ClickException(visible(str(exc)))
         error.exit_code = getattr(exc, "exit_code", 1)
         raise error from exc
 
@@ -84,7 +85,7 @@ def _settings(ctx: click.Context, *, fallback: bool) -> Settings:
 def warn(message: str) -> None:
     """One ``runtally: ...`` line on stderr; never raises."""
     try:
-        click.echo(f"runtally: {message}", err=True)
+        click.echo(f"runtally: {visible(message)}", err=True)
     except Exception:  # noqa: BLE001 - a broken stderr must not change the command
         pass
 

@@ -30,6 +30,7 @@ from ._health import (
     collect,
 )
 from ._render import console, fmt_ago, fmt_bytes, fmt_duration, fmt_when, outcome_text, table
+from ._text import visible
 
 __all__ = ["status"]
 
@@ -82,7 +83,7 @@ def status(settings: Settings, *, max_spool_age: float, timeout: float, as_json:
 def _line(out: Console, label: str, *parts: Text | str) -> None:
     text = Text(f"{label:<10} ", style="bold")
     for part in parts:
-        text.append(part if isinstance(part, Text) else Text(part))
+        text.append(part if isinstance(part, Text) else Text(visible(part)))
     out.print(text)
 
 
@@ -111,7 +112,7 @@ def _print_daemon(out: Console, d: DaemonSection) -> None:
 def _print_database(out: Console, db: DatabaseSection) -> None:
     _line(out, "database", db.path)
     if db.error:
-        _line(out, "", Text(db.error, style="red"))
+        _line(out, "", Text(visible(db.error), style="red"))
         return
     wal = f" (WAL {fmt_bytes(db.wal_bytes)})" if db.wal_bytes is not None else ""
     _line(
@@ -168,8 +169,8 @@ def _print_pipelines(out: Console, pipelines: list[PipelineRow]) -> None:
 
 def _print_verdict(out: Console, report: StatusReport) -> None:
     for problem in report.problems:
-        out.print(Text(f"problem: {problem}", style="bold red"))
+        out.print(Text(f"problem: {visible(problem)}", style="bold red"))
     for warning in report.warnings:
-        out.print(Text(f"warning: {warning}", style="yellow"))
+        out.print(Text(f"warning: {visible(warning)}", style="yellow"))
     if not report.problems:
         out.print(Text("healthy", style="green"))

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._render import fmt_duration, fmt_local, fmt_when, loads_or_text, outcome_text, table
+from ._text import visible
 
 __all__ = [
     "count",
@@ -70,7 +71,7 @@ def _parent_ref(run: dict[str, Any]) -> str:
 def print_run(out: Console, run: dict[str, Any], parent: dict[str, Any] | None) -> None:
     """A run's header block: uid, outcome, times, totals, parent, meta, summary."""
     head = Text(f"Run {run['id']}", style="bold")
-    head.append(f"  {run['pipeline']}  (club {run['club_slug']})")
+    head.append(visible(f"  {run['pipeline']}  (club {run['club_slug']})"))
     out.print(head)
     fields: list[tuple[str, Any]] = [
         ("uid", run["uid"] or "-"),
@@ -97,12 +98,12 @@ def print_run(out: Console, run: dict[str, Any], parent: dict[str, Any] | None) 
         fields.append(("summary", run["summary_json"]))
     for label, value in fields:
         line = Text(f"  {label:<9} ", style="dim")
-        line.append(value if isinstance(value, Text) else Text(str(value)))
+        line.append(value if isinstance(value, Text) else Text(visible(str(value))))
         out.print(line)
 
 
 def _run_line(run: dict[str, Any]) -> Text:
-    line = Text(f"#{run['id']} {run['pipeline']} ")
+    line = Text(visible(f"#{run['id']} {run['pipeline']} "))
     line.append(outcome_text(run["outcome"]))
     line.append(f", started {fmt_when(run['started_at'])}")
     return line
@@ -167,13 +168,13 @@ def print_error_blocks(out: Console, errs: list[dict[str, Any]], total: int | No
     """Errors in full, each with its stack (``--stack``)."""
     out.print(Text(f"Errors ({len(errs) if total is None else total})", style="bold"))
     for e in errs:
-        head = Text(f"#{e['id']} {fmt_local(e['created_at'])}  run {e['run_id']} {e['pipeline']}")
-        head.append(f"  step {e['step_name']}")
+        head = Text(f"#{e['id']} {fmt_local(e['created_at'])}  run {e['run_id']} ")
+        head.append(visible(f"{e['pipeline']}  step {e['step_name']}"))
         if e["member_identifier"]:
-            head.append(f"  member {e['member_identifier']}")
+            head.append(visible(f"  member {e['member_identifier']}"))
         out.print(head)
         for line in (e["error_message"] or "").splitlines() or [""]:
-            out.print(Text(f"    {line}", style="red"))
+            out.print(Text(f"    {visible(line)}", style="red"))
         if e["error_stack"]:
             for line in e["error_stack"].splitlines():
-                out.print(Text(f"      {line}", style="dim"))
+                out.print(Text(f"      {visible(line)}", style="dim"))
