@@ -29,6 +29,10 @@ from runtally.errors import RuntallyError
 __all__ = ["ConfigError", "Settings", "default_paths", "resolve", "resolve_or_defaults"]
 
 SYSTEM_RUNTIME_DIR = Path("/run/runtally")
+#: Where logind makes each user's runtime directory (``/run/user/<uid>``).
+RUN_USER = Path("/run/user")
+#: The system account the packaged daemon runs as (systemd/sysusers.d).
+DAEMON_USER = "runtally"
 SYSTEM_CONFIG = Path("/etc/runtally/runtally.toml")
 
 
@@ -62,6 +66,8 @@ class Settings(msgspec.Struct, frozen=True):
     max_connections_per_uid: int = 64  # connections one uid may hold open at once
     #: bytes of incomplete frames buffered across all connections (at least 2 MiB)
     max_partial_bytes: int = 16 << 20
+    daemon_user: str = DAEMON_USER  # a daemon socket may belong to it, root or oneself
+    capture_argv: bool = True  # record the pipeline's argv (secrets redacted) in run meta
     config_file: Path | None = None  # the file read, if any
     #: Where each resolved value came from, for messages: ``(("db", "environment
     #: variable RUNTALLY_DB"), ...)``; empty for settings not made by ``resolve``.
@@ -76,6 +82,7 @@ _ENV = {
     "socket": "RUNTALLY_SOCKET",
     "db": "RUNTALLY_DB",
     "spool": "RUNTALLY_SPOOL",
+    "capture_argv": "RUNTALLY_CAPTURE_ARGV",
 }
 # get_type_hints, not msgspec.structs.fields: that would import msgspec.inspect and
 # msgspec.json (~8 ms) into every pipeline that imports the client.
@@ -87,8 +94,25 @@ _FIELDS: dict[str, Any] = {
 _ID_LISTS = frozenset({"allow_uids", "allow_gids", "admin_uids"})
 
 
+def _private_dir(path: Path, uid: int) -> bool:
+    """``path`` is a directory of ``uid``'s that nobody else may write (not a squat)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return path.is_dir() and st.st_uid == uid and not st.st_mode & 0o022
+
+
 def default_paths(env: Mapping[str, str] | None = None) -> dict[str, Path]:
-    """Socket, database and spool paths when nothing is configured."""
+    """Socket, database and spool paths when nothing is configured.
+
+    The same for a login shell, cron and a systemd unit of one user: the
+    socket goes in ``/run/user/<uid>/runtally`` when that directory is the
+    user's own (logind makes it; ``$XDG_RUNTIME_DIR`` is not read, since cron
+    does not set it), else in ``runtally/run`` under the user's state
+    directory.  Never in a shared directory such as ``/tmp``, where another
+    user could create it first.
+    """
     env = os.environ if env is None else env
     if SYSTEM_RUNTIME_DIR.is_dir():
         return {
@@ -98,12 +122,9 @@ def default_paths(env: Mapping[str, str] | None = None) -> dict[str, Path]:
         }
     home = Path(env.get("HOME") or Path.home())
     state = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "runtally"
-    runtime_base = env.get("XDG_RUNTIME_DIR")
-    runtime = (
-        Path(runtime_base) / "runtally"
-        if runtime_base and Path(runtime_base).is_dir()
-        else Path(f"/tmp/runtally-{os.getuid()}")
-    )
+    uid = os.getuid()
+    user_run = RUN_USER / str(uid)
+    runtime = user_run / "runtally" if _private_dir(user_run, uid) else state / "run"
     return {
         "socket": runtime / "runtally.sock",
         "db": state / "dashboard.sqlite",

@@ -181,6 +181,7 @@ def test_doctor_on_a_missing_database_creates_nothing(tmp_path: Path) -> None:
 def test_doctor_json_reports_every_field(tmp_path: Path) -> None:
     path = tmp_path / "dashboard.sqlite"
     populate(path)
+    os.chmod(path, 0o600)  # made under the test's umask; 0644 would be a warning of its own
     before = path.read_bytes()
     mtime = path.stat().st_mtime_ns
     result = run("db", "doctor", "--db", str(path), "--json")

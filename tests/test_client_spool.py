@@ -89,8 +89,9 @@ class TestSpoolWriter:
         assert final.exists()
         assert not tmp.exists()
         assert re.fullmatch(rf"\d{{13}}-[\w.]+-{os.getpid()}-[0-9a-f]{{8}}\.spool", final.name)
-        assert final.stat().st_mode & 0o777 == 0o640
-        assert sandbox.spool.stat().st_mode & 0o777 == 0o770
+        # Its own directory: only this user (its own daemon, or root) reads them.
+        assert final.stat().st_mode & 0o777 == 0o600
+        assert sandbox.spool.stat().st_mode & 0o777 == 0o700
         writer.close()
 
     def test_locked_while_open_released_by_close(self, sandbox: Sandbox) -> None:

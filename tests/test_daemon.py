@@ -298,7 +298,9 @@ def test_allow_list_policy(short_root: Path) -> None:
     assert not is_allowed(s, 4242, 4242)
     assert is_allowed(s, 12345, 1)
     assert is_allowed(s, 0, 0)  # root always may
-    assert is_allowed(settings_for(short_root, allow_gids=(77,)), 4242, 77)
+    # Groups come from the uid (passwd/group), never from the gid given.
+    assert not is_allowed(settings_for(short_root, allow_gids=(77,)), 4242, 77)
+    assert is_allowed(settings_for(short_root, allow_gids=(65534,)), 65534, 1)  # nobody:nogroup
     assert is_allowed(settings_for(short_root), 4242, 4242)  # no list: everyone in the group
 
 

@@ -166,6 +166,7 @@ SERVER_STRATEGIES: dict[type, st.SearchStrategy] = {
             "version": st.text(),
             "pid": ints64,
             "last_commit_ts": st.none() | timestamps,
+            "spool_problem": st.none() | st.text(max_size=40),
         },
     ),
     Replayed: _struct(Replayed, {"files": ints64, "events": ints64, "quarantined": ints64}),
@@ -202,7 +203,7 @@ SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     # "at least" these five; the rest are the daemon's documented extras.
     "status": (
         {"uptime_s", "events_committed", "queue_depth", "schema_version", "db_path"},
-        {"connections", "spool_files", "version", "pid", "last_commit_ts"},
+        {"connections", "spool_files", "version", "pid", "last_commit_ts", "spool_problem"},
     ),
     "replayed": (
         {"files", "events", "quarantined"},

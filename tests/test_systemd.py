@@ -90,7 +90,7 @@ def test_systemd_analyze_verify_catches_mistakes(tmp_path: Path) -> None:
     (tmp_path / "runtally.service").write_text(
         service.replace(
             "ExecStart=/usr/local/bin/runtallyd", "ExecStart=/nonexistent/runtallyd"
-        ).replace("UMask=0007", "UMask=0007\nProtectHome=perhaps")
+        ).replace("UMask=0027", "UMask=0027\nProtectHome=perhaps")
     )
     proc = run(analyze, "verify", "--man=no", "runtally.service", "runtally.socket", cwd=tmp_path)
     output = proc.stdout + proc.stderr

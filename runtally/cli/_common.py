@@ -20,6 +20,7 @@ import click
 from ..config import Settings, resolve, resolve_or_defaults
 from ..errors import RuntallyError
 from ._errors import DatabaseError
+from ._text import visible
 
 __all__ = ["command_errors", "setting_option", "source_note", "uses_settings", "warn"]
 
@@ -83,7 +84,7 @@ def command_errors() -> Iterator[None]:
     try:
         yield
     except RuntallyError as exc:
-        error = click.ClickException(str(exc))
+        error = click.ClickException(visible(str(exc)))
         error.exit_code = getattr(exc, "exit_code", 1)
         raise error from exc
 
@@ -107,7 +108,7 @@ def source_note(settings: Settings, name: str) -> str:
 def warn(message: str) -> None:
     """One ``runtally: ...`` line on stderr; never raises."""
     try:
-        click.echo(f"runtally: {message}", err=True)
+        click.echo(f"runtally: {visible(message)}", err=True)
     except Exception:  # noqa: BLE001 - a broken stderr must not change the command
         pass
 

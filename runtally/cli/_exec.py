@@ -94,6 +94,7 @@ class _Tracking:
         self.tracker: Any = None
         self.run_id: str | None = None
         self.step_id: str | None = None
+        self.capture_argv = settings.capture_argv
         try:
             # Lazy: the client is light, but `runtally runs` should not load it.
             from ..client import RunTracker
@@ -117,7 +118,11 @@ class _Tracking:
         """Record the outcome; a failure adds an error row with the stderr tail."""
         if self.tracker is None:
             return
-        detail: dict[str, Any] = {"argv": list(argv), "exit_code": end.code}
+        from ..client._redact import redact_argv  # lazy, as the client itself
+
+        detail: dict[str, Any] = {"exit_code": end.code}
+        if self.capture_argv:
+            detail = {"argv": redact_argv(argv), **detail}
         if end.sig is not None:
             detail["signal"] = end.sig
         if end.timed_out_ms is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,6 +139,8 @@ def collect(
     elif daemon.status is not None and not _same_file(daemon.status["db_path"], db_path):
         where = daemon.status["db_path"]
         warnings.append(f"the daemon writes {where}, this report reads {db_path}")
+    if daemon.status is not None and daemon.status.get("spool_problem"):
+        problems.append(f"spool: {daemon.status['spool_problem']}")
     if database.error:
         problems.append(f"database: {database.error}")
     if spool.backing_up and spool.oldest_age_s is not None:
@@ -279,7 +282,10 @@ def _oldest_event_ms(path: Path) -> int | None:
     """The ``ts`` of a spool file's first record (None if it has none or is unreadable)."""
     reader = SpoolReader()
     try:
-        with path.open("rb") as fh:
+        # O_NONBLOCK|O_NOFOLLOW: swapped for a FIFO or a symlink since the stat,
+        # it neither blocks nor is followed.
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(path, flags), "rb") as fh:
             while not (records := reader.records()) and reader.corrupt is None:
                 chunk = fh.read(_READ_CHUNK)
                 if not chunk:
@@ -309,7 +315,7 @@ def _spool(spool_dir: Path, now: float, max_age: float) -> SpoolSection:
         return out
     oldest_ms: int | None = None
     for entry in entries:
-        if entry.name == "corrupt" and entry.is_dir():
+        if entry.name == "corrupt" and entry.is_dir(follow_symlinks=False):
             try:
                 out.corrupt_files = sum(1 for _ in os.scandir(entry.path))
             except OSError:
@@ -318,7 +324,11 @@ def _spool(spool_dir: Path, now: float, max_age: float) -> SpoolSection:
         if not entry.name.endswith(".spool"):
             continue
         try:
-            st = entry.stat()
+            # Never through a symlink, never a FIFO (opening one would block):
+            # the daemon moves such entries aside, they are no backlog.
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                continue
         except OSError:
             continue  # replayed and deleted meanwhile
         out.files += 1

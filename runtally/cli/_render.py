@@ -23,6 +23,7 @@ from rich.text import Text
 
 from ..daemon._timefmt import iso_from_datetime
 from ..daemon._timefmt import parse_iso as _parse_iso
+from ._text import visible
 
 __all__ = [
     "OUTCOME_STYLES",
@@ -82,9 +83,17 @@ def console(*, err: bool = False) -> Console:
     )
 
 
+class _Table(Table):
+    """A Table whose plain-text cells are shown with ``visible`` (stored text, escaped)."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        cells = (visible(r) if isinstance(r, str) else r for r in renderables)
+        super().add_row(*cells, **kwargs)
+
+
 def table(*columns: str, title: str | None = None, right: tuple[str, ...] = ()) -> Table:
     """A plain table with a header line; ``right`` names the numeric columns."""
-    t = Table(
+    t = _Table(
         box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, show_edge=False
     )
     for name in columns:

@@ -29,8 +29,17 @@ from ._health import (
     StatusReport,
     collect,
 )
-from ._render import OUTCOME_STYLES, console, fmt_ago, fmt_bytes, fmt_duration, fmt_when, plural
+from ._render import (
+    OUTCOME_STYLES,
+    console,
+    fmt_ago,
+    fmt_bytes,
+    fmt_duration,
+    fmt_when,
+    plural,
+)
 from ._table import Column, StreamTable
+from ._text import visible
 
 __all__ = ["status"]
 
@@ -100,7 +109,7 @@ def status(
 def _line(out: Console, label: str, *parts: Text | str) -> None:
     text = Text(f"{label:<10} ", style="bold")
     for part in parts:
-        text.append(part if isinstance(part, Text) else Text(part))
+        text.append(part if isinstance(part, Text) else Text(visible(part)))
     out.print(text)
 
 
@@ -129,7 +138,7 @@ def _print_daemon(out: Console, d: DaemonSection) -> None:
 def _print_database(out: Console, db: DatabaseSection) -> None:
     _line(out, "database", db.path)
     if db.error:
-        _line(out, "", Text(db.error, style="red"))
+        _line(out, "", Text(visible(db.error), style="red"))
         return
     wal = f" (WAL {fmt_bytes(db.wal_bytes)})" if db.wal_bytes is not None else ""
     _line(
@@ -203,8 +212,8 @@ def _print_pipelines(out: Console, pipelines: list[PipelineRow], *, fit: bool) -
 
 def _print_verdict(out: Console, report: StatusReport) -> None:
     for problem in report.problems:
-        out.print(Text(f"problem: {problem}", style="bold red"))
+        out.print(Text(f"problem: {visible(problem)}", style="bold red"))
     for warning in report.warnings:
-        out.print(Text(f"warning: {warning}", style="yellow"))
+        out.print(Text(f"warning: {visible(warning)}", style="yellow"))
     if not report.problems:
         out.print(Text("healthy", style="green"))

@@ -30,6 +30,8 @@ from rich.cells import cell_len, set_cell_size
 from rich.console import Console
 from rich.text import Text
 
+from ._text import visible
+
 __all__ = ["GAP", "Column", "StreamTable", "clean"]
 
 #: Spaces between columns.
@@ -38,14 +40,14 @@ _ELLIPSIS = "…"
 #: How far back a cut looks for a space to end on a whole word.
 _WORD_BACK = 15
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}
-_CONTROL[ord("\t")] = " "
-
 
 def clean(text: Any) -> str:
     """``text`` as a string safe for a terminal cell: control characters escaped."""
     s = "" if text is None else str(text)
-    return s if s.isprintable() else s.translate(_CONTROL)
+    if s.isprintable():
+        return s
+    # One line per row: a newline is escaped too, a tab is a space.
+    return visible(s.replace("\t", " ")).replace("\n", "\\x0a")
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ from ._options import ClientOptions
 from ._process import adopt
 from ._spool import SpoolWriter
 from ._state import LIVE, State, Trigger, next_state
-from ._unix import connect_nowait, wait_ready
+from ._unix import connect_nowait, trusted_uids, untrusted_daemon, wait_ready
 from ._warn import warn, warn_once
 
 __all__ = ["Client"]
@@ -114,6 +114,7 @@ class Client:
         self.spool = SpoolWriter(spool_dir)
         self._clock = self.options.clock
         self._window_size = max(1, self.options.window)
+        self._trusted = trusted_uids(self.options.daemon_user)
         # Counters, for tests and for ``runtally status``-style introspection.
         self.connect_attempts = 0
         self.acked = 0
@@ -229,6 +230,10 @@ class Client:
         self.connect_attempts += 1
         self._backoff.attempting()
         sock = connect_nowait(self.socket_path, self.options.connect_timeout_s)
+        if sock is not None and (why := untrusted_daemon(sock, self.socket_path, self._trusted)):
+            sock.close()  # nothing was sent: events stay ours, in the spool
+            sock = None
+            warn_once("untrusted", f"not sending events to {self.socket_path}: {why}; spooling")
         if sock is None:
             self._backoff.retry_later(useful=False)
             self._set_state(Trigger.REFUSED)

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from . import _coerce
+from ._redact import redact_argv
 
 __all__ = ["GIT_SHA_ENV", "run_meta"]
 
@@ -18,8 +19,12 @@ GIT_SHA_ENV = "RUNTALLY_GIT_SHA"
 MAX_ARGV = 64
 
 
-def run_meta() -> dict[str, Any]:
-    """The facts a ``run_start`` carries in ``meta``: pid, host, user, argv, git_sha."""
+def run_meta(*, capture_argv: bool = True) -> dict[str, Any]:
+    """The facts a ``run_start`` carries in ``meta``: pid, host, user, argv, git_sha.
+
+    ``argv`` has secret values redacted (``_redact``), and is left out when
+    ``capture_argv`` is False (the ``capture_argv`` setting).
+    """
     meta: dict[str, Any] = {"pid": os.getpid()}
     try:
         meta["host"] = socket.gethostname()
@@ -28,7 +33,8 @@ def run_meta() -> dict[str, Any]:
     user = _user()
     if user:
         meta["user"] = user
-    meta["argv"] = [_coerce.text(a, 1000) for a in sys.argv[:MAX_ARGV]]
+    if capture_argv:
+        meta["argv"] = redact_argv(_coerce.text(a, 1000) for a in sys.argv[:MAX_ARGV])
     git_sha = os.environ.get(GIT_SHA_ENV)
     if git_sha:
         meta["git_sha"] = git_sha[:128]

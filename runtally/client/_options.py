@@ -31,6 +31,9 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     ``clock``: monotonic seconds, for the backoff and the flush deadline.
     ``default_club``: the ``club_slug`` of a run whose RunTracker names none
     (the ``default_club`` setting); None leaves it to the daemon (seed ``rondo``).
+    ``daemon_user``: besides root and this process's uid, the account a
+    daemon may run as; a listener running as anyone else gets no events.
+    ``capture_argv``: put the (redacted) argv in each run's meta.
     """
 
     flush_timeout: float = 2.0
@@ -43,3 +46,5 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     resend_max_bytes: int = 1 << 20
     clock: Callable[[], float] = time.monotonic
     default_club: str | None = None
+    daemon_user: str | None = "runtally"
+    capture_argv: bool = True

@@ -27,7 +27,10 @@ def get_client(
     settings = _settings(socket, spool)
     key = (os.fspath(settings.socket), os.fspath(settings.spool))
     options = ClientOptions(
-        flush_timeout=settings.client_flush_timeout_s, default_club=settings.default_club
+        flush_timeout=settings.client_flush_timeout_s,
+        default_club=settings.default_club,
+        daemon_user=settings.daemon_user,
+        capture_argv=settings.capture_argv,
     )
     return shared(key, lambda: Client(settings.socket, settings.spool, options))
 

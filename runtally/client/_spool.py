@@ -40,7 +40,8 @@ from ._warn import warn, warn_once
 __all__ = ["SpoolWriter"]
 
 FILE_MODE = 0o640  # group-readable: the daemon runs as another user in the same group
-DIR_MODE = 0o770
+OWN_FILE_MODE = 0o600  # in a directory of our own: the daemon is this user (or root)
+DIR_MODE = 0o700  # a directory the client creates is its own: nobody else's daemon reads it
 #: After the spool could not be opened, wait this long before trying again
 #: rather than paying the failing syscalls on every event.
 REOPEN_DELAY_S = 1.0
@@ -235,9 +236,10 @@ class SpoolWriter:
         final = self.directory / name
         tmp = self.directory / f".{name}.tmp"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        fd = os.open(tmp, flags, FILE_MODE)
+        mode = OWN_FILE_MODE if os.stat(self.directory).st_uid == os.getuid() else FILE_MODE
+        fd = os.open(tmp, flags, mode)
         try:
-            os.fchmod(fd, FILE_MODE)  # whatever the umask: the daemon's group must read it
+            os.fchmod(fd, mode)  # whatever the umask: the daemon's group must read it
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _write_all(fd, SPOOL_MAGIC)
             self._rename(tmp, final)

@@ -119,6 +119,9 @@ class RunTracker:
         except Exception as exc:  # noqa: BLE001
             warn(f"RunTracker could not be set up ({exc!r}); tracking is disabled")
 
+    def _capture_argv(self) -> bool:
+        return self._client is None or self._client.options.capture_argv
+
     @property
     def client(self) -> Client | None:
         """The Client events go to; None if setting the tracker up failed."""
@@ -145,7 +148,7 @@ class RunTracker:
                 pipeline=self.pipeline,
                 club_slug=self.club_slug,
                 parent=parent_id,
-                meta=run_meta(),
+                meta=run_meta(capture_argv=self._capture_argv()),
             )
         )
         self.run_id = run_id

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import select
 import socket
+import struct
 
 from ._warn import warn_once
 
-__all__ = ["connect_nowait", "wait_ready"]
+__all__ = ["connect_nowait", "trusted_uids", "untrusted_daemon", "wait_ready"]
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 #: Connect failures that just mean "the daemon is not there right now".
 ROUTINE_CONNECT_ERRORS = frozenset(
@@ -58,3 +62,39 @@ def wait_ready(fd: int, write: bool, timeout_s: float) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLIN | (select.POLLOUT if write else 0))
     poller.poll(timeout_s * 1000)
+
+
+def trusted_uids(daemon_user: str | None) -> frozenset[int]:
+    """The uids a daemon may run as: root, this process's uid, and ``daemon_user``'s."""
+    uids = {0, os.getuid()}
+    if daemon_user:
+        try:
+            uids.add(pwd.getpwnam(daemon_user).pw_uid)
+        except (KeyError, OSError):
+            pass  # no such account here: nobody can be it
+    return frozenset(uids)
+
+
+def untrusted_daemon(sock: socket.socket, path: str, trusted: frozenset[int]) -> str | None:
+    """Why the listener on ``sock`` is not to be sent events; None when it may be.
+
+    Checked before anything is sent: the socket's directory must belong to a
+    trusted uid and be writable by nobody else (else anyone could have put
+    their socket there), and the listening process (``SO_PEERCRED``) must run
+    as a trusted uid (``trusted_uids``).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(directory)
+        pid, uid, _ = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except (OSError, AttributeError) as exc:
+        return f"cannot check who listens on {path}: {exc}"
+    if st.st_uid not in trusted:
+        return f"{directory} belongs to uid {st.st_uid}, not to this user, root or the daemon's"
+    if st.st_mode & 0o022:
+        return f"{directory} is writable by others (mode {st.st_mode & 0o7777:04o})"
+    if uid not in trusted:
+        return f"the process listening on {path} (pid {pid}) runs as uid {uid}, not a daemon's"
+    return None

@@ -84,6 +84,7 @@ class Daemon:
             version=__version__,
             pid=os.getpid(),
             last_commit_ts=self.writer.last_commit_ms,
+            spool_problem=self.replayer.problem,
         )
 
     def status_frame(self) -> bytes:
@@ -97,6 +98,8 @@ class Daemon:
                 ErrorReply(f"replay is an admin message; uid {origin.uid} is not an admin")
             )
         stats = await self.replayer.replay_once()
+        if self.replayer.problem is not None:
+            return encode_frame(ErrorReply(f"nothing replayed: {self.replayer.problem}"))
         total = self.replayer.total
         return encode_frame(
             Replayed(

@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from ._migrations import SCHEMA_VERSION, migration_status
+from ._modes import readable_by_others
 from ._readonly import CannotOpen, read_only, table_names
 
 __all__ = ["COUNTED_TABLES", "DoctorReport", "ForeignKeyViolation", "doctor", "row_counts"]
@@ -256,6 +257,11 @@ def _judge(report: DoctorReport) -> None:
     for table in ("runs", "run_steps", "run_errors"):
         if report.row_counts.get(table) is None:
             problems.append(f"table {table} is missing: run `runtally db migrate` to create it")
+    if readable_by_others(Path(report.path)):
+        warnings.append(
+            f"{report.path} is readable by every local user (it holds error messages and "
+            "argv): chmod o-r it, and its -wal and -shm (the daemon does this at start)"
+        )
     dead = report.row_counts.get("dead_letters")
     if dead:
         warnings.append(

@@ -11,6 +11,12 @@ A torn last record is normal (the writer died mid-append).  A CRC mismatch,
 a bad header or a file whose owner the socket would refuse is moved to
 ``corrupt/`` after its good records are applied (none, for a refused owner);
 both cases are written to ``audit_log``.
+
+Nothing in the directory is trusted (``_spooldir``): the directory is
+checked and opened once per pass, every name is used relative to that fd,
+only regular files are opened, and anything else (a symlink, a FIFO, a
+directory named ``*.spool``) is moved to ``corrupt/`` unopened or, if it
+cannot be moved, audited once and skipped.
 """
 
 from __future__ import annotations
@@ -19,15 +25,18 @@ import collections
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from ..protocol import EVENT_TYPES, Refusal, SpoolReader, decode_client_message
 from ._log import logger
+from ._spooldir import CORRUPT, kind_of, open_dir, open_regular, quarantine, same_file
 from ._store import AuditEntry, DeadLetter, Origin
 from ._writer import Job, Writer
 
@@ -55,15 +64,29 @@ class ReplayStats:
 
 
 def spool_backlog(spool_dir: Path) -> list[Path]:
-    """The ``*.spool`` files waiting in a spool directory, oldest name first."""
+    """The regular ``*.spool`` files waiting in a spool directory, oldest name first.
+
+    Symlinks, FIFOs and other odd entries are not a backlog: the replayer
+    moves them to ``corrupt/`` unopened.
+    """
     try:
-        return sorted(p for p in spool_dir.iterdir() if p.name.endswith(".spool"))
+        with os.scandir(spool_dir) as entries:
+            return sorted(
+                Path(e.path)
+                for e in entries
+                if e.name.endswith(".spool") and e.is_file(follow_symlinks=False)
+            )
     except OSError:
         return []
 
 
 class Replayer:
-    """Replays a spool directory through the writer, periodically and on request."""
+    """Replays a spool directory through the writer, periodically and on request.
+
+    ``problem`` is why the directory itself is refused (its owner or mode,
+    see ``_spooldir.check_dir``), None while it is usable: nothing is
+    replayed from a refused directory.
+    """
 
     def __init__(
         self,
@@ -74,13 +97,16 @@ class Replayer:
         interval_s: float = 1.0,
     ) -> None:
         self.spool_dir = spool_dir
-        self.corrupt_dir = spool_dir / "corrupt"
+        self.corrupt_dir = spool_dir / CORRUPT
         self.writer = writer
         self.owner_allowed = owner_allowed
         self.interval_s = interval_s
+        self.problem: str | None = None
         self._lock = trio.Lock()
         #: File name -> the last failure reported for it (reported once per reason).
         self._failed: dict[str, str] = {}
+        #: Odd entries (name, inode) that could not be moved: audited once, then skipped.
+        self._skipped: set[tuple[str, int]] = set()
         self.total = ReplayStats()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -92,20 +118,39 @@ class Replayer:
             await self.replay_once()
 
     async def replay_once(self) -> ReplayStats:
-        """Replay every file whose writer is gone, now; one replay at a time."""
+        """Replay every file whose writer is gone, now; one replay at a time.
+
+        The directory is checked first, every time (``problem``).
+        """
         async with self._lock:
             stats = ReplayStats()
             started = time.monotonic()
-            for path in spool_backlog(self.spool_dir):
-                try:
-                    stats += await self._replay_file(path)
-                except OSError as exc:
-                    # One file we cannot read, delete or move must not stop the
-                    # daemon (nor the other files): it stays, and is retried.
-                    await self._report_failure(path, exc)
-                else:
-                    self._failed.pop(path.name, None)
-            self._sweep_stale_tmp()
+            try:
+                # In the loop's thread: O_DIRECTORY never blocks, even on a FIFO.
+                dir_fd = open_dir(self.spool_dir)
+            except FileNotFoundError:
+                self.problem = None
+                return stats  # created by the daemon or the first client that spools
+            except OSError as exc:
+                await self._refuse_dir(str(exc))
+                return stats
+            self.problem = None
+            try:
+                names = sorted(os.listdir(dir_fd))
+                for name in names:
+                    if not name.endswith(".spool"):
+                        continue
+                    try:
+                        stats += await self._replay_file(dir_fd, name)
+                    except OSError as exc:
+                        # One file we cannot read, delete or move must not stop the
+                        # daemon (nor the other files): it stays, and is retried.
+                        await self._report_failure(name, exc)
+                    else:
+                        self._failed.pop(name, None)
+                stats += await self._sweep_tmp(dir_fd, [n for n in names if n.endswith(".tmp")])
+            finally:
+                os.close(dir_fd)
             self.total += stats
             if stats.files or stats.quarantined:
                 s = "" if stats.files == 1 else "s"
@@ -119,55 +164,99 @@ class Replayer:
                 )
             return stats
 
-    async def _report_failure(self, path: Path, exc: OSError) -> None:
+    async def _refuse_dir(self, reason: str) -> None:
+        """Replay nothing from an unsafe directory; log and audit it once per reason."""
+        if self.problem == reason:
+            return
+        self.problem = reason
+        logger.error("not replaying the spool: %s", reason)
+        await self._audit(
+            "spool_dir_refused",
+            f"nothing is replayed from the spool: {reason}",
+            "error",
+            {"dir": str(self.spool_dir), "reason": reason},
+        )
+
+    async def _audit(self, event: str, message: str, level: Any, data: Any) -> None:
+        job = Job(audit=[AuditEntry(event, message, level=level, scope="replay", data=data)])
+        await self.writer.submit(job)
+        await job.done.wait()
+
+    async def _report_failure(self, name: str, exc: OSError) -> None:
         """Log and audit a file's failure once (per reason), not every round."""
         reason = f"{type(exc).__name__}: {exc}"
-        if self._failed.get(path.name) == reason:
+        if self._failed.get(name) == reason:
             return
-        self._failed[path.name] = reason
-        logger.error("cannot replay %s, will retry: %s", path.name, reason)
+        self._failed[name] = reason
+        logger.error("cannot replay %r, will retry: %s", name, reason)
         await self.writer.submit(
             Job(
                 audit=[
                     AuditEntry(
                         "spool_replay_failed",
-                        f"{path.name} left in the spool, retried every round: {reason}",
+                        f"{name} left in the spool, retried every round: {reason}",
                         level="error",
                         scope="replay",
-                        data={"file": path.name, "reason": reason},
+                        data={"file": name, "reason": reason},
                     )
                 ]
             )
         )
 
-    async def _replay_file(self, path: Path) -> ReplayStats:
+    async def _odd_entry(self, dir_fd: int, name: str, st: os.stat_result) -> ReplayStats:
+        """A symlink, FIFO, device, socket or directory: moved to corrupt/ unopened, or skipped.
+
+        Either way it is audited once; it is never read.
+        """
+        if stat.S_ISREG(st.st_mode):
+            return ReplayStats()  # a regular file swapped in meanwhile: next round
+        key = (name, st.st_ino)
+        if key in self._skipped:
+            return ReplayStats()
+        reason = f"a {kind_of(st)}, not a regular file (never opened)"
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            return ReplayStats()  # vanished, or not ours to read
+            await self._quarantine(dir_fd, name, reason, 0)
+        except OSError as exc:
+            self._skipped.add(key)
+            logger.warning("skipping %r in the spool: %s; cannot move it: %s", name, reason, exc)
+            await self._audit(
+                "spool_skipped",
+                f"{name} skipped: {reason}; cannot move it to corrupt/: {exc}",
+                "warning",
+                {"file": name, "reason": reason, "error": str(exc)},
+            )
+            return ReplayStats()
+        return ReplayStats(quarantined=1)
+
+    async def _replay_file(self, dir_fd: int, name: str) -> ReplayStats:
+        try:
+            fd, st = await trio.to_thread.run_sync(open_regular, dir_fd, name)
+        except FileNotFoundError:
+            return ReplayStats()  # vanished
+        if fd is None:
+            return await self._odd_entry(dir_fd, name, st)
         with os.fdopen(fd, "rb", buffering=0) as fh:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return ReplayStats()  # its writer is alive
-            if not path.exists():
+            if not _still_there(dir_fd, name, st):
                 return ReplayStats()  # replayed and deleted by someone before we locked
-            st = os.fstat(fd)
             owner = st.st_uid
             if not self.owner_allowed(owner, st.st_gid):
-                await self._quarantine(path, f"owner uid {owner} is not allowed to emit", 0)
+                await self._quarantine(dir_fd, name, f"owner uid {owner} is not allowed to emit", 0)
                 return ReplayStats(quarantined=1)
-            events, tail = await self._apply_records(path, fh)
+            events, tail = await self._apply_records(name, fh)
             if tail is not None:
-                await self._quarantine(path, tail, events)
+                await self._quarantine(dir_fd, name, tail, events)
                 return ReplayStats(files=1, events=events, quarantined=1)
             replayed = Job(
                 audit=[
                     AuditEntry(
                         "spool_replayed",
-                        f"replayed {events} events from {path.name}",
+                        f"replayed {events} events from {name}",
                         scope="replay",
-                        data={"file": path.name, "events": events},
+                        data={"file": name, "events": events},
                     )
                 ]
             )
@@ -176,11 +265,12 @@ class Replayer:
             # point after the unlink cannot lose it (a kill before it replays
             # the file again, a no-op but for a second row).
             await replayed.done.wait()
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            if _still_there(dir_fd, name, st):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dir_fd)
             return ReplayStats(files=1, events=events)
 
-    async def _apply_records(self, path: Path, fh) -> tuple[int, str | None]:
+    async def _apply_records(self, name: str, fh: Any) -> tuple[int, str | None]:
         """Submit every good record; return (events, corruption reason or None).
 
         Memory stays bounded whatever the file's size: a job is cut at
@@ -189,7 +279,7 @@ class Replayer:
         That is enough to keep the writer busy (one job commits while the next
         is decoded) without filling its whole queue budget with one file.
         """
-        origin = Origin(f"spool:{path.name}")
+        origin = Origin(f"spool:{name}")
         reader = SpoolReader()
         pending: collections.deque[Job] = collections.deque()
         job = Job(origin=origin)
@@ -232,37 +322,47 @@ class Replayer:
             await pending[0].done.wait()
             pending.popleft()
 
-    async def _quarantine(self, path: Path, reason: str, events: int) -> None:
-        self.corrupt_dir.mkdir(mode=0o750, exist_ok=True)
-        target = self.corrupt_dir / path.name
-        os.replace(path, target)
-        job = Job(
-            audit=[
-                AuditEntry(
-                    "spool_quarantined",
-                    f"{path.name} moved to corrupt/: {reason} ({events} good records applied)",
-                    level="warning",
-                    scope="replay",
-                    data={"file": path.name, "reason": reason, "events": events},
-                )
-            ]
+    async def _quarantine(self, dir_fd: int, name: str, reason: str, events: int) -> None:
+        """Move ``name`` to corrupt/ (see ``_spooldir.quarantine``), then audit it."""
+        target = await trio.to_thread.run_sync(quarantine, dir_fd, name)
+        await self._audit(
+            "spool_quarantined",
+            f"{name} moved to corrupt/{target}: {reason} ({events} good records applied)",
+            "warning",
+            {"file": name, "reason": reason, "events": events, "moved_to": target},
         )
-        await self.writer.submit(job)
-        await job.done.wait()
 
-    def _sweep_stale_tmp(self) -> None:
-        """Remove half-created files of writers killed before their rename."""
-        now = time.time()
-        try:
-            candidates = [p for p in self.spool_dir.iterdir() if p.name.endswith(".tmp")]
-        except OSError:
-            return
-        for path in candidates:
+    async def _sweep_tmp(self, dir_fd: int, names: list[str]) -> ReplayStats:
+        """Remove half-created files of writers killed before their rename; odd ones aside."""
+        stats = ReplayStats()
+        for name in names:
             try:
-                if now - path.stat().st_mtime < _STALE_TMP_S:
-                    continue
-                with path.open("rb") as fh:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    path.unlink()
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    stats += await self._odd_entry(dir_fd, name, st)
+                elif time.time() - st.st_mtime >= _STALE_TMP_S:
+                    await trio.to_thread.run_sync(_remove_stale, dir_fd, name)
             except OSError:
                 continue
+        return stats
+
+
+def _still_there(dir_fd: int, name: str, st: os.stat_result) -> bool:
+    """``name`` still names the file we opened (not deleted, not replaced)."""
+    try:
+        return same_file(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), st)
+    except FileNotFoundError:
+        return False
+
+
+def _remove_stale(dir_fd: int, name: str) -> None:
+    """Unlink a stale ``.tmp`` file if no writer holds its lock (blocking: a worker thread)."""
+    fd, st = open_regular(dir_fd, name)
+    if fd is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _still_there(dir_fd, name, st):
+            os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(fd)

@@ -28,6 +28,7 @@ from ..config import Settings
 from ._accept import serve_listeners
 from ._daemon import Daemon
 from ._log import logger
+from ._modes import apply_umask, group_access, restrict_database
 from ._probe import Silence, probe
 from ._store import AuditEntry, Store
 from ._systemd import Notifier, listen_fds
@@ -114,6 +115,7 @@ async def serve(
     else:
         listen_socks, owns_socket = [_bind(settings)], True
     socket_inode = os.stat(settings.socket).st_ino if owns_socket else None
+    group = group_access(settings, activated=not owns_socket)
     store = await trio.to_thread.run_sync(
         lambda: Store.open(
             settings.db,
@@ -121,6 +123,7 @@ async def serve(
             busy_timeout_ms=settings.busy_timeout_ms,
         )
     )
+    restrict_database(settings.db, group)
     daemon = Daemon(settings, store)
     settings.spool.mkdir(parents=True, exist_ok=True)
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listen_socks]
@@ -231,5 +234,8 @@ def _yield_to_pipelines() -> None:
 def run_daemon(settings: Settings) -> None:
     """Blocking entry point used by the CLI."""
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
+    # Before any file exists: the database, its side files, the spool and
+    # corrupt/ directories get the documented modes (``_modes``).
+    apply_umask(group_access(settings, activated=bool(os.environ.get("LISTEN_FDS"))))
     _yield_to_pipelines()
     trio.run(serve, settings)

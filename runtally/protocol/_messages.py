@@ -253,7 +253,9 @@ class StatusReply(_Msg, tag="status"):
     ``db_path``, the database file; ``connections``, open client
     connections; ``spool_files``, spool files waiting for replay;
     ``version``, the daemon's package version; ``pid``, its process id;
-    ``last_commit_ts``, the last commit in epoch milliseconds, or None.
+    ``last_commit_ts``, the last commit in epoch milliseconds, or None;
+    ``spool_problem``, why the spool directory is refused (nothing is
+    replayed from it), or None.
     """
 
     uptime_s: float
@@ -266,6 +268,7 @@ class StatusReply(_Msg, tag="status"):
     version: str = ""
     pid: int = 0
     last_commit_ts: int | None = None
+    spool_problem: str | None = None
 
 
 class Replayed(_Msg, tag="replayed"):
