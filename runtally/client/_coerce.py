@@ -45,15 +45,24 @@ _SKIPPED = frozenset({"skipped", "skip", "skipping"})
 _ERRORS = "runtally-escape"
 
 
-def _escape_unencodable(exc: UnicodeError) -> tuple[str, int]:
-    """codecs error handler: ``\\xNN`` for a surrogate-escaped byte, U+FFFD otherwise."""
+_REPLACEMENT = "\ufffd".encode()
+
+
+def _escape_unencodable(exc: UnicodeError) -> tuple[bytes, int]:
+    """codecs error handler: ``\\xNN`` for a surrogate-escaped byte, U+FFFD otherwise.
+
+    Returns bytes: the UTF-8 encoder takes a str replacement only if it is ASCII.
+    """
     if not isinstance(exc, UnicodeEncodeError):
         raise exc
-    out = []
+    out = bytearray()
     for ch in exc.object[exc.start : exc.end]:
         code = ord(ch)
-        out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "\ufffd")
-    return "".join(out), exc.end
+        if 0xDC80 <= code <= 0xDCFF:
+            out += b"\\x%02x" % (code - 0xDC00)
+        else:
+            out += _REPLACEMENT
+    return bytes(out), exc.end
 
 
 codecs.register_error(_ERRORS, _escape_unencodable)

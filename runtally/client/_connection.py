@@ -119,8 +119,8 @@ class Client:
         options = options or ClientOptions()
         self.options = msgspec.structs.replace(options, **overrides) if overrides else options
         self.socket_path = os.fspath(socket_path)
-        self.spool = SpoolWriter(spool_dir)
         self._clock = self.options.clock
+        self.spool = SpoolWriter(spool_dir, self._clock)
         self._window_size = max(1, self.options.window)
         # Counters, for tests and for ``runtally status``-style introspection.
         self.connect_attempts = 0

@@ -97,8 +97,11 @@ def _release(fd: int, path: Path | None, *, unlink: bool) -> None:
 class SpoolWriter:
     """Appends encoded events to this process's spool file, opened on first use."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.directory = Path(directory)
+        self._clock = clock  # monotonic seconds, for the sync interval
         self.path: Path | None = None
         self.records = 0  # records in the open file
         self.size = 0  # bytes in the open file, header included
@@ -210,11 +213,11 @@ class SpoolWriter:
         except OSError as exc:
             warn_once("spool-sync", f"cannot sync spool file {self.path}: {exc}")
         self._dirty = False
-        self._synced_at = time.monotonic()
+        self._synced_at = self._clock()
 
     def sync_if_due(self) -> None:
         """While spooling: sync when the last sync is over SYNC_INTERVAL_S old."""
-        if self._dirty and time.monotonic() - self._synced_at >= SYNC_INTERVAL_S:
+        if self._dirty and self._clock() - self._synced_at >= SYNC_INTERVAL_S:
             self.sync()
 
     # -- retiring a file whose records are still in flight ---------------------
@@ -305,7 +308,7 @@ class SpoolWriter:
             return None
         self._fd, self.path, self._pid = fd, path, os.getpid()
         self.records, self.size = 0, len(SPOOL_MAGIC)
-        self._synced_at = now
+        self._synced_at = self._clock()
         return fd
 
     def _create(self) -> tuple[int, Path]:
