@@ -271,20 +271,29 @@ def test_sigkill_right_after_the_calls_returned_loses_nothing(
     short_root: Path, also_daemon: bool
 ) -> None:
     """kill -9 of the pipeline as soon as its last call returned (and of the daemon with it):
-    once replayed, every event whose call returned is in the db exactly once."""
+    once replayed, every event whose call returned is in the db exactly once.
+
+    The daemon is stopped (SIGSTOP) while the pipeline emits its burst, so
+    that at the kill its events are where a slow daemon leaves them: some in
+    the socket's kernel buffer, the rest only in the pipeline's memory.
+    """
     d = _daemon(short_root).start()
-    proc, out = _spawn_burst(short_root, d)
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGSTOP)
+    proc, out = _spawn_burst(short_root, d, runs=60)
     try:
         wait_until(out.exists, timeout=60, interval=0.001, what="the pipeline's last call")
         proc.send_signal(signal.SIGKILL)
         if also_daemon:
-            d.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+            d.proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert proc.returncode == -signal.SIGKILL
         runs = json.loads(out.read_text())
         if also_daemon:
             d.ensure_dead()
             d.start()  # the daemon started clean replays the dead pipeline's spool
+        else:
+            d.proc.send_signal(signal.SIGCONT)
         wait_spool_drained(d.spool, timeout=30)
         wait_until(
             lambda: count(d.db, "runs", "pipeline = 'burst' AND outcome = 'success'") == len(runs),
@@ -296,6 +305,8 @@ def test_sigkill_right_after_the_calls_returned_loses_nothing(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGCONT)
         d.ensure_dead()
 
 
