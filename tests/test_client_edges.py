@@ -341,3 +341,75 @@ def test_spool_synced_each_second_while_spooling_never_per_call(
     client.close()  # nothing written since: no further sync needed
     assert len(syncs) == 2
     assert len(sandbox.spooled()) == 601
+
+
+# -- a full spool disk: the loss is counted and shown ------------------------------------
+
+
+@pytest.mark.slow
+def test_full_spool_disk_loss_is_counted_reported_and_shown(
+    sandbox: Sandbox, short_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Events dropped while the spool's disk is full are counted per run; once space is
+    back a ``dropped`` marker goes in, and the daemon closes the run as failure with an
+    error row "n events were lost: spool disk full", which ``status`` reports."""
+    from test_faults_disk import fill, small_tmpfs
+
+    from runtally.cli._health import collect
+
+    d = _daemon(short_root)
+    with small_tmpfs(d.spool, "1m"):
+        t = RunTracker("full-disk", socket=d.socket, spool=d.spool)  # daemon down: spooling
+        run = t.start_run()
+        sid = t.start_step("download")
+        filler = fill(d.spool)
+        # The spool file's last page still takes a few records; then every write fails.
+        for i in range(100):
+            t.record_error("download", sid, None, f"error {i}: " + "x" * 200)
+        assert t.client is not None
+        lost = t.client.lost.total
+        assert 50 < lost < 100, lost
+        err = capsys.readouterr().err
+        assert err.count("cannot write spool file") == 1, err  # one line, not one per event
+        filler.unlink()  # space is back
+        t.end_step(sid, "failure", failed=100)
+        sid2 = t.start_step("upload")
+        t.end_step(sid2, "success", created=1)
+        t.end_run(True)
+        t.close(0.1)
+        t.client.close(0.1)  # release the spool file to the replayer
+        err = capsys.readouterr().err
+        assert f"{lost} event(s) of run {run} were lost" in err, err
+        try:
+            d.start()
+            wait_spool_drained(d.spool, timeout=30)
+            wait_until(
+                lambda: count(d.db, "run_errors", "error_message LIKE '%lost: spool disk full'"),
+                what="the dropped marker to be applied",
+            )
+            conn = ro_connect(d.db)
+            try:
+                outcome, finished = conn.execute(
+                    "SELECT outcome, finished_at FROM runs WHERE uid = ?", [run]
+                ).fetchone()
+                messages = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT e.error_message FROM run_errors e JOIN runs r ON r.id = e.run_id"
+                        " WHERE r.uid = ?",
+                        [run],
+                    )
+                ]
+                steps = conn.execute("SELECT count(*) FROM run_steps").fetchone()[0]
+            finally:
+                conn.close()
+            assert (outcome, finished is not None) == ("failure", True)  # run_end did not undo it
+            assert f"{lost} events were lost: spool disk full" in messages
+            assert len(messages) == 100 - lost + 1  # the errors that were kept, and the marker
+            assert steps == 2
+            report = collect(d.socket, d.db, d.spool)
+            assert not report.healthy
+            assert (report.database.lost_events, report.database.lost_runs) == (lost, 1)
+            assert any(f"{lost} event(s) of 1 run(s) were lost" in p for p in report.problems)
+        finally:
+            d.ensure_dead()
