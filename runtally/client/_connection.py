@@ -93,6 +93,10 @@ EMIT_REPLY_BUDGET = 32
 EMIT_RECV_SIZE = 4096
 #: Nack warnings shown per process before they are summarised.
 MAX_NACK_WARNINGS = 20
+#: An acked spool file is cut back on an ack once it is this big or its first
+#: record this old (seconds); always at flush and close.
+TRUNCATE_BYTES = 64 * 1024
+TRUNCATE_AGE_S = 1.0
 #: Longest single wait of a flush, so a state change by another thread is seen.
 FLUSH_POLL_S = 0.05
 
@@ -240,9 +244,9 @@ class Client:
         more event dropped: ``LostEvents`` takes its count back.
         """
         self._maybe_connect()
-        if self._state in LIVE and self._conn.unacked:
+        if self._state in LIVE and self._conn.unacked and self._truncate_due():
             # Acks first: if they empty the window the file is cut back before
-            # this event goes in.
+            # this event goes in (else the window always holds the last one).
             self._pump(EMIT_REPLY_BUDGET)
         in_spool = self.spool.append(payload)
         if self._state in LIVE:
@@ -316,7 +320,7 @@ class Client:
                 self._break("the daemon is not acknowledging (window full)", stuck=True)
                 return
         self._out += conn.send_payload(event_id, payload, spooled=in_spool)
-        self._write_out()
+        self._pump(EMIT_REPLY_BUDGET)
         if self._state in LIVE and len(self._out) > self.options.max_out:
             self._break("the daemon is not reading (send buffer full)", stuck=True)
         elif self.spool.size > self.options.spool_rotate_bytes:
@@ -410,19 +414,29 @@ class Client:
         if self._state is RESENDING and self._conn.resent_unacked == 0:
             self._set_state(Trigger.SPOOL_ACKED)
         if not self._conn.unacked:
-            self._settle()
+            self._settle(lazy=True)
 
-    def _settle(self) -> None:
+    def _truncate_due(self) -> bool:
+        spool = self.spool
+        return spool.records > 0 and (
+            spool.size > TRUNCATE_BYTES or self._clock() - spool.first_record_at >= TRUNCATE_AGE_S
+        )
+
+    def _settle(self, *, lazy: bool = False) -> None:
         """Connected with nothing unacked: every record in the spool is acked, cut it back.
 
         Live, every record in the file was sent on this connection (resent at
         connect, or written ahead of its send), so an empty window means all
         of them are acked, and so are the events of every retired file.
+        ``lazy`` (on an ack): only once the file is over TRUNCATE_BYTES or its
+        first record is TRUNCATE_AGE_S old - an ``ftruncate`` per call would
+        cost more than the write itself, and acked records left in the file
+        are only duplicates to a replay.  Flush and close cut it back always.
         """
         if self._state not in LIVE or self._conn.unacked:
             return
         spool = self.spool
-        if spool.records:
+        if spool.records and (not lazy or self._truncate_due()):
             spool.truncate()
         if spool.retired:
             spool.drop_retired(self._conn.answered_through)
@@ -508,6 +522,7 @@ class Client:
         if self._state not in LIVE or self._sock is None:
             return False
         if self._conn.answered_through(target):
+            self._settle()
             return True
         remaining = deadline - self._clock()
         if remaining <= 0:

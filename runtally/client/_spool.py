@@ -109,6 +109,7 @@ class SpoolWriter:
         self._fd: int | None = None
         self._pid = os.getpid()  # the process that opened _fd and holds its lock
         self._retry_at = 0.0
+        self.first_record_at = 0.0  # clock() when the first record since the header went in
         self._dirty = False  # written since the last sync
         self._synced_at = 0.0  # time.monotonic() of the last sync (or the open)
         #: Retired files: (tag, fd, path), oldest first; see ``retire``.
@@ -147,6 +148,8 @@ class SpoolWriter:
             written, error = 0, exc
         else:
             if written == len(data):
+                if not self.records:
+                    self.first_record_at = self._clock()
                 self.records += len(records)
                 self.size += written
                 self._dirty = True
