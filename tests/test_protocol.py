@@ -28,6 +28,7 @@ from runtally.protocol import (
     SPOOL_MAGIC,
     Ack,
     ClientMessage,
+    Dropped,
     ErrorEvent,
     ErrorReply,
     FrameDecoder,
@@ -146,6 +147,7 @@ CLIENT_STRATEGIES: dict[type, st.SearchStrategy] = {
         {**EVENT_BASE, "outcome": st.sampled_from(["success", "failure"])},
         {"summary": any_values, "duration_ms": counts},
     ),
+    Dropped: _struct(Dropped, {**EVENT_BASE, "events": st.integers(1, 2**62)}),
 }
 
 SERVER_STRATEGIES: dict[type, st.SearchStrategy] = {
@@ -177,7 +179,7 @@ SERVER_STRATEGIES: dict[type, st.SearchStrategy] = {
 
 CLIENT_CLASSES = list(CLIENT_STRATEGIES)
 SERVER_CLASSES = list(SERVER_STRATEGIES)
-EVENT_CLASSES = [RunStart, StepStart, StepEnd, ErrorEvent, RunEnd]
+EVENT_CLASSES = [RunStart, StepStart, StepEnd, ErrorEvent, RunEnd, Dropped]
 client_messages = st.one_of(*CLIENT_STRATEGIES.values())
 events = st.one_of(*(CLIENT_STRATEGIES[c] for c in EVENT_CLASSES))
 
@@ -196,6 +198,7 @@ CLIENT_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     ),
     "error": ({"id", "ts", "run", "step_name", "message"}, {"step", "member", "stack"}),
     "run_end": ({"id", "ts", "run", "outcome"}, {"summary", "duration_ms"}),
+    "dropped": ({"id", "ts", "run", "events"}, set()),
 }
 SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "welcome": ({"protocol", "server"}, set()),

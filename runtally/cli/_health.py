@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_SPOOL_AGE_S = 60.0
+#: Events lost to a full spool disk make ``status`` fail for this long (seconds).
+LOST_WINDOW_S = 24 * 3600.0
 _READ_CHUNK = 64 * 1024
 
 
@@ -71,6 +73,8 @@ class DatabaseSection(msgspec.Struct):
     schema_version: int | None = None
     row_counts: dict[str, int | None] = msgspec.field(default_factory=dict)
     last_write: str | None = None  # newest timestamp in runs, steps and errors
+    lost_events: int = 0  # events clients reported lost (their spool's disk was full)
+    lost_runs: int = 0  # runs those belonged to (closed as failure)
     error: str | None = None
 
 
@@ -143,6 +147,11 @@ def collect(
         problems.append(f"spool: {daemon.status['spool_problem']}")
     if database.error:
         problems.append(f"database: {database.error}")
+    if database.lost_events:
+        problems.append(
+            f"clients: {database.lost_events} event(s) of {database.lost_runs} run(s) were lost"
+            " in the last 24 h because a spool disk was full: free space in the spool directory"
+        )
     if spool.backing_up and spool.oldest_age_s is not None:
         problems.append(
             f"spool: an event has waited {fmt_duration(int(spool.oldest_age_s * 1000))} "
@@ -237,6 +246,13 @@ def _database(path: Path, now: float) -> tuple[DatabaseSection, list[PipelineRow
             " UNION ALL SELECT max(finished_at) FROM run_steps"
             " UNION ALL SELECT max(created_at) FROM run_errors)"
         ).fetchone()[0]
+        # Error rows the daemon wrote for ``dropped`` markers (daemon/_apply.py), last 24 h.
+        lost = conn.execute(
+            "SELECT count(DISTINCT run_id), TOTAL(CAST(error_message AS INTEGER)) FROM run_errors"
+            " WHERE error_message LIKE '% events were lost: spool disk full' AND created_at >= ?",
+            [iso_from_ms(int((now - LOST_WINDOW_S) * 1000))],
+        ).fetchone()
+        found.lost_runs, found.lost_events = lost[0], int(lost[1])
         return found, _pipelines(conn, now)
 
     try:

@@ -5,10 +5,25 @@ bad argument would cost a row.  Repairing it here keeps the row: a negative
 count becomes 0, a non-string name becomes ``str(name)``, a free-form outcome
 is mapped onto the protocol's, an unencodable ``detail`` becomes plain data.
 Each kind of repair is reported once per process.
+
+Text that UTF-8 cannot encode
+-----------------------------
+MessagePack strings are UTF-8, and a Python ``str`` may hold lone surrogates
+that UTF-8 cannot encode: ``os.fsdecode``/``sys.argv``/``os.environ`` turn
+each byte of a non-UTF-8 file name into ``U+DC80..U+DCFF`` (PEP 383's
+``surrogateescape``).  One such character used to make the whole event
+unencodable, and a ``run_start`` lost that way took its whole run with it.
+``clean_text`` is the one sanitiser every string of an event goes through
+(``text``, ``name``, ``uid``, every key and value of ``plain``, and the
+Client's last-resort re-encoding of any event): a smuggled byte becomes the
+four characters ``\\xNN`` (``report-\\xe9.csv``: readable, and the original
+byte recoverable), any other lone surrogate becomes U+FFFD.  Valid text is
+returned as is, the same object, after an ``isascii``/encode check.
 """
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 import msgspec
@@ -17,7 +32,7 @@ from runtally.protocol import MAX_COUNT, MAX_NAME, MAX_UID, limit_depth
 
 from ._warn import warn_once
 
-__all__ = ["count", "name", "outcome", "plain", "text", "uid"]
+__all__ = ["clean", "clean_text", "count", "name", "outcome", "plain", "text", "uid"]
 
 #: ``detail`` / ``summary`` bigger than this once encoded are replaced by a
 #: short repr: a frame is capped at 1 MiB and a dashboard cell needs far less.
@@ -27,6 +42,58 @@ _SUCCESS = frozenset({"success", "succeeded", "ok", "passed", "pass", "done", "t
 _FAILURE = frozenset({"failure", "failed", "fail", "error", "errored", "false", "no", "crashed"})
 _SKIPPED = frozenset({"skipped", "skip", "skipping"})
 
+_ERRORS = "runtally-escape"
+
+
+_REPLACEMENT = "\ufffd".encode()
+
+
+def _escape_unencodable(exc: UnicodeError) -> tuple[bytes, int]:
+    """codecs error handler: ``\\xNN`` for a surrogate-escaped byte, U+FFFD otherwise.
+
+    Returns bytes: the UTF-8 encoder takes a str replacement only if it is ASCII.
+    """
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = bytearray()
+    for ch in exc.object[exc.start : exc.end]:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out += b"\\x%02x" % (code - 0xDC00)
+        else:
+            out += _REPLACEMENT
+    return bytes(out), exc.end
+
+
+codecs.register_error(_ERRORS, _escape_unencodable)
+
+
+def clean_text(value: str) -> str:
+    """``value`` with whatever UTF-8 cannot encode replaced (see the module doc); never raises."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", _ERRORS).decode("utf-8")
+    return value
+
+
+def clean(value: Any) -> Any:
+    """Builtins (``msgspec.to_builtins`` output) with every key and string cleaned, any depth.
+
+    Containers are rebuilt, so call it only when an encode failed: valid data
+    is never walked on the fast path.  Depth is bounded by the caller (the
+    encoder refused the data already if it nests too deep).
+    """
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value
+
 
 def text(value: Any, limit: int) -> str:
     """``value`` as a string of at most ``limit`` characters (None -> "")."""
@@ -34,7 +101,7 @@ def text(value: Any, limit: int) -> str:
         return ""
     if not isinstance(value, str):
         value = _str(value)
-    return value[:limit]
+    return clean_text(value)[:limit]
 
 
 def name(value: Any, what: str, default: str) -> str:
@@ -50,7 +117,7 @@ def uid(value: Any, what: str) -> str | None:
     """A uid: 1 to 128 characters, or None when absent or unusable."""
     if value is None or value == "":
         return None
-    result = value if isinstance(value, str) else _str(value)
+    result = clean_text(value if isinstance(value, str) else _str(value))
     if not 1 <= len(result) <= MAX_UID:
         warn_once(f"uid-{what}", f"ignoring {what} {result[:40]!r}: not a 1-128 character uid")
         return None
@@ -118,7 +185,11 @@ def plain(value: Any) -> Any:
         # Cut what nests deeper than the daemon accepts, before (any depth of plain
         # containers) and after (objects that expand into containers) converting.
         result = limit_depth(msgspec.to_builtins(limit_depth(value), str_keys=True, enc_hook=_str))
-        size = len(msgspec.msgpack.encode(result))
+        try:
+            size = len(msgspec.msgpack.encode(result))
+        except UnicodeEncodeError:  # a key or string UTF-8 cannot take: repair, keep the rest
+            result = clean(result)
+            size = len(msgspec.msgpack.encode(result))
     except Exception as exc:  # noqa: BLE001 - any object at all may be passed in
         warn_once(f"plain-{type(value).__name__}", f"cannot encode {type(value).__name__}: {exc}")
         return {"unencodable": _str(value)[:4000]}
@@ -130,7 +201,7 @@ def plain(value: Any) -> Any:
 
 def _str(value: Any) -> str:
     try:
-        return str(value)
+        return clean_text(str(value))
     except Exception:  # noqa: BLE001 - a __str__ that raises
         try:
             return repr(value)

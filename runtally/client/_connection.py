@@ -10,15 +10,21 @@ non-blocking I/O and returns.  The protocol's sans-IO ``ClientConnection``
 keeps the window of unacked events and matches the replies; this module owns
 the socket, the states, the backoff, the spool decisions and the flush:
 
-* ``emit`` frames the event, writes it to a non-blocking Unix stream socket
-  (what the kernel won't take waits in ``_out``), and handles whatever
-  replies have arrived.  It never waits for an ack.
+* ``emit`` handles whatever replies have arrived, appends the event to this
+  process's spool file (a write-ahead log: ``_spool.py``), then writes it to
+  a non-blocking Unix stream socket (what the kernel won't take waits in
+  ``_out``).  It never waits for an ack.  Whenever every event sent is
+  acked (the window is empty), the spool file is cut back to its header.  So
+  the spool always holds every unacked event: a SIGKILL of the pipeline
+  loses nothing whose call returned, because the daemon replays the file.
 * Whenever the connection cannot be trusted - the daemon is absent or
   refusing, the socket errs or hits EOF, ``_out`` or the window overflows, a
-  flush times out - every unacknowledged event is appended to this process's
-  spool file and the socket is closed.  Duplicates are harmless (the daemon
+  flush times out - the socket is closed; its unacknowledged events are in
+  the spool already (any the spool could not take are tried again, then
+  counted as lost: ``_lost.py``).  Duplicates are harmless (the daemon
   applies by event id); a lost event is not, so when in doubt: spool.
-* While spooling, new events go straight to the spool file.  Reconnecting is
+* While spooling, new events go to the spool file only; it is synced at
+  most once a second, and at flush and close.  Reconnecting is
   rate-limited (backoff 0.25 s doubling to 5 s), so a dead daemon costs one
   failed ``connect`` now and then, never one per event.
 * On reconnect, the process's own spooled events are sent first, in order,
@@ -62,8 +68,10 @@ from runtally.protocol import (
     encode_message,
 )
 
+from . import _coerce
 from ._backoff import Backoff
 from ._guard import SignalSafeLock
+from ._lost import LostEvents
 from ._options import ClientOptions
 from ._process import adopt
 from ._spool import SpoolWriter
@@ -85,6 +93,10 @@ EMIT_REPLY_BUDGET = 32
 EMIT_RECV_SIZE = 4096
 #: Nack warnings shown per process before they are summarised.
 MAX_NACK_WARNINGS = 20
+#: An acked spool file is cut back on an ack once it is this big or its first
+#: record this old (seconds); always at flush and close.
+TRUNCATE_BYTES = 64 * 1024
+TRUNCATE_AGE_S = 1.0
 #: Longest single wait of a flush, so a state change by another thread is seen.
 FLUSH_POLL_S = 0.05
 
@@ -111,8 +123,8 @@ class Client:
         options = options or ClientOptions()
         self.options = msgspec.structs.replace(options, **overrides) if overrides else options
         self.socket_path = os.fspath(socket_path)
-        self.spool = SpoolWriter(spool_dir)
         self._clock = self.options.clock
+        self.spool = SpoolWriter(spool_dir, self._clock)
         self._window_size = max(1, self.options.window)
         self._trusted = trusted_uids(self.options.daemon_user)
         # Counters, for tests and for ``runtally status``-style introspection.
@@ -120,6 +132,7 @@ class Client:
         self.acked = 0
         self.nacked = 0
         self.spooled = 0
+        self.lost = LostEvents()
         self._init_state()
         adopt(self)
 
@@ -178,8 +191,12 @@ class Client:
             warn_once(f"close-{type(exc).__name__}", f"close failed: {exc!r}")
 
     def _close(self) -> None:
+        if self.lost:
+            self._report_lost()
+        self._settle()
         self._disconnect()
         self.spool.close()
+        self.lost.warn_unreported()
         self._set_state(Trigger.CLOSE)
 
     # -- fork ------------------------------------------------------------------------
@@ -203,6 +220,7 @@ class Client:
                 pass
         self.spool.forget()
         self.connect_attempts = self.acked = self.nacked = self.spooled = 0
+        self.lost = LostEvents()
         self._init_state()
 
     # -- connecting ------------------------------------------------------------------
@@ -212,17 +230,46 @@ class Client:
 
     def _emit(self, event: Event) -> None:
         try:
-            self._maybe_connect()
-            if self._state in LIVE:
-                self._send_event(event)
-                if self._state is SPOOLING:
-                    # The connection just broke (often: the daemon dropped an
-                    # idle one).  If it had been useful, reconnect and resend.
-                    self._maybe_connect()
-                return
-            self._spool(encode_message(event))
+            payload = _encode(event)
         except LocalProtocolError as exc:
             warn(f"dropping an event: {exc} (over the size limit)")
+            return
+        kept = self._deliver(event.id, payload)
+        if self.lost and kept:
+            self._report_lost()  # the spool or the daemon takes events again
+
+    def _deliver(self, event_id: str, payload: bytes, *, marker: bool = False) -> bool:
+        """Write ahead to the spool, then send if connected; False if the event is lost.
+
+        A ``marker`` (a ``dropped`` event) that the spool refuses is not one
+        more event dropped: ``LostEvents`` takes its count back.
+        """
+        self._maybe_connect()
+        if self._state in LIVE and self._conn.unacked and self._truncate_due():
+            # Acks first: if they empty the window the file is cut back before
+            # this event goes in (else the window always holds the last one).
+            self._pump(EMIT_REPLY_BUDGET)
+        in_spool = self.spool.append(payload)
+        if self._state in LIVE:
+            self._send_payload(event_id, payload, in_spool)
+            if self._state is SPOOLING:
+                # The connection just broke (often: the daemon dropped an
+                # idle one).  If it had been useful, reconnect and resend.
+                self._maybe_connect()
+            return True
+        if in_spool:
+            self.spooled += 1
+            self.spool.sync_if_due()
+            return True
+        if marker:
+            self.spool.dropped -= 1
+        self.lost.add([payload])
+        return False
+
+    def _report_lost(self) -> None:
+        for marker in self.lost.take_markers():
+            if self._deliver(marker.id, encode_message(marker), marker=True):
+                self.lost.warn_reported(marker)
 
     def _maybe_connect(self) -> None:
         if self._state in LIVE or not self._backoff.ready():
@@ -266,21 +313,24 @@ class Client:
 
     # -- sending and replies ---------------------------------------------------------
 
-    def _send_event(self, event: Event) -> None:
+    def _send_payload(self, event_id: str, payload: bytes, in_spool: bool) -> None:
         conn = self._conn
         if conn.unacked >= self._window_size:
             self._pump()
             if self._state not in LIVE:
-                self._spool(encode_message(event))
+                self._keep([] if in_spool else [payload])
                 return
             if conn.unacked >= self._window_size:
-                self._out += conn.send(event)
+                self._out += conn.send_payload(event_id, payload, spooled=in_spool)
                 self._break("the daemon is not acknowledging (window full)", stuck=True)
                 return
-        self._out += conn.send(event)
+        self._out += conn.send_payload(event_id, payload, spooled=in_spool)
         self._pump(EMIT_REPLY_BUDGET)
         if self._state in LIVE and len(self._out) > self.options.max_out:
             self._break("the daemon is not reading (send buffer full)", stuck=True)
+        elif self.spool.size > self.options.spool_rotate_bytes:
+            # The window never emptied long enough to cut the file back.
+            self.spool.retire(conn.sent)
 
     def _pump(self, budget: float = math.inf) -> None:
         """Non-blocking: write what the kernel takes, then handle up to ``budget`` replies.
@@ -292,18 +342,8 @@ class Client:
         are still buffered.
         """
         sock = self._sock
-        if sock is None:
+        if sock is None or not self._write_out():
             return
-        if self._out:
-            try:
-                sent = sock.send(self._out, _SEND_FLAGS)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._break(f"lost the daemon connection ({exc.strerror or exc})")
-                return
-            if sent:
-                del self._out[:sent]
         budget = self._handle_replies(budget)  # what an earlier read left
         size = RECV_SIZE if budget == math.inf else EMIT_RECV_SIZE
         while budget > 0:
@@ -321,6 +361,23 @@ class Client:
             budget = self._handle_replies(budget)
             if len(data) < size:
                 return
+
+    def _write_out(self) -> bool:
+        """Non-blocking: write what the kernel takes of ``_out``; False if the connection broke."""
+        sock = self._sock
+        if sock is None:
+            return False
+        if self._out:
+            try:
+                sent = sock.send(self._out, _SEND_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._break(f"lost the daemon connection ({exc.strerror or exc})")
+                return False
+            if sent:
+                del self._out[:sent]
+        return True
 
     def _handle_replies(self, budget: float) -> float:
         """Handle up to ``budget`` buffered replies; what is left of it (0: stop reading)."""
@@ -360,8 +417,34 @@ class Client:
             case _:
                 return  # a reply to nothing this client sends
         if self._state is RESENDING and self._conn.resent_unacked == 0:
-            self.spool.truncate()
             self._set_state(Trigger.SPOOL_ACKED)
+        if not self._conn.unacked:
+            self._settle(lazy=True)
+
+    def _truncate_due(self) -> bool:
+        spool = self.spool
+        return spool.records > 0 and (
+            spool.size > TRUNCATE_BYTES or self._clock() - spool.first_record_at >= TRUNCATE_AGE_S
+        )
+
+    def _settle(self, *, lazy: bool = False) -> None:
+        """Connected with nothing unacked: every record in the spool is acked, cut it back.
+
+        Live, every record in the file was sent on this connection (resent at
+        connect, or written ahead of its send), so an empty window means all
+        of them are acked, and so are the events of every retired file.
+        ``lazy`` (on an ack): only once the file is over TRUNCATE_BYTES or its
+        first record is TRUNCATE_AGE_S old - an ``ftruncate`` per call would
+        cost more than the write itself, and acked records left in the file
+        are only duplicates to a replay.  Flush and close cut it back always.
+        """
+        if self._state not in LIVE or self._conn.unacked:
+            return
+        spool = self.spool
+        if spool.records and (not lazy or self._truncate_due()):
+            spool.truncate()
+        if spool.retired:
+            spool.drop_retired(self._conn.answered_through)
 
     def _warn_refused(self, event_id: str | None, reason: str) -> None:
         if self.nacked <= MAX_NACK_WARNINGS:
@@ -385,9 +468,13 @@ class Client:
         self._set_state(Trigger.BROKEN)
 
     def _disconnect(self) -> None:
-        unacked = self._conn.connection_lost()
-        if unacked:
-            self.spooled += self.spool.append_many(unacked)
+        conn = self._conn
+        in_spool = conn.unacked - conn.resent_unacked  # less those not written ahead, below
+        unacked = conn.connection_lost()
+        self.spooled += in_spool - len(unacked)
+        self._keep(unacked)
+        # Retired files hold events that may be unacked: the replayer takes them.
+        self.spool.release_retired()
         self._out.clear()
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -396,9 +483,14 @@ class Client:
             except OSError:
                 pass
 
-    def _spool(self, payload: bytes) -> None:
-        if self.spool.append(payload):
-            self.spooled += 1
+    def _keep(self, payloads: list[bytes]) -> None:
+        """Spool events the spool does not hold yet; count the ones it won't take as lost."""
+        if not payloads:
+            return
+        kept = self.spool.append_many(payloads)
+        self.spooled += kept
+        if not kept:
+            self.lost.add(payloads)
 
     # -- flush -----------------------------------------------------------------------
 
@@ -406,10 +498,13 @@ class Client:
         deadline = self._clock() + timeout
         target = self._guard.run(self._flush_start)
         if target is None:
+            self._guard.run(self.spool.sync)
             return self.spool.records == 0
         while True:
             step = self._guard.run(self._flush_step, target, deadline, timeout)
             if step is None or isinstance(step, bool):
+                if not step:
+                    self._guard.run(self.spool.sync)  # what is left must survive a power loss
                 return bool(step)  # None: re-entered from a signal handler, skip
             # Wait outside the lock so other threads keep emitting; short slices
             # so a state change made by one of them is noticed promptly.
@@ -421,6 +516,8 @@ class Client:
         if self._state is SPOOLING and self.spool.records:
             # Hand the daemon the own spool now rather than at the replayer's pace.
             self._maybe_connect()
+        if self.lost:
+            self._report_lost()
         return self._conn.sent if self._state in LIVE else None
 
     def _flush_step(self, target: int, deadline: float, timeout: float) -> bool | tuple:
@@ -430,9 +527,23 @@ class Client:
         if self._state not in LIVE or self._sock is None:
             return False
         if self._conn.answered_through(target):
+            self._settle()
             return True
         remaining = deadline - self._clock()
         if remaining <= 0:
             self._break(f"no ack from the daemon within {timeout:g} s", stuck=True)
             return False
         return self._sock.fileno(), bool(self._out), remaining
+
+
+def _encode(event: Event) -> bytes:
+    """The event's payload; text UTF-8 cannot take is repaired rather than the event dropped.
+
+    Raises ``LocalProtocolError`` when it is empty or over MAX_FRAME bytes.
+    """
+    try:
+        return encode_message(event)
+    except UnicodeEncodeError:
+        # One odd string (a lone surrogate from os.fsdecode) must not cost the
+        # event: the one sanitiser, over every key and string, at any depth.
+        return encode_message(_coerce.clean(msgspec.to_builtins(event)))

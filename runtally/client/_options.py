@@ -28,6 +28,9 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     ``connect_timeout_s``: the longest a connect may take (seconds).
     ``resend_max_records``/``resend_max_bytes``: an own spool bigger than
     this is handed to the daemon's replayer instead of resent on reconnect.
+    ``spool_rotate_bytes``: a spool file this big while connected is retired
+    (removed once its events are acked) and a fresh one started, should the
+    window never empty long enough to cut it back.
     ``clock``: monotonic seconds, for the backoff and the flush deadline.
     ``default_club``: the ``club_slug`` of a run whose RunTracker names none
     (the ``default_club`` setting); None leaves it to the daemon (seed ``rondo``).
@@ -44,6 +47,7 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout_s: float = 0.05
     resend_max_records: int = 1000
     resend_max_bytes: int = 1 << 20
+    spool_rotate_bytes: int = 1 << 22
     clock: Callable[[], float] = time.monotonic
     default_club: str | None = None
     daemon_user: str | None = "runtally"

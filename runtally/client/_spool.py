@@ -1,4 +1,4 @@
-"""The client's own spool file (spool format v1): where events go when the daemon can't take them.
+"""The client's own spool file (spool format v1), written ahead of the socket.
 
 One file per process, ``<unix-ms>-<host>-<pid>-<random>.spool`` in the spool
 directory, held under ``flock(LOCK_EX)`` for as long as it is open.  The
@@ -7,11 +7,24 @@ daemon's replayer only takes ``*.spool`` files it can lock with
 ``.spool``, locked, given its header, and only then renamed into place: the
 replayer never sees a half-created file, and never a live one.
 
+It is a write-ahead log: the Client appends every event here *before* it
+writes it to the socket, so whatever kills the process (SIGKILL, the OOM
+killer), the kernel releases the flock and the replayer applies what the
+daemon had not committed (duplicates are no-ops: apply is idempotent by event
+id).  Whenever every record in the file is acknowledged, the Client cuts it
+back to its header (``truncate``, one ``ftruncate``).  A connection so busy
+that its window never empties would grow the file for ever, so past a size
+the file is *retired*: kept open and locked until the events sent so far are
+all answered, then removed (``retire``/``drop_retired``), while new events go
+to a fresh file.
+
 Appends are one ``os.write`` of one record on an ``O_APPEND`` descriptor, with
-no fsync (the budget is ~100 µs per event; the page cache survives a killed
-process, which is the failure that matters here).  Any ``OSError`` - an
-unwritable directory, ENOSPC - drops the event with one warning per process:
-tracking never raises into a pipeline.
+no fsync (~1 us; the page cache survives a killed process, which is the
+failure that matters here).  The file is synced (``sync``) at flush and exit
+when it still holds events, and at most once a second while spooling
+(``sync_if_due``), never per call.  Any ``OSError`` - an unwritable
+directory, ENOSPC - drops the event with one warning per process: tracking
+never raises into a pipeline (the Client counts what is lost and reports it).
 
 Not thread-safe on its own: the Client's lock serialises every call.
 """
@@ -24,7 +37,8 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from runtally.protocol import (
@@ -45,6 +59,8 @@ DIR_MODE = 0o700  # a directory the client creates is its own: nobody else's dae
 #: After the spool could not be opened, wait this long before trying again
 #: rather than paying the failing syscalls on every event.
 REOPEN_DELAY_S = 1.0
+#: While spooling, written records are synced at least this often (seconds).
+SYNC_INTERVAL_S = 1.0
 
 _HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
 
@@ -62,11 +78,31 @@ def _write_all(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "short write")
 
 
+def _release(fd: int, path: Path | None, *, unlink: bool) -> None:
+    """Unlock and close a spool file, removing it first if ``unlink`` (still locked then)."""
+    if unlink and path is not None:
+        try:
+            path.unlink()  # still locked: no replayer can be looking at it
+        except OSError:
+            pass
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        pass
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 class SpoolWriter:
     """Appends encoded events to this process's spool file, opened on first use."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.directory = Path(directory)
+        self._clock = clock  # monotonic seconds, for the sync interval
         self.path: Path | None = None
         self.records = 0  # records in the open file
         self.size = 0  # bytes in the open file, header included
@@ -74,6 +110,11 @@ class SpoolWriter:
         self._fd: int | None = None
         self._pid = os.getpid()  # the process that opened _fd and holds its lock
         self._retry_at = 0.0
+        self.first_record_at = 0.0  # clock() when the first record since the header went in
+        self._dirty = False  # written since the last sync
+        self._synced_at = 0.0  # time.monotonic() of the last sync (or the open)
+        #: Retired files: (tag, fd, path), oldest first; see ``retire``.
+        self._retired: deque[tuple[int, int, Path | None]] = deque()
 
     def __del__(self) -> None:
         try:
@@ -108,8 +149,11 @@ class SpoolWriter:
             written, error = 0, exc
         else:
             if written == len(data):
+                if not self.records:
+                    self.first_record_at = self._clock()
                 self.records += len(records)
                 self.size += written
+                self._dirty = True
                 return len(records)
             error = OSError(errno.ENOSPC, "short write")
         self.dropped += len(records)
@@ -159,7 +203,56 @@ class SpoolWriter:
             return False
         self.records = 0
         self.size = len(SPOOL_MAGIC)
+        self._dirty = False  # nothing left worth syncing
         return True
+
+    # -- durability ----------------------------------------------------------
+
+    def sync(self) -> None:
+        """fdatasync the open file if it holds unsynced records (flush, exit)."""
+        if self._fd is None or not self._dirty or self.records == 0:
+            return
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            warn_once("spool-sync", f"cannot sync spool file {self.path}: {exc}")
+        self._dirty = False
+        self._synced_at = self._clock()
+
+    def sync_if_due(self) -> None:
+        """While spooling: sync when the last sync is over SYNC_INTERVAL_S old."""
+        if self._dirty and self._clock() - self._synced_at >= SYNC_INTERVAL_S:
+            self.sync()
+
+    # -- retiring a file whose records are still in flight ---------------------
+
+    @property
+    def retired(self) -> int:
+        """Retired files still waiting for their events' acks."""
+        return len(self._retired)
+
+    def retire(self, tag: int) -> None:
+        """Keep the open file (locked) until ``drop_retired`` says ``tag`` is answered.
+
+        The next append opens a fresh file.  ``tag`` is the caller's marker of
+        the last event in this file (the Client's send sequence number).
+        """
+        if self._fd is None:
+            return
+        self._retired.append((tag, self._fd, self.path))
+        self._reset()
+
+    def drop_retired(self, answered: Callable[[int], bool]) -> None:
+        """Remove the retired files whose last event is ``answered(tag)``, oldest first."""
+        while self._retired and answered(self._retired[0][0]):
+            _, fd, path = self._retired.popleft()
+            _release(fd, path, unlink=True)
+
+    def release_retired(self) -> None:
+        """Hand every retired file to the replayer (its events may be unacked)."""
+        while self._retired:
+            _, fd, path = self._retired.popleft()
+            _release(fd, path, unlink=False)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -168,23 +261,12 @@ class SpoolWriter:
         if self._pid != os.getpid():
             self.forget()  # a forked child never unlocks or removes the parent's file
             return
+        self.release_retired()
+        self.sync()  # the replayer may take it from here: make it survive a power loss
         fd, path, empty = self._fd, self.path, self.records == 0
         self._reset()
-        if fd is None:
-            return
-        try:
-            if empty and path is not None:
-                path.unlink()  # still locked: no replayer can be looking at it
-        except OSError:
-            pass
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError:
-            pass
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        if fd is not None:
+            _release(fd, path, unlink=empty)
 
     def forget(self) -> None:
         """In a forked child: drop the parent's file without touching it.
@@ -193,12 +275,15 @@ class SpoolWriter:
         so ``LOCK_UN`` here would unlock the parent's file under it; closing
         our copy of the descriptor leaves the parent's lock in place.
         """
-        fd = self._fd
+        fds = [fd for _, fd, _ in self._retired]
+        self._retired.clear()
+        if self._fd is not None:
+            fds.append(self._fd)
         self._reset()
         self._pid = os.getpid()
         self._retry_at = 0.0
         self.dropped = 0
-        if fd is not None:
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
@@ -209,6 +294,7 @@ class SpoolWriter:
         self.path = None
         self.records = 0
         self.size = 0
+        self._dirty = False
 
     def _open(self) -> int | None:
         now = time.monotonic()
@@ -226,6 +312,7 @@ class SpoolWriter:
             return None
         self._fd, self.path, self._pid = fd, path, os.getpid()
         self.records, self.size = 0, len(SPOOL_MAGIC)
+        self._synced_at = self._clock()
         return fd
 
     def _create(self) -> tuple[int, Path]:

@@ -5,11 +5,16 @@ Theory of operation
 
 A Client is either talking to the daemon (``CONNECTED``, or ``RESENDING``
 while its own spooled events go first) or not (``IDLE`` before the first
-attempt, ``SPOOLING`` after a failure).  Whenever a connection cannot be
-trusted it is dropped (``BROKEN``) and everything unacked goes to the spool:
-the state never stays live on a connection in doubt.  A failed attempt and a
-drop both schedule the next attempt (backoff), and only an ``emit`` or a
-``flush`` makes one; there is no thread.
+attempt, ``SPOOLING`` after a failure).  In every state the spool file is a
+write-ahead log: each event is appended to it before it is sent, so it always
+holds every unacked event (and, until it is cut back, some acked ones:
+duplicates the daemon ignores).  Live, every record in it was sent on the
+current connection, so whenever the window is empty it is cut back to its
+header.  Whenever a connection cannot be trusted it is dropped (``BROKEN``);
+its unacked events are in the spool already: the state never stays live on
+a connection in doubt.  A failed attempt and a drop both schedule the next
+attempt (backoff), and only an ``emit`` or a ``flush`` makes one; there is
+no thread.
 
 =========  ==========================================  =======================
 state      meaning                                     trigger -> next state
@@ -18,15 +23,17 @@ IDLE       no socket, no attempt pending: the next     CONNECTED -> CONNECTED
            emit tries to connect at once (initial      RESEND    -> RESENDING
            state, and after close() or a fork)         REFUSED   -> SPOOLING
                                                        CLOSE     -> IDLE
-CONNECTED  events go to the socket; the window holds   BROKEN    -> SPOOLING
-           what is not acked yet                       CLOSE     -> IDLE
+CONNECTED  events go to the spool, then the socket;    BROKEN    -> SPOOLING
+           the window holds what is not acked yet;     CLOSE     -> IDLE
+           an empty window cuts the spool back
 RESENDING  connected, and the own spool's records      SPOOL_ACKED -> CONNECTED
-           were sent first; when all are acked the     BROKEN    -> SPOOLING
-           spool file is cut back to its header        CLOSE     -> IDLE
-SPOOLING   no socket; events go to the spool file;     CONNECTED -> CONNECTED
-           a connect is tried once the backoff has     RESEND    -> RESENDING
-           passed                                      REFUSED   -> SPOOLING
-                                                       CLOSE     -> IDLE
+           were sent first (then new ones, as in       BROKEN    -> SPOOLING
+           CONNECTED); SPOOL_ACKED when all resent     CLOSE     -> IDLE
+           ones are acked
+SPOOLING   no socket; events go to the spool file      CONNECTED -> CONNECTED
+           only (synced at most once a second); a      RESEND    -> RESENDING
+           connect is tried once the backoff has       REFUSED   -> SPOOLING
+           passed                                      CLOSE     -> IDLE
 =========  ==========================================  =======================
 
 A fork (in the child, from any state) is not a transition: the child starts

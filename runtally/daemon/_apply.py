@@ -16,6 +16,9 @@ step_end    its run and step                        UPDATE run_steps if its end_
 error       its run (and step, if it names one)     INSERT run_errors (uid unique)
 run_end     its run                                 UPDATE runs if its end_key is
                                                     newer; run totals := sums
+dropped     its run                                 INSERT run_errors (uid unique) "n
+                                                    events were lost"; the run is
+                                                    closed as failure for good
 ==========  ======================================  ==================================
 
 An event whose run or step does not exist yet is *parked*: stored in
@@ -45,6 +48,7 @@ import msgspec
 from ..protocol import (
     MAX_MESSAGE,
     MAX_STACK,
+    Dropped,
     ErrorEvent,
     Event,
     RunEnd,
@@ -356,6 +360,41 @@ class Applier:
             self._dirty_runs.add(run.id)
 
 
+#: ``step_name`` and message of the error row a ``dropped`` marker adds.
+LOST_STEP_NAME = "(run)"
+LOST_MESSAGE = "{n} events were lost: spool disk full"
+#: An end_key after any real one (ts has at most 15 digits): no run_end, however
+#: late, turns a run that lost events back into a success.
+_LOST_END_KEY = "9" * 15 + ":dropped"
+
+
+def _dropped(self: Applier, e: Dropped) -> None:
+    """A client lost ``e.events`` events of the run: an error row, and the run is a failure."""
+    run = self._run(e.run)
+    if run is None:
+        self._park(e, "run:" + e.run)
+        return
+    self._conn.execute(
+        "INSERT INTO run_errors (uid, run_id, club_slug, step_name, error_message, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
+        (
+            e.id,
+            run.id,
+            run.club_slug,
+            LOST_STEP_NAME,
+            LOST_MESSAGE.format(n=e.events),
+            iso_from_ms(e.ts),
+        ),
+    )
+    # Closed as failure; a run that already ended keeps its end time and duration.
+    self._conn.execute(
+        "UPDATE runs SET outcome = 'failure', end_key = ?,"
+        " finished_at = coalesce(finished_at, ?), duration_ms = coalesce(duration_ms, ?)"
+        " WHERE id = ?",
+        (_LOST_END_KEY, iso_from_ms(e.ts), max(0, e.ts - run.started_ms), run.id),
+    )
+
+
 #: One dict lookup per event instead of a chain of isinstance checks.
 _HANDLERS: dict[type, Any] = {
     RunStart: Applier._run_start,
@@ -363,4 +402,5 @@ _HANDLERS: dict[type, Any] = {
     StepEnd: Applier._step_end,
     ErrorEvent: Applier._error,
     RunEnd: Applier._run_end,
+    Dropped: _dropped,
 }

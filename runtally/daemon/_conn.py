@@ -51,6 +51,7 @@ import trio
 from ..protocol import (
     PROTOCOL_VERSION,
     Ack,
+    Dropped,
     ErrorReply,
     FrameDecoder,
     FrameError,
@@ -79,7 +80,7 @@ __all__ = ["Batch", "Connection", "ServerHooks"]
 
 _READ_SIZE = 65536
 _MAX_PENDING_BATCHES = 8
-_EVENT_TYPES = (RunStart, StepStart, StepEnd, ErrorEventMsg, RunEnd)
+_EVENT_TYPES = (RunStart, StepStart, StepEnd, ErrorEventMsg, RunEnd, Dropped)
 _PONG = encode_frame(Pong())
 
 #: A reply rendered when its turn comes (after the commit of the events before it).

@@ -13,9 +13,11 @@ out: it says the daemon could not read a frame, and what to do about that is
 the caller's decision.
 
 Events read back from the caller's spool file are sent with ``resend`` and
-marked as such: ``resent_unacked`` says when all of them are acked (the
-spool file may be cut back), and ``connection_lost`` does not hand them back
-(the spool file still has them).
+marked as such: ``resent_unacked`` says when all of them are acked.  Events
+the caller wrote to its spool before sending them (the spool as a
+write-ahead log) are sent with ``send_payload(..., spooled=True)``.
+``connection_lost`` hands back only the unanswered events the spool does not
+hold already.
 
 One object serves a client for its whole life.  ``connection_lost()`` makes
 it ready for the next socket; sequence numbers keep counting across
@@ -63,14 +65,15 @@ _id_decoder = msgspec.msgpack.Decoder(_EventId)
 
 
 class _Entry:
-    """An unacked event: its sequence number, its payload, whether it came from the spool."""
+    """An unacked event: its sequence number, its payload, whether it is from / in the spool."""
 
-    __slots__ = ("payload", "resent", "seq")
+    __slots__ = ("payload", "resent", "seq", "spooled")
 
-    def __init__(self, seq: int, payload: bytes, resent: bool) -> None:
+    def __init__(self, seq: int, payload: bytes, resent: bool, spooled: bool) -> None:
         self.seq = seq
         self.payload = payload
         self.resent = resent
+        self.spooled = spooled
 
 
 class ClientConnection:
@@ -115,6 +118,14 @@ class ClientConnection:
         """
         return self._remember(event.id, encode_message(event), resent=False)
 
+    def send_payload(self, event_id: str, payload: bytes, *, spooled: bool) -> bytes:
+        """Like ``send``, for an event already encoded; ``spooled``: the caller's spool holds it.
+
+        Raises ``LocalProtocolError`` (and keeps nothing) when ``payload`` is
+        empty or over MAX_FRAME bytes.
+        """
+        return self._remember(event_id, payload, resent=False, spooled=spooled)
+
     def resend(self, payloads: list[bytes]) -> bytes:
         """The frames to write for encoded events read back from the spool, in order.
 
@@ -138,13 +149,15 @@ class ClientConnection:
             for event_id, payload in zip(ids, payloads, strict=True)
         )
 
-    def _remember(self, event_id: str, payload: bytes, *, resent: bool) -> bytes:
+    def _remember(
+        self, event_id: str, payload: bytes, *, resent: bool, spooled: bool = False
+    ) -> bytes:
         frame = frame_payload(payload)
         self._sent += 1
         old = self._window.pop(event_id, None)  # sent again: the newer copy's reply counts
         if old is not None and old.resent:
             self._resent_unacked -= 1
-        self._window[event_id] = _Entry(self._sent, payload, resent)
+        self._window[event_id] = _Entry(self._sent, payload, resent, spooled or resent)
         if resent:
             self._resent_unacked += 1
         return frame
@@ -189,11 +202,11 @@ class ClientConnection:
     def connection_lost(self) -> list[bytes]:
         """Forget the connection: the unanswered events the spool does not have yet.
 
-        Returns their payloads in send order (resent events are left out: the
-        spool file still holds them), and empties the window and the receive
-        buffer for the next connection.
+        Returns their payloads in send order (resent and spooled events are
+        left out: the spool file still holds them), and empties the window and
+        the receive buffer for the next connection.
         """
-        lost = [entry.payload for entry in self._window.values() if not entry.resent]
+        lost = [entry.payload for entry in self._window.values() if not entry.spooled]
         self._window.clear()
         self._resent_unacked = 0
         self._decoder = FrameDecoder(self._max_frame)

@@ -24,6 +24,7 @@ __all__ = [
     "Ack",
     "ClientMessage",
     "Control",
+    "Dropped",
     "ErrorEvent",
     "ErrorReply",
     "Event",
@@ -214,8 +215,25 @@ class RunEnd(_Msg, tag="run_end"):
     duration_ms: Duration | None = None
 
 
+class Dropped(_Msg, tag="dropped"):
+    """A client lost events of a run (its spool's disk was full); sent once space is back.
+
+    Fields: ``id``, this event's uid; ``ts``, epoch milliseconds (when the
+    loss was reported); ``run``, the run whose events were lost; ``events``,
+    how many (1 to 2**62).  The daemon closes the run as ``failure`` with the
+    error row "<events> events were lost: spool disk full".  A run whose
+    ``run_start`` was among the lost events has no row: the marker is parked
+    like any event waiting for its run.
+    """
+
+    id: Uid
+    ts: Millis
+    run: Uid
+    events: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
+
+
 #: What a pipeline records: each has an ``id`` (idempotency key) and a ``ts``.
-Event = RunStart | StepStart | StepEnd | ErrorEvent | RunEnd
+Event = RunStart | StepStart | StepEnd | ErrorEvent | RunEnd | Dropped
 #: Requests that are not events: answered, never stored.
 Control = Hello | Ping | Status | Replay
 #: Everything a client may send.
@@ -223,7 +241,7 @@ ClientMessage = Event | Control
 
 #: The ``type`` tags of events and of control messages, for classifying raw maps.
 EVENT_TYPES: frozenset[str] = frozenset(
-    t.__struct_config__.tag for t in (RunStart, StepStart, StepEnd, ErrorEvent, RunEnd)
+    t.__struct_config__.tag for t in (RunStart, StepStart, StepEnd, ErrorEvent, RunEnd, Dropped)
 )
 CONTROL_TYPES: frozenset[str] = frozenset(
     t.__struct_config__.tag for t in (Hello, Ping, Status, Replay)
