@@ -16,6 +16,7 @@ import pytest
 import trio
 from daemon_helpers import count, ro_connect, run_events, settings_for
 
+from runtally.daemon._migrations import SCHEMA_VERSION
 from runtally.daemon._peer import is_allowed
 from runtally.daemon._server import Daemon, serve
 from runtally.protocol import (
@@ -135,7 +136,7 @@ class TestOrderingAndCommit:
         assert isinstance(status, StatusReply)
         # The status reply comes after the acks, so it counts them.
         assert status.events_committed == len(ev)
-        assert status.schema_version == 3
+        assert status.schema_version == SCHEMA_VERSION
         assert status.db_path == str(daemon.store.path)
         await c.send({"type": "hello", "protocol": 2})
         (err,) = await c.recv(1)
