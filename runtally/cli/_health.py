@@ -135,6 +135,8 @@ def collect(
     elif daemon.status is not None and not _same_file(daemon.status["db_path"], db_path):
         where = daemon.status["db_path"]
         warnings.append(f"the daemon writes {where}, this report reads {db_path}")
+    if daemon.status is not None:  # what the daemon finds wrong with itself (writer, parked, WAL)
+        problems += daemon.status.get("problems") or []
     if database.error:
         problems.append(f"database: {database.error}")
     if spool.backing_up and spool.oldest_age_s is not None:
