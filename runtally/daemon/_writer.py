@@ -292,24 +292,30 @@ class Writer:
         if idle and now - self._last_upkeep < self._checkpoint_interval_s:
             return
         self._last_upkeep = now
-        await trio.to_thread.run_sync(self._upkeep_sync, idle)
+        expired = await trio.to_thread.run_sync(self._upkeep_sync, idle)
+        # The figures change together, here in the trio thread: ``status`` never
+        # sees the expired counted before the parked ones are gone.
+        self.parked_expired += expired
         self.parked = self.store.parked
         self.parked_bytes = self.store.parked_bytes
 
     # -- in the worker thread -----------------------------------------------------------
 
-    def _upkeep_sync(self, idle: bool) -> None:
+    def _upkeep_sync(self, idle: bool) -> int:
+        """Follow a replaced file, expire parked events, checkpoint; how many expired."""
         store = self.store
         why = store.changed_underneath()
         if why is not None:
             self._reopen(why)
+        expired = 0
         try:
-            self.parked_expired += store.expire_parked(self._parked_max_age_s)
+            expired = store.expire_parked(self._parked_max_age_s)
             self.parked_oldest_ms = store.parked_oldest_ms()
         except (StoreBusy, ApplyError, sqlite3.Error) as exc:
             logger.warning("cannot expire parked events now, will retry: %s", exc)
         if idle:
             store.checkpoint_idle()
+        return expired
 
     def _reopen(self, why: str, log: bool = True) -> None:
         """Open the database afresh (``why``: what made it necessary, logged if ``log``)."""
