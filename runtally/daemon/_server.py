@@ -146,23 +146,16 @@ async def serve(
     ``notifier`` defaults to one from the environment (NOTIFY_SOCKET).
     """
     notifier = Notifier() if notifier is None else notifier
-    lock_fd = _lock_database(settings.db)
-    try:
-        await _serve_locked(settings, notifier, task_status)
-    finally:
-        os.close(lock_fd)
-
-
-async def _serve_locked(
-    settings: Settings, notifier: Notifier, task_status: trio.TaskStatus[Daemon]
-) -> None:
     activated = listen_fds()
     if activated:
         listen_socks, owns_socket = activated, False
     else:
         listen_socks, owns_socket = [_bind(settings)], True
     socket_inode = os.stat(settings.socket).st_ino if owns_socket else None
+    lock_fd: int | None = None
     try:
+        # After the socket: a second daemon on the same socket is told so first.
+        lock_fd = _lock_database(settings.db)
         store = await trio.to_thread.run_sync(
             lambda: Store.open(
                 settings.db,
@@ -177,6 +170,8 @@ async def _serve_locked(
             s.close()
         if owns_socket:
             _unlink_if_ours(settings.socket, socket_inode)
+        if lock_fd is not None:
+            os.close(lock_fd)
         raise
     daemon = Daemon(settings, store)
     settings.spool.mkdir(parents=True, exist_ok=True)
@@ -220,6 +215,7 @@ async def _serve_locked(
             s.close()
         if owns_socket:
             _unlink_if_ours(settings.socket, socket_inode)
+        os.close(lock_fd)  # the next daemon may take the database
     if daemon.writer.wedged is not None:
         raise DaemonError(daemon.writer.wedged)
 
