@@ -97,7 +97,7 @@ class Daemon:
             parked_expired=w.parked_expired,
             failing_s=None if failing is None else round(failing, 3),
             failing_reason=w.busy_reason,
-            problems=tuple(self.problems(failing, wal)),
+            problems=self.problems(failing, wal),
         )
 
     def problems(self, failing_s: float | None, wal_bytes: int) -> list[str]:

@@ -188,7 +188,7 @@ class StatusReply(_Msg, tag="status"):
     parked_expired: int = 0
     failing_s: float | None = None
     failing_reason: str = ""
-    problems: tuple[str, ...] = ()
+    problems: list[str] = msgspec.field(default_factory=list)  # strings only: no cycles (gc=False)
 
 
 class Replayed(_Msg, tag="replayed"):
