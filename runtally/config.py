@@ -46,7 +46,10 @@ class Settings(msgspec.Struct, frozen=True):
     socket: Path  # the daemon's Unix socket
     db: Path  # dashboard.sqlite
     spool: Path  # the spool directory
-    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"  # SQLite's synchronous pragma
+    #: SQLite's synchronous pragma.  FULL: an ack survives a power loss (one
+    #: fsync per group commit).  NORMAL is an opt-in: acks of the last seconds
+    #: may be lost on power loss (never on a crash of the daemon alone).
+    synchronous: Literal["NORMAL", "FULL"] = "FULL"
     busy_timeout_ms: int = 5000  # SQLite's busy_timeout, milliseconds
     socket_group: str | None = None  # group owning the socket (the right to emit)
     allow_uids: tuple[int, ...] | None = None  # peers allowed to emit (None: anyone)
@@ -69,6 +72,28 @@ class Settings(msgspec.Struct, frozen=True):
     daemon_user: str = DAEMON_USER  # a daemon socket may belong to it, root or oneself
     capture_argv: bool = True  # record the pipeline's argv (secrets redacted) in run meta
     config_file: Path | None = None  # the file read, if any
+    #: Seconds the writer may fail to commit (read-only, replaced, broken
+    #: database) before the daemon exits non-zero for systemd to restart it.
+    wedged_exit_s: float = 60.0
+    #: Seconds a SIGTERM waits for a failing commit before exiting anyway
+    #: (unacked events stay with the clients, who spool them).
+    stop_timeout_s: float = 5.0
+    #: Seconds between the writer's checkpoints while idle (PASSIVE, then
+    #: TRUNCATE when no reader holds the WAL).
+    checkpoint_interval_s: float = 5.0
+    #: Bytes of parked events (waiting for their run or step) kept at most,
+    #: in total and per peer uid; beyond them events are refused.
+    parked_max_bytes: int = 256 << 20
+    parked_max_bytes_per_peer: int = 64 << 20
+    #: Seconds before a parked event is moved to dead_letters ("its run never started").
+    parked_max_age_s: float = 7 * 86400.0
+    #: ``status`` fails when the writer has not committed for this many
+    #: seconds with events queued, ...
+    status_stall_s: float = 30.0
+    #: ... when an event has been parked longer than this (seconds), ...
+    status_parked_age_s: float = 600.0
+    #: ... or when the WAL is larger than this (bytes).
+    status_wal_bytes: int = 64 << 20
     #: Where each resolved value came from, for messages: ``(("db", "environment
     #: variable RUNTALLY_DB"), ...)``; empty for settings not made by ``resolve``.
     sources: tuple[tuple[str, str], ...] = ()

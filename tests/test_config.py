@@ -36,7 +36,7 @@ class TestPrecedence:
         state = tmp_path / "home" / ".local" / "state" / "runtally"
         assert settings.db == state / "dashboard.sqlite"
         assert settings.spool == state / "spool"
-        assert settings.synchronous == "NORMAL"
+        assert settings.synchronous == "FULL"  # acked means durable (issue 11)
         assert settings.busy_timeout_ms == 5000
         assert settings.config_file is None
 

@@ -94,15 +94,12 @@ async def test_a_database_that_refuses_even_dead_letters_is_retried_acking_nothi
     await running.writer.submit(job)
     await wait_for(lambda: running.writer.busy_since is not None, "the writer to retry")
     assert "no such table: dead_letters" in running.writer.busy_reason
-    beats = [running.writer.heartbeat]
-
-    def attempted_again() -> bool:  # each attempt refreshes the heartbeat
-        if running.writer.heartbeat != beats[-1]:
-            beats.append(running.writer.heartbeat)
-        return len(beats) >= 4
-
-    await wait_for(attempted_again, "three more attempts")
+    beat = running.writer.heartbeat
+    first = running.writer.attempts
+    await wait_for(lambda: running.writer.attempts >= first + 3, "three more attempts")
     assert not job.done.is_set()  # nothing acked while the database is broken
+    assert running.writer.heartbeat == beat  # a retry is no progress: the watchdog starves
+    assert running.writer.reopened >= 3  # each attempt on a fresh connection
     for statements in tables.values():
         for sql in statements:
             running.other.execute(sql)  # the operator repairs it

@@ -169,6 +169,14 @@ SERVER_STRATEGIES: dict[type, st.SearchStrategy] = {
             "pid": ints64,
             "last_commit_ts": st.none() | timestamps,
             "spool_problem": st.none() | st.text(max_size=40),
+            "wal_bytes": ints64,
+            "parked": ints64,
+            "parked_bytes": ints64,
+            "parked_oldest_ts": st.none() | timestamps,
+            "parked_expired": ints64,
+            "failing_s": st.none() | st.floats(allow_nan=False),
+            "failing_reason": st.text(),
+            "problems": st.lists(st.text(), max_size=3),
         },
     ),
     Replayed: _struct(Replayed, {"files": ints64, "events": ints64, "quarantined": ints64}),
@@ -206,7 +214,22 @@ SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     # "at least" these five; the rest are the daemon's documented extras.
     "status": (
         {"uptime_s", "events_committed", "queue_depth", "schema_version", "db_path"},
-        {"connections", "spool_files", "version", "pid", "last_commit_ts", "spool_problem"},
+        {
+            "connections",
+            "spool_files",
+            "version",
+            "pid",
+            "last_commit_ts",
+            "spool_problem",
+            "wal_bytes",
+            "parked",
+            "parked_bytes",
+            "parked_oldest_ts",
+            "parked_expired",
+            "failing_s",
+            "failing_reason",
+            "problems",
+        },
     ),
     "replayed": (
         {"files", "events", "quarantined"},
@@ -258,9 +281,13 @@ def wire_dict(msg: msgspec.Struct) -> dict[str, Any]:
 
 
 def defaults_of(cls: type) -> dict[str, Any]:
-    return {
-        f.name: f.default for f in msgspec.structs.fields(cls) if f.default is not msgspec.NODEFAULT
-    }
+    out = {}
+    for f in msgspec.structs.fields(cls):
+        if f.default is not msgspec.NODEFAULT:
+            out[f.name] = f.default
+        elif f.default_factory is not msgspec.NODEFAULT:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def msgpack_frame(obj: Any) -> bytes:

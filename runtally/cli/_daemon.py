@@ -14,7 +14,8 @@ from ._common import setting_option, uses_settings
     type=click.Choice(["NORMAL", "FULL"], case_sensitive=False),
     default=None,
     envvar="RUNTALLY_SYNCHRONOUS",
-    help="SQLite synchronous mode: NORMAL (default) or FULL (survives power loss)"
+    help="SQLite synchronous mode: FULL (default: an ack survives power loss) or NORMAL"
+    " (acks may be lost on power loss)"
     " [env RUNTALLY_SYNCHRONOUS].",
 )
 @uses_settings("socket", "db", "spool")

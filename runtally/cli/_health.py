@@ -145,6 +145,8 @@ def collect(
         warnings.append(f"the daemon writes {where}, this report reads {db_path}")
     if daemon.status is not None and daemon.status.get("spool_problem"):
         problems.append(f"spool: {daemon.status['spool_problem']}")
+    if daemon.status is not None:  # what the daemon finds wrong with itself (writer, parked, WAL)
+        problems += daemon.status.get("problems") or []
     if database.error:
         problems.append(f"database: {database.error}")
     if database.lost_events:

@@ -40,7 +40,7 @@ the one writer.  ``forget()`` must be called whenever a transaction rolls back.
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -56,7 +56,8 @@ from ..protocol import (
     StepEnd,
     StepStart,
 )
-from ._timefmt import iso_from_ms, ms_from_iso, now_iso
+from ._parking import OverBudget, Parking
+from ._timefmt import iso_from_ms, ms_from_iso, now_ms
 
 __all__ = ["Applier", "Rejected"]
 
@@ -93,18 +94,25 @@ def _json_or_none(value: Any) -> str | None:
 class Applier:
     """Applies validated events on one connection, inside the caller's transaction."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        parking: Parking | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self._conn = conn
         self._runs: dict[str, _Run] = {}
         self._steps: dict[str, _Step] = {}
         self._dirty_runs: set[int] = set()
         #: Parked events refused when released (Rejected): the Store dead-letters them.
         self.refused: list[tuple[Event, str]] = []
-        #: How many parked events wait for each "run:<uid>"/"step:<uid>": a new
-        #: run or step nobody waits for costs no query (stale parked rows, e.g.
-        #: the dependants of a dead-lettered run_start, would otherwise make
-        #: every later start pay a DELETE).
-        self._waiting = self._load_waiting()
+        #: Parked events, their counters and bounds (see ``_parking``).
+        self.parking = Parking(conn) if parking is None else parking
+        #: The uid of the peer whose event is being applied (parked bytes are counted per uid).
+        self.peer_uid: int | None = None
+        #: Milliseconds since the epoch, for ``parked_at`` (tests inject their own).
+        self.clock = clock
 
     def forget(self) -> None:
         """Drop cached ids and pending work (after a rollback)."""
@@ -112,21 +120,12 @@ class Applier:
         self._steps.clear()
         self._dirty_runs.clear()
         self.refused.clear()
-        self._waiting = self._load_waiting()
-
-    def _load_waiting(self) -> Counter[str]:
-        return Counter(
-            dict(
-                self._conn.execute(
-                    "SELECT waiting_for, count(*) FROM parked_events GROUP BY waiting_for"
-                )
-            )
-        )
+        self.parking.load()
 
     @property
     def parked_count(self) -> int:
         """Events parked until their run or step appears."""
-        return sum(self._waiting.values())
+        return self.parking.count
 
     # -- public ---------------------------------------------------------------
 
@@ -200,21 +199,19 @@ class Applier:
             _json_or_none(event.detail)
         elif isinstance(event, RunEnd):
             _json_or_none(event.summary)
-        cur = self._conn.execute(
-            "INSERT INTO parked_events (event_id, waiting_for, parked_at, payload)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-            (event.id, waiting_for, now_iso(), _event_encoder.encode(event)),
-        )
-        if cur.rowcount:  # else parked already: parking twice is parking once
-            self._waiting[waiting_for] += 1
+        try:
+            self.parking.park(
+                event.id,
+                waiting_for,
+                _event_encoder.encode(event),
+                self.peer_uid,
+                iso_from_ms(self.clock()),
+            )
+        except OverBudget as exc:
+            raise Rejected(str(exc)) from None
 
     def _release(self, waiting_for: str) -> None:
-        if self._waiting.pop(waiting_for, 0) == 0:
-            return
-        rows = self._conn.execute(
-            "DELETE FROM parked_events WHERE waiting_for = ? RETURNING payload", (waiting_for,)
-        ).fetchall()
-        for (payload,) in rows:
+        for payload in self.parking.release(waiting_for):
             event = _event_decoder.decode(payload)
             # A parked event that contradicts the db is refused on its own: it
             # must not fail the event that released it (nor the ones after it).

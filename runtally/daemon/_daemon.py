@@ -17,6 +17,7 @@ import trio
 from .._version import __version__
 from ..config import Settings
 from ..protocol import ErrorReply, Replayed, StatusReply, encode_frame
+from . import _dbfiles as files
 from ._admission import Admission
 from ._budget import PartialBudget
 from ._conn import Connection
@@ -38,7 +39,14 @@ class Daemon:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.writer = Writer(store, max_queue_events=settings.queue_events)
+        self.writer = Writer(
+            store,
+            max_queue_events=settings.queue_events,
+            wedged_exit_s=settings.wedged_exit_s,
+            stop_timeout_s=settings.stop_timeout_s,
+            checkpoint_interval_s=settings.checkpoint_interval_s,
+            parked_max_age_s=settings.parked_max_age_s,
+        )
         self.replayer = Replayer(
             settings.spool,
             self.writer,
@@ -72,7 +80,10 @@ class Daemon:
         await self.writer.submit(job)
 
     def status(self) -> StatusReply:
-        """What ``runtally status`` shows: counters, queue, paths, versions."""
+        """What ``runtally status`` shows: counters, queue, paths, versions, problems."""
+        w = self.writer
+        failing = trio.current_time() - w.busy_since if w.busy_since is not None else None
+        wal = files.wal_bytes(self.store.path)
         return StatusReply(
             uptime_s=round(time.monotonic() - self.started, 3),
             events_committed=self.writer.events_committed,
@@ -85,7 +96,41 @@ class Daemon:
             pid=os.getpid(),
             last_commit_ts=self.writer.last_commit_ms,
             spool_problem=self.replayer.problem,
+            wal_bytes=wal,
+            parked=w.parked,
+            parked_bytes=w.parked_bytes,
+            parked_oldest_ts=w.parked_oldest_ms,
+            parked_expired=w.parked_expired,
+            failing_s=None if failing is None else round(failing, 3),
+            failing_reason=w.busy_reason,
+            problems=self.problems(failing, wal),
         )
+
+    def problems(self, failing_s: float | None, wal_bytes: int) -> list[str]:
+        """What keeps the daemon from its job, one line each with the fix (``status`` fails)."""
+        s, w, out = self.settings, self.writer, []
+        if failing_s is not None and failing_s > s.status_stall_s and w.queued_events:
+            out.append(
+                f"writer: no commit for {failing_s:.0f} s with {w.queued_events} event(s) queued"
+                f" ({w.busy_reason}): make {self.store.path} writable (lock holder, read-only"
+                " file or mount, disk space); clients spool meanwhile"
+            )
+        if w.parked_oldest_ms is not None:
+            age_s = time.time() - w.parked_oldest_ms / 1000
+            if age_s > s.status_parked_age_s:
+                out.append(
+                    f"parked: {w.parked} event(s) wait for a run or step that never started,"
+                    f" the oldest for {age_s / 60:.0f} min: a pipeline's run_start was lost or"
+                    " refused (see dead_letters); they expire into dead_letters after"
+                    f" {s.parked_max_age_s:g} s"
+                )
+        if wal_bytes > s.status_wal_bytes:
+            out.append(
+                f"wal: {files.wal_path(self.store.path)} is {wal_bytes} bytes (limit"
+                f" {s.status_wal_bytes}): a long-running reader keeps the writer from"
+                " checkpointing it; end that reader's transaction"
+            )
+        return out
 
     def status_frame(self) -> bytes:
         """The ``status`` reply, encoded."""
@@ -114,7 +159,7 @@ class Daemon:
 
     def summary(self) -> str:
         """One line for systemd's STATUS: commits, connections, queue, a busy database."""
-        busy = f", db busy: {self.writer.busy_reason}" if self.writer.busy_since else ""
+        busy = f", db busy: {self.writer.busy_reason}" if self.writer.busy_since is not None else ""
         return (
             f"{self.writer.events_committed} events committed, "
             f"{len(self.connections)} connections, queue {self.writer.queued_events}{busy}"

@@ -4,8 +4,8 @@ A file is taken only if ``flock(LOCK_EX|LOCK_NB)`` succeeds — its writer is
 gone — and the lock is held until the file is deleted or quarantined, so two
 replays never race.  Every complete record goes through the writer, the same
 idempotent path as the socket; the file is deleted only after the COMMIT of
-its last record.  Killed between that COMMIT and the delete, the next replay
-applies the file again and the uids make that a no-op.
+its last record, synced to disk.  Killed between that COMMIT and the delete,
+the next replay applies the file again and the uids make that a no-op.
 
 A torn last record is normal (the writer died mid-append).  A CRC mismatch,
 a bad header or a file whose owner the socket would refuse is moved to
@@ -251,6 +251,7 @@ class Replayer:
                 await self._quarantine(dir_fd, name, tail, events)
                 return ReplayStats(files=1, events=events, quarantined=1)
             replayed = Job(
+                durable=True,  # synced before the unlink, even at synchronous=NORMAL
                 audit=[
                     AuditEntry(
                         "spool_replayed",
@@ -258,12 +259,15 @@ class Replayer:
                         scope="replay",
                         data={"file": name, "events": events},
                     )
-                ]
+                ],
             )
             await self.writer.submit(replayed)
             # The audit row is committed before the file goes: a kill at any
             # point after the unlink cannot lose it (a kill before it replays
-            # the file again, a no-op but for a second row).
+            # the file again, a no-op but for a second row).  Its commit is
+            # durable (fsynced, whatever ``synchronous``), and the fsync of
+            # the WAL covers the file's events committed before it: a power
+            # loss after the unlink cannot lose them either.
             await replayed.done.wait()
             if _still_there(dir_fd, name, st):
                 with contextlib.suppress(FileNotFoundError):

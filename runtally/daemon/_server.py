@@ -4,14 +4,20 @@ Start-up: open and migrate the database, bind the socket (or take it from
 systemd), start the writer and the replayer, then tell systemd READY=1.
 Shutdown (first SIGTERM/SIGINT): stop accepting, stop reading, let every
 connection send the replies for what it read, let the writer commit everything
-queued, close, exit 0.  A second signal exits at once: the clients' spools
-cover whatever was not acked.
+queued, close, exit 0.  A writer that cannot commit gives up after
+``stop_timeout_s``, so one signal always ends the daemon; a second signal
+exits at once.  The clients' spools cover whatever was not acked.
+
+One daemon per database: ``<db>.lock`` is flocked for the daemon's lifetime.
+A writer that stays unable to commit for ``wedged_exit_s`` ends the daemon
+with a DaemonError (one line, exit status 1) for systemd to restart it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import grp
 import os
@@ -59,6 +65,39 @@ def _claim_socket_path(path: Path) -> None:
         path.unlink(missing_ok=True)  # stale: its daemon died without cleaning up
         return
     raise DaemonError(f"cannot probe existing socket {path}: {nobody.error}") from nobody.error
+
+
+def lock_path(db: Path) -> Path:
+    """``<db>.lock``: held by the one daemon writing ``db``, with its pid inside."""
+    return db.with_name(db.name + ".lock")
+
+
+def _lock_database(db: Path) -> int:
+    """Take ``<db>.lock`` (flock, exclusive) for the daemon's lifetime; its fd.
+
+    A second daemon on the same database (another socket, the same
+    RUNTALLY_DB) would write it concurrently with the first: it is refused
+    with the first one's pid, read from the lock file.  The file is never
+    unlinked (unlinking a lock file lets two holders race on two inodes).
+    """
+    path = lock_path(db)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    except OSError as exc:
+        raise DaemonError(f"cannot open the lock file {path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise DaemonError(
+            f"another runtallyd (pid {holder}) is already writing {db} (it holds {path});"
+            " one daemon per database"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _bind(settings: Settings) -> socket.socket:
@@ -116,13 +155,27 @@ async def serve(
         listen_socks, owns_socket = [_bind(settings)], True
     socket_inode = os.stat(settings.socket).st_ino if owns_socket else None
     group = group_access(settings, activated=not owns_socket)
-    store = await trio.to_thread.run_sync(
-        lambda: Store.open(
-            settings.db,
-            synchronous=settings.synchronous,
-            busy_timeout_ms=settings.busy_timeout_ms,
+    lock_fd: int | None = None
+    try:
+        # After the socket: a second daemon on the same socket is told so first.
+        lock_fd = _lock_database(settings.db)
+        store = await trio.to_thread.run_sync(
+            lambda: Store.open(
+                settings.db,
+                synchronous=settings.synchronous,
+                busy_timeout_ms=settings.busy_timeout_ms,
+                parked_max_bytes=settings.parked_max_bytes,
+                parked_max_bytes_per_peer=settings.parked_max_bytes_per_peer,
+            )
         )
-    )
+    except BaseException:
+        for s in listen_socks:
+            s.close()
+        if owns_socket:
+            _unlink_if_ours(settings.socket, socket_inode)
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise
     restrict_database(settings.db, group)
     daemon = Daemon(settings, store)
     settings.spool.mkdir(parents=True, exist_ok=True)
@@ -135,7 +188,7 @@ async def serve(
                 watchdog = Watchdog(notifier, daemon.writer, daemon.summary, interval_s=interval)
                 supervision.start_soon(watchdog.run)
             async with trio.open_nursery() as writing:
-                await writing.start(daemon.writer.run)
+                await writing.start(_write, daemon, writing.cancel_scope)
                 await daemon.writer.submit(_started_audit(settings, activated=not owns_socket))
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as intake:
@@ -151,6 +204,7 @@ async def serve(
                         notifier.ready(daemon.summary())
                         task_status.started(daemon)
                         await daemon.stop_requested.wait()
+                        daemon.writer.request_stop()
                         notifier.stopping()
                         intake.cancel_scope.cancel()
                     daemon.stop_reading()
@@ -165,6 +219,21 @@ async def serve(
             s.close()
         if owns_socket:
             _unlink_if_ours(settings.socket, socket_inode)
+        os.close(lock_fd)  # the next daemon may take the database
+    if daemon.writer.wedged is not None:
+        raise DaemonError(daemon.writer.wedged)
+
+
+async def _write(
+    daemon: Daemon,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The writer; if it gives up, everything it serves ends too (nothing more is acked)."""
+    await daemon.writer.run(task_status=task_status)
+    if daemon.writer.gave_up:
+        scope.cancel()
 
 
 def _started_audit(settings: Settings, *, activated: bool) -> Job:

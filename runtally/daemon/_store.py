@@ -9,18 +9,23 @@ all: events, the dead letters of refused frames, and audit rows together.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 from ..protocol import Event
+from . import _dbfiles as files
 from ._apply import Applier, Rejected
 from ._migrations import SCHEMA_VERSION, migrate, schema_version
-from ._timefmt import iso_from_ms, now_ms
+from ._parking import Parking
+from ._recognise import recognise
+from ._records import AuditEntry, DeadLetter, Origin, write_audit, write_dead_letters
+from ._timefmt import iso_from_ms, ms_from_iso, now_ms
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -34,8 +39,6 @@ __all__ = [
     "is_transient",
 ]
 
-_json = msgspec.json.Encoder()
-
 
 class ApplyError(Exception):
     """A batch that cannot be applied as a whole (it was rolled back entirely)."""
@@ -43,48 +46,6 @@ class ApplyError(Exception):
 
 class StoreBusy(Exception):
     """The database cannot be written right now (locked, disk full, I/O): retry later."""
-
-
-class Origin(msgspec.Struct, frozen=True):
-    """Where a frame came from: ``socket`` with the peer's credentials, or a spool file.
-
-    ``source``: "socket", "spool:<file name>" or "parked"; ``uid``/``gid``/``pid``:
-    the peer's SO_PEERCRED, None when unknown.
-    """
-
-    source: str = "socket"
-    uid: int | None = None
-    gid: int | None = None
-    pid: int | None = None
-
-
-class DeadLetter(msgspec.Struct, frozen=True):
-    """A refused frame, kept with the reason it was refused.
-
-    ``frame``: the raw MessagePack bytes as received; ``received_ms``: ms since
-    the epoch, 0 for "when written".
-    """
-
-    frame: bytes
-    reason: str
-    event_id: str | None = None
-    origin: Origin = Origin()
-    received_ms: int = 0
-
-
-class AuditEntry(msgspec.Struct, frozen=True):
-    """One row of what the daemon did (start, replay, quarantine, refusal, ...).
-
-    ``data``: anything JSON-encodable, stored as ``data_json``; ``ts_ms``: ms
-    since the epoch, 0 for "when written".
-    """
-
-    event: str
-    message: str
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    scope: str = "daemon"
-    data: Any = None
-    ts_ms: int = 0
 
 
 #: SQLite's primary result codes that retrying later can fix: a lock held by
@@ -111,31 +72,95 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class Store:
-    """The daemon's single write connection to ``dashboard.sqlite``."""
+    """The daemon's single write connection to ``dashboard.sqlite``.
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    ``parked_max_bytes``/``parked_max_bytes_per_peer`` bound the parked events
+    (``_parking``); ``clock`` gives ms since the epoch for their ``parked_at``
+    and their expiry (tests inject their own).
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "FULL",
+        busy_timeout_ms: int = 5000,
+        parked_max_bytes: int = 256 << 20,
+        parked_max_bytes_per_peer: int = 64 << 20,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self._conn = conn
         self.path = path
-        self._applier = Applier(conn)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self.clock = clock
+        self._limits = (parked_max_bytes, parked_max_bytes_per_peer)
+        self._applier = self._new_applier()
+        #: (st_dev, st_ino) of the database file and its WAL when opened.
+        self._identity = files.identity(path)
+
+    def _new_applier(self) -> Applier:
+        total, per_peer = self._limits
+        parking = Parking(self._conn, max_bytes=total, max_bytes_per_peer=per_peer)
+        return Applier(self._conn, parking=parking, clock=self.clock)
 
     @classmethod
     def open(
         cls,
         path: str | os.PathLike[str],
         *,
-        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        synchronous: Literal["NORMAL", "FULL"] = "FULL",
         busy_timeout_ms: int = 5000,
+        parked_max_bytes: int = 256 << 20,
+        parked_max_bytes_per_peer: int = 64 << 20,
+        clock: Callable[[], int] = now_ms,
     ) -> Store:
-        """Open (creating if needed) and migrate the database."""
+        """Open (creating if needed) and migrate the database.
+
+        Raises ForeignDatabase, before writing anything, for a database that
+        is neither empty, the seed schema nor runtally's (``_recognise``).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
-        try:
-            migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path)
+        conn = _open_migrated(path, synchronous, busy_timeout_ms)
+        return cls(
+            conn,
+            path,
+            synchronous=synchronous,
+            busy_timeout_ms=busy_timeout_ms,
+            parked_max_bytes=parked_max_bytes,
+            parked_max_bytes_per_peer=parked_max_bytes_per_peer,
+            clock=clock,
+        )
+
+    def reopen(self) -> None:
+        """Close the connection and open the file at ``path`` afresh.
+
+        What a permanent error calls for, and the only way to follow a file
+        replaced underneath (a restore from backup) or a deleted ``-wal``: the
+        old connection writes into an orphaned inode.  Its WAL is folded into
+        its own database file first (best effort), so nothing committed there
+        is dropped by the close, and the path's ``-wal``/``-shm`` are not left
+        to be read as the new file's.  Raises what ``open`` raises; the old
+        connection is closed either way.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        self._conn = _open_migrated(self.path, self.synchronous, self.busy_timeout_ms)
+        self._applier = self._new_applier()
+        self._identity = files.identity(self.path)
+
+    def changed_underneath(self) -> str | None:
+        """Why the open connection no longer writes the file at ``path``, or None.
+
+        The database file replaced or deleted (its inode differs from the one
+        opened), or its ``-wal`` deleted or replaced while we are in WAL mode.
+        Two stat calls: cheap enough before every commit.
+        """
+        return files.changed(self.path, self._identity)
 
     # -- reading ----------------------------------------------------------------
 
@@ -148,6 +173,16 @@ class Store:
     def parked(self) -> int:
         """Events waiting for their run or step."""
         return self._applier.parked_count
+
+    @property
+    def parked_bytes(self) -> int:
+        """Bytes of the parked events' payloads."""
+        return self._applier.parking.bytes_total
+
+    def parked_oldest_ms(self) -> int | None:
+        """When the oldest parked event was parked (ms since the epoch), None if none."""
+        oldest = self._applier.parking.oldest()
+        return ms_from_iso(oldest) if oldest else None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read rows on the writer's connection (tests, status)."""
@@ -163,8 +198,14 @@ class Store:
         origins: Sequence[Origin] | None = None,
         dead_letters: Sequence[DeadLetter] = (),
         audit: Sequence[AuditEntry] = (),
+        durable: bool = False,
     ) -> list[str | None]:
         """Apply a batch in one transaction; return a refusal reason per event.
+
+        ``durable``: synced to disk when this returns even at
+        ``synchronous=NORMAL`` (this one commit runs at FULL, whose fsync of
+        the WAL also covers every commit before it): what must precede the
+        deletion of a replayed spool file.
 
         ``None`` means the event is in the database (applied, a duplicate, or
         parked until its run or step appears); a string means it contradicts
@@ -177,9 +218,13 @@ class Store:
         conn, applier = self._conn, self._applier
         results: list[str | None] = []
         refused: list[DeadLetter] = list(dead_letters)
+        sync_now = durable and self.synchronous != "FULL"
         try:
+            if sync_now:
+                conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
             for index, event in enumerate(events):
+                applier.peer_uid = origins[index].uid if origins is not None else None
                 try:
                     applier.apply(event)
                 except Rejected as exc:
@@ -214,49 +259,17 @@ class Store:
             if isinstance(exc, Exception):
                 raise ApplyError(f"{type(exc).__name__}: {exc}") from exc
             raise
+        finally:
+            if sync_now:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return results
 
     def _write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        if not letters:
-            return
-        now = now_ms()
-        self._conn.executemany(
-            "INSERT INTO dead_letters (received_at, source, peer_uid, peer_gid, peer_pid,"
-            " event_id, reason, frame) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    iso_from_ms(d.received_ms or now),
-                    d.origin.source,
-                    d.origin.uid,
-                    d.origin.gid,
-                    d.origin.pid,
-                    d.event_id,
-                    d.reason,
-                    d.frame,
-                )
-                for d in letters
-            ],
-        )
+        write_dead_letters(self._conn, letters)
 
     def _write_audit(self, entries: Sequence[AuditEntry]) -> None:
-        if not entries:
-            return
-        now = now_ms()
-        self._conn.executemany(
-            "INSERT INTO audit_log (ts, level, run_id, scope, event, message, data_json)"
-            " VALUES (?, ?, NULL, ?, ?, ?, ?)",
-            [
-                (
-                    iso_from_ms(a.ts_ms or now),
-                    a.level,
-                    a.scope,
-                    a.event,
-                    a.message,
-                    None if a.data is None else _json.encode(a.data).decode(),
-                )
-                for a in entries
-            ],
-        )
+        write_audit(self._conn, entries)
 
     def audit(self, event: str, message: str, **kwargs: Any) -> None:
         """Write one audit row in a transaction of its own."""
@@ -266,15 +279,98 @@ class Store:
         """Fold the WAL back into the database (on clean shutdown)."""
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def checkpoint_idle(self) -> bool:
+        """Checkpoint between batches; True when the WAL was truncated to 0 bytes.
+
+        PASSIVE first (never waits for anyone); only when it copied every frame
+        back, TRUNCATE, with the busy timeout at 0 for that one call: a reader
+        still holding an old snapshot makes it return at once instead of
+        holding the writer for ``busy_timeout_ms``.  Never called inside the
+        commit a client waits on.  Errors are left to the next commit to meet.
+        """
+        conn = self._conn
+        try:
+            busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy or log != done:
+                return False  # a reader pins part of the WAL: try again next time
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        except sqlite3.Error:
+            return False
+        return not busy
+
+    def wal_bytes(self) -> int:
+        """The ``-wal`` file's size in bytes (0 when there is none)."""
+        return files.wal_bytes(self.path)
+
+    def expire_parked(self, max_age_s: float) -> int:
+        """Move events parked longer than ``max_age_s`` into ``dead_letters``; how many.
+
+        Reason "its run never started" (or step); one audit row per expiry.
+        One transaction; StoreBusy/ApplyError as ``apply``.
+        """
+        cutoff = iso_from_ms(self.clock() - int(max_age_s * 1000))
+        conn, parking = self._conn, self._applier.parking
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            expired = parking.expire(cutoff)
+            if expired:
+                self._write_dead_letters(
+                    [
+                        DeadLetter(
+                            e.payload, e.reason, e.event_id, Origin("parked", uid=e.peer_uid)
+                        )
+                        for e in expired
+                    ]
+                )
+                self._write_audit(
+                    [
+                        AuditEntry(
+                            "parked_expired",
+                            f"{len(expired)} parked event(s) older than {max_age_s:g} s moved"
+                            " to dead_letters: their run or step never started",
+                            level="warning",
+                            data={"events": len(expired), "cutoff": cutoff},
+                        )
+                    ]
+                )
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._applier.forget()
+            if is_transient(exc):
+                raise StoreBusy(str(exc)) from exc
+            if isinstance(exc, Exception):
+                raise ApplyError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        return len(expired)
+
     def close(self) -> None:
         """Close the connection; the Store is unusable afterwards."""
         self._conn.close()
 
 
+def _open_migrated(
+    path: Path, synchronous: Literal["NORMAL", "FULL"], busy_timeout_ms: int
+) -> sqlite3.Connection:
+    recognise(path)  # before anything writes: a foreign file stays untouched
+    conn = connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def connect(
     path: Path,
     *,
-    synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    synchronous: Literal["NORMAL", "FULL"] = "FULL",
     busy_timeout_ms: int = 5000,
 ) -> sqlite3.Connection:
     """A write connection with runtally's pragmas, in autocommit mode.
@@ -292,6 +388,9 @@ def connect(
     if synchronous not in ("NORMAL", "FULL"):
         raise ValueError("synchronous must be NORMAL or FULL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
+    # What a checkpoint that resets the WAL leaves of it at most (SQLite's default
+    # is no limit: a WAL grown under a long reader kept its size for ever).
+    conn.execute(f"PRAGMA journal_size_limit = {files.JOURNAL_SIZE_LIMIT}")
     return conn
 
 

@@ -1,8 +1,9 @@
 """The systemd watchdog: WATCHDOG=1 only while the writer shows progress.
 
 A timer alone would keep pinging while the writer is wedged (stuck inside
-SQLite, say), and systemd would never restart us.  So each tick pings only if
-the writer's ``heartbeat`` is recent; a stalled writer's tick sends a STATUS
+SQLite, or retrying a commit that keeps failing), and systemd would never
+restart us.  So each tick pings only if the writer's ``heartbeat`` is recent:
+it moves on a commit or an idle queue, never on a retry; a stalled writer's tick sends a STATUS
 saying so instead, and systemd kills and restarts the daemon once WATCHDOG_USEC
 passes without a ping.  The ping and the status go in one datagram, so what a
 tick decided can be read off the notify socket (the tests do).
@@ -24,8 +25,9 @@ class Watchdog:
     """Pings every ``interval_s`` seconds while the writer's heartbeat is younger than ``stall_s``.
 
     ``stall_s`` defaults to two intervals plus a second: the writer refreshes
-    its heartbeat at least every ``tick_s`` (1 s) when idle and before every
-    commit attempt, so only a commit stuck longer than that counts as a stall.
+    its heartbeat at least every ``tick_s`` (1 s) when idle and after every
+    commit, never on a failed attempt, so a commit stuck or failing longer
+    than that counts as a stall.
     ``summary`` gives the STATUS text of each tick.
     """
 

@@ -14,23 +14,40 @@ failed (StoreBusy) is retried with backoff, nothing acked meanwhile.  A batch
 that fails for any other reason is split job by job, event by event, so one
 unappliable event is dead-lettered instead of wedging everyone.  When not even
 a dead letter can be written, the fault is the database's, not the events'
-(read-only, corrupt): the batch is retried as for StoreBusy but with a long
-backoff and one error logged, nothing acked and nothing dead-lettered, so the
-clients keep every event (in their windows, then their spools) until it is
-fixed.  (A first, minimal answer: what the daemon should do then is the
-reliability issue's to design.)
+(read-only, corrupt): the connection is reopened (which also follows a file
+replaced underneath) and the batch retried, nothing acked and nothing
+dead-lettered, so the clients keep every event (in their windows, then their
+spools).  Before every commit the store checks that the file at its path is
+still the one it opened (a restored backup, a deleted ``-wal``) and reopens
+it if not, so no ack goes into an orphaned inode.
+
+Bounds, so that the daemon never stops serving without saying so:
+
+* ``heartbeat`` (what the systemd watchdog feeds on) moves only on a commit or
+  an idle queue, never on a retry: a writer that cannot commit stops the pings;
+* failing for ``wedged_exit_s`` in a row, the writer gives up: ``wedged`` says
+  why and the daemon exits non-zero, for systemd to restart it;
+* after ``request_stop`` (SIGTERM) a failing commit is retried for at most
+  ``stop_timeout_s``, then given up: unacked events stay with the clients.
+
+Between batches (``_upkeep``), at most every ``checkpoint_interval_s``: the
+WAL is checkpointed (PASSIVE, then TRUNCATE when nothing pins it: never inside
+a commit a client waits on), parked events older than ``parked_max_age_s`` go
+to ``dead_letters``, and the figures ``status`` reports are refreshed.
 """
 
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import trio
 
+from ..errors import RuntallyError
 from ..protocol import Event
+from ._job import Job
 from ._log import logger
 from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy
 
@@ -48,58 +65,26 @@ _BACKOFF_MAX_S = 2.0
 #: Between retries of a database that refuses even a dead letter (read-only,
 #: corrupt): an operator has to act, so hammering it buys nothing.
 _BROKEN_BACKOFF_MAX_S = 30.0
+#: Under continuous load the queue is never idle: upkeep without the
+#: checkpoint (expiry, figures) still runs this often.
+_BUSY_UPKEEP_S = 60.0
 
 
 class _DatabaseBroken(Exception):
     """Not even a dead letter could be written: the database is at fault, not the events."""
 
 
-@dataclass(eq=False, slots=True)
-class Job:
-    """Work for one transaction, from one source, with one completion signal."""
-
-    events: list[Event] = field(default_factory=list)
-    frames: list[bytes] = field(default_factory=list)
-    origin: Origin = field(default_factory=Origin)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    audit: list[AuditEntry] = field(default_factory=list)
-    results: list[str | None] = field(default_factory=list)
-    done: trio.Event = field(default_factory=trio.Event)
-    nbytes: int = 0  # its frames' bytes, counted against the queue's byte budget
-    queued_cost: int = 0  # its cost when queued, given back once committed
-    #: Its results are final: set once committed, so a batch retried after a
-    #: StoreBusy in the slow path does not write its dead letters twice.
-    committed: bool = False
-
-    @property
-    def cost(self) -> int:
-        """Budget units: its events, and at least one for a job of only records."""
-        return max(1, len(self.events) + len(self.dead_letters))
-
-    @property
-    def empty(self) -> bool:
-        """Nothing to write: no events, dead letters or audit rows."""
-        return not (self.events or self.dead_letters or self.audit)
-
-    def drop_payload(self) -> None:
-        """Once committed, only ``results`` are needed: the rest is in the database.
-
-        Connections keep a committed job until its replies are sent, which
-        waits on a client reading them; without this, 32 slow readers could
-        hold 8 batches of decoded events each, outside the queue budget.
-        """
-        self.events = []
-        self.frames = []
-        self.dead_letters = []
-        self.audit = []
+class _GiveUp(Exception):
+    """Stop retrying: wedged too long, or a stop was requested while failing."""
 
 
 class Writer:
     """Owns the Store; everything else talks to it through ``submit``.
 
-    ``tick_s``: the longest the loop waits for a job before refreshing its
-    ``heartbeat``.  ``broken_backoff_max_s``: the longest wait between retries
-    of a database that refuses even a dead letter (tests make it short).
+    ``tick_s``: the longest the loop waits for a job before counting the queue
+    idle.  ``broken_backoff_max_s``: the longest wait between retries of a
+    database that refuses even a dead letter (tests make it short).  The other
+    bounds are described in the module docstring (seconds, all of them).
     """
 
     def __init__(
@@ -110,14 +95,25 @@ class Writer:
         max_queue_bytes: int = _MAX_QUEUE_BYTES,
         tick_s: float = 1.0,
         broken_backoff_max_s: float = _BROKEN_BACKOFF_MAX_S,
+        wedged_exit_s: float = 60.0,
+        stop_timeout_s: float = 5.0,
+        checkpoint_interval_s: float = 5.0,
+        parked_max_age_s: float = 7 * 86400.0,
     ):
         self.store = store
         self._budget = max_queue_events
         self._max_bytes = max_queue_bytes
         self._tick_s = tick_s
         self._broken_backoff_max_s = broken_backoff_max_s
+        self._wedged_exit_s = wedged_exit_s
+        self._stop_timeout_s = stop_timeout_s
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._parked_max_age_s = parked_max_age_s
         self._send, self._recv = trio.open_memory_channel[Job](math.inf)
         self._space = trio.Event()
+        self._stop = trio.Event()
+        self._stop_at: float | None = None
+        self._last_upkeep = -math.inf
         #: Budget units queued and not yet committed (see ``Job.cost``).
         self.queued_events = 0
         self.queued_bytes = 0  # raw frames of the queued events
@@ -129,8 +125,23 @@ class Writer:
         self.busy_since: float | None = None
         #: Why they fail (the sqlite message), while ``busy_since`` is set.
         self.busy_reason = ""
-        #: trio.current_time() of the writer's last sign of life (for the watchdog).
+        #: trio.current_time() of the writer's last progress: a commit, or an idle
+        #: queue (for the watchdog; a retry is no progress).
         self.heartbeat = trio.current_time()
+        #: Commit attempts so far (successful or not).
+        self.attempts = 0
+        #: Times the connection was reopened (permanent error, file replaced).
+        self.reopened = 0
+        #: Why the writer gave up for good (the daemon exits non-zero), else None.
+        self.wedged: str | None = None
+        #: True once the writer stopped retrying (wedged, or stopped while failing).
+        self.gave_up = False
+        #: Parked events now, their bytes, the oldest's parked_at (ms), and how
+        #: many expired into dead_letters since start.
+        self.parked = store.parked
+        self.parked_bytes = store.parked_bytes
+        self.parked_oldest_ms: int | None = store.parked_oldest_ms()
+        self.parked_expired = 0
 
     # -- producers ------------------------------------------------------------------
 
@@ -150,43 +161,64 @@ class Writer:
         """No more jobs: ``run`` returns once everything queued is committed."""
         self._send.close()
 
+    def request_stop(self) -> None:
+        """A stop is under way: a failing commit is retried ``stop_timeout_s`` more at most."""
+        if not self._stop.is_set():
+            self._stop_at = trio.current_time()
+            self._stop.set()
+
     # -- the loop -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Commit batches until ``close`` and everything queued before it is committed."""
+        """Commit batches until ``close`` and everything queued before it is committed.
+
+        Returns early, with ``gave_up`` set, when it stops retrying (see the
+        module docstring); what it had not committed is never acked.
+        """
         task_status.started()
         while True:
-            self.heartbeat = trio.current_time()
+            first: Job | None = None
             with trio.move_on_after(self._tick_s):
                 try:
                     first = await self._recv.receive()
                 except trio.EndOfChannel:
                     return
-                jobs = [first]
-                size = len(first.events)
-                while size < _MAX_BATCH_EVENTS:
-                    try:
-                        job = self._recv.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    jobs.append(job)
-                    size += len(job.events)
+            if first is None:
+                self.heartbeat = trio.current_time()  # an idle queue is a healthy one
+                await self._upkeep(idle=True)
+                continue
+            jobs = [first]
+            size = len(first.events)
+            while size < _MAX_BATCH_EVENTS:
+                try:
+                    job = self._recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                jobs.append(job)
+                size += len(job.events)
+            try:
                 await self._commit(jobs)
+            except _GiveUp:
+                self.gave_up = True
+                return
+            self.heartbeat = trio.current_time()
+            if trio.current_time() - self._last_upkeep >= _BUSY_UPKEEP_S:
+                await self._upkeep(idle=False)
 
     async def _commit(self, jobs: list[Job]) -> None:
         with trio.CancelScope(shield=True):
             delay = _BACKOFF_FIRST_S
             broken_logged = False
+            first = self.attempts + 1
             while True:
-                self.heartbeat = trio.current_time()
+                self.attempts += 1
                 try:
                     await trio.to_thread.run_sync(self._apply_all, jobs)
                 except StoreBusy as exc:
                     if self.busy_since is None:
-                        self.busy_since = trio.current_time()
                         logger.warning("database busy, retrying: %s", exc)
-                    self.busy_reason = str(exc)
-                    await trio.sleep(delay)
+                    self._failing(exc)
+                    await self._pause(delay)
                     delay = min(delay * 2, _BACKOFF_MAX_S)
                     continue
                 except _DatabaseBroken as exc:
@@ -194,14 +226,15 @@ class Writer:
                         broken_logged = True
                         logger.error(
                             "database cannot be written, nothing is acked until it can;"
-                            " retrying every %g s at most: %s",
+                            " reopening it and retrying every %g s at most: %s",
                             self._broken_backoff_max_s,
                             exc,
                         )
-                    self.busy_since = self.busy_since or trio.current_time()
-                    self.busy_reason = str(exc)
-                    await trio.sleep(delay)
+                    self._failing(exc)
+                    await self._pause(delay)
                     delay = min(delay * 2, self._broken_backoff_max_s)
+                    # Logged once per streak, like the error above.
+                    await trio.to_thread.run_sync(self._reopen, str(exc), self.attempts == first)
                     continue
                 break
             if self.busy_since is not None:
@@ -220,11 +253,91 @@ class Writer:
         self.queued_bytes -= freed_bytes
         self._space.set()
         self._space = trio.Event()
+        self.parked = self.store.parked
+        self.parked_bytes = self.store.parked_bytes
+
+    def _failing(self, exc: Exception) -> None:
+        """Note a failed attempt; _GiveUp when failing too long or when stopping."""
+        now = trio.current_time()
+        if self.busy_since is None:
+            self.busy_since = now
+        self.busy_reason = str(exc)
+        if now - self.busy_since >= self._wedged_exit_s:
+            self.wedged = (
+                f"the database has not accepted a commit for {now - self.busy_since:.0f} s"
+                f" ({self.store.path}: {exc}); exiting so that the service manager restarts"
+                " the daemon (clients spool meanwhile)"
+            )
+            raise _GiveUp
+        if self._stop_at is not None and now - self._stop_at >= self._stop_timeout_s:
+            logger.warning(
+                "stopping without committing %d queued event(s): %s (the clients keep them)",
+                self.queued_events,
+                exc,
+            )
+            raise _GiveUp
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` before a retry, cut short by a stop (then bounded by its timeout)."""
+        with trio.move_on_after(delay):
+            await self._stop.wait()
+        if self._stop.is_set():
+            assert self._stop_at is not None
+            left = self._stop_at + self._stop_timeout_s - trio.current_time()
+            await trio.sleep(max(0.0, min(delay, left)))
+
+    async def _upkeep(self, *, idle: bool) -> None:
+        """Between batches: follow a replaced file, expire parked events, checkpoint."""
+        now = trio.current_time()
+        if idle and now - self._last_upkeep < self._checkpoint_interval_s:
+            return
+        self._last_upkeep = now
+        expired = await trio.to_thread.run_sync(self._upkeep_sync, idle)
+        # The figures change together, here in the trio thread: ``status`` never
+        # sees the expired counted before the parked ones are gone.
+        self.parked_expired += expired
+        self.parked = self.store.parked
+        self.parked_bytes = self.store.parked_bytes
 
     # -- in the worker thread -----------------------------------------------------------
 
+    def _upkeep_sync(self, idle: bool) -> int:
+        """Follow a replaced file, expire parked events, checkpoint; how many expired."""
+        store = self.store
+        why = store.changed_underneath()
+        if why is not None:
+            self._reopen(why)
+        expired = 0
+        try:
+            expired = store.expire_parked(self._parked_max_age_s)
+            self.parked_oldest_ms = store.parked_oldest_ms()
+        except (StoreBusy, ApplyError, sqlite3.Error) as exc:
+            logger.warning("cannot expire parked events now, will retry: %s", exc)
+        if idle:
+            store.checkpoint_idle()
+        return expired
+
+    def _reopen(self, why: str, log: bool = True) -> None:
+        """Open the database afresh (``why``: what made it necessary, logged if ``log``)."""
+        if log:
+            logger.warning("reopening the database: %s", why)
+        try:
+            self.store.reopen()
+        except (sqlite3.Error, OSError, RuntallyError) as exc:
+            if log:
+                logger.error("cannot reopen the database, will retry: %s", exc)
+            return
+        self.reopened += 1
+        self.parked_oldest_ms = self.store.parked_oldest_ms()
+
     def _apply_all(self, jobs: Sequence[Job]) -> None:
         jobs = [job for job in jobs if not job.committed]
+        why = self.store.changed_underneath()
+        if why is not None:  # never ack into a file nobody will read again
+            self._reopen(why)
+            if self.store.changed_underneath() is not None:
+                raise _DatabaseBroken(why)
+        durable = any(job.durable for job in jobs)
         events: list[Event] = []
         frames: list[bytes] = []
         origins: list[Origin] = []
@@ -238,7 +351,12 @@ class Writer:
             audit += job.audit
         try:
             results = self.store.apply(
-                events, frames=frames, origins=origins, dead_letters=dead, audit=audit
+                events,
+                frames=frames,
+                origins=origins,
+                dead_letters=dead,
+                audit=audit,
+                durable=durable,
             )
         except ApplyError:
             for job in jobs:
@@ -250,6 +368,8 @@ class Writer:
             job.results = results[start : start + len(job.events)]
             job.committed = True
             start += len(job.events)
+        if results or dead or audit or events:
+            self.parked_oldest_ms = self.store.parked_oldest_ms()
 
     def _apply_isolated(self, job: Job) -> None:
         """Slow path: find the event(s) that cannot be applied and dead-letter them."""
@@ -260,11 +380,12 @@ class Writer:
                 origins=[job.origin] * len(job.events),
                 dead_letters=job.dead_letters,
                 audit=job.audit,
+                durable=job.durable,
             )
             return
         except ApplyError:
             pass
-        self._write_records(job.dead_letters, job.audit)
+        self._write_records(job.dead_letters, job.audit, durable=job.durable)
         job.dead_letters, job.audit = [], []  # committed: not again if a retry follows
         job.results = []
         for event, frame in zip(job.events, job.frames, strict=True):
@@ -275,9 +396,11 @@ class Writer:
                 self._write_records([DeadLetter(frame, reason, event.id, job.origin)], [])
                 job.results.append(reason)
 
-    def _write_records(self, dead_letters: list[DeadLetter], audit: list[AuditEntry]) -> None:
+    def _write_records(
+        self, dead_letters: list[DeadLetter], audit: list[AuditEntry], *, durable: bool = False
+    ) -> None:
         """Commit records alone; a database that refuses even these is broken (retry later)."""
         try:
-            self.store.apply((), dead_letters=dead_letters, audit=audit)
+            self.store.apply((), dead_letters=dead_letters, audit=audit, durable=durable)
         except ApplyError as exc:
             raise _DatabaseBroken(str(exc)) from exc

@@ -287,6 +287,18 @@ class StatusReply(_Msg, tag="status"):
     pid: int = 0
     last_commit_ts: int | None = None
     spool_problem: str | None = None
+    # The writer's health (issue 11): WAL size in bytes, parked events (count,
+    # payload bytes, oldest parked_at in ms, expired since start), seconds the
+    # commits have been failing and why, and what the daemon itself finds
+    # wrong: one line each with the fix; ``runtally status`` fails on any.
+    wal_bytes: int = 0
+    parked: int = 0
+    parked_bytes: int = 0
+    parked_oldest_ts: int | None = None
+    parked_expired: int = 0
+    failing_s: float | None = None
+    failing_reason: str = ""
+    problems: list[str] = msgspec.field(default_factory=list)  # strings only: no cycles (gc=False)
 
 
 class Replayed(_Msg, tag="replayed"):

@@ -1,0 +1,62 @@
+"""The database's files on disk: which inodes the open connection writes, WAL size.
+
+A connection keeps writing the inodes it opened.  When the file at the path is
+replaced (a backup restored with ``mv``/``os.replace``) or its ``-wal`` is
+deleted, commits still succeed — into an orphan that no reader sees and that
+the next close loses.  So the store remembers (st_dev, st_ino) of both files
+when it opens them, and compares before each commit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["JOURNAL_SIZE_LIMIT", "Identity", "changed", "identity", "wal_bytes", "wal_path"]
+
+#: PRAGMA journal_size_limit: bytes of WAL kept after a checkpoint resets it.
+JOURNAL_SIZE_LIMIT = 8 << 20
+
+#: (st_dev, st_ino) of the database file, and of its WAL (None if it has none).
+Identity = tuple[tuple[int, int] | None, tuple[int, int] | None]
+
+
+def wal_path(db: Path) -> Path:
+    """``<db>-wal``."""
+    return db.with_name(db.name + "-wal")
+
+
+def _id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def identity(db: Path) -> Identity:
+    """The inodes of ``db`` and its ``-wal`` now (right after opening them)."""
+    return (_id(db), _id(wal_path(db)))
+
+
+def changed(db: Path, opened: Identity) -> str | None:
+    """Why the files at ``db`` are no longer the ones ``opened``, or None if they are."""
+    now_db, now_wal = identity(db)
+    was_db, was_wal = opened
+    if now_db is None:
+        return f"{db} was deleted"
+    if now_db != was_db:
+        return f"{db} was replaced (another file is at its path now)"
+    if was_wal is not None and now_wal is None:
+        return f"{wal_path(db)} was deleted"
+    if was_wal is not None and now_wal != was_wal:
+        return f"{wal_path(db)} was replaced"
+    return None
+
+
+def wal_bytes(db: Path) -> int:
+    """Size of ``<db>-wal`` in bytes, 0 when there is none."""
+    try:
+        return os.stat(wal_path(db)).st_size
+    except OSError:
+        return 0
