@@ -16,11 +16,13 @@ import trio
 
 from .._version import __version__
 from ..config import Settings
-from ..protocol import ErrorReply, Replayed, StatusReply, encode_frame
+from ..protocol import ErrorReply, PipelinePaused, Replayed, StatusReply, encode_frame
 from ._admission import Admission
+from ._alerts import Dispatcher
 from ._budget import PartialBudget
 from ._conn import Connection
 from ._log import logger
+from ._monitor import Monitor
 from ._peer import is_admin, is_allowed, peer_origin
 from ._replay import Replayer, spool_backlog
 from ._store import AuditEntry, Origin, Store
@@ -55,6 +57,9 @@ class Daemon:
         self.partials = PartialBudget(settings.max_partial_bytes)
         #: Set by the first SIGTERM/SIGINT, or by ``request_stop`` (tests, embedding).
         self.stop_requested = trio.Event()
+        #: Pipeline states and alerts (``_monitor``), sending from a thread of its own.
+        self.alerts = Dispatcher(settings)
+        self.monitor = Monitor(settings, self.writer, self.alerts)
 
     def request_stop(self) -> None:
         """Begin the graceful shutdown, as a first SIGTERM does."""
@@ -84,6 +89,7 @@ class Daemon:
             version=__version__,
             pid=os.getpid(),
             last_commit_ts=self.writer.last_commit_ms,
+            alert_failures=dict(self.alerts.failures),
         )
 
     def status_frame(self) -> bytes:
@@ -98,6 +104,19 @@ class Daemon:
             )
         stats = await self.replayer.replay_once()
         return encode_frame(Replayed(stats.files, stats.events, stats.quarantined))
+
+    async def run_pause(self, origin: Origin, pipeline: str, paused: bool) -> bytes:
+        """Pause or resume ``pipeline`` if ``origin`` is an admin; the encoded reply either way."""
+        verb = "pause" if paused else "resume"
+        if not is_admin(self.settings, origin.uid):
+            return encode_frame(
+                ErrorReply(f"{verb} is an admin message; uid {origin.uid} is not an admin")
+            )
+        await self.monitor.set_paused(pipeline, paused)
+        await self.writer.submit(
+            Job(audit=[AuditEntry(f"pipeline_{verb}d", f"{pipeline} {verb}d by uid {origin.uid}")])
+        )
+        return encode_frame(PipelinePaused(pipeline, paused))
 
     def summary(self) -> str:
         """One line for systemd's STATUS: commits, connections, queue, a busy database."""

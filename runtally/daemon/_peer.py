@@ -7,6 +7,7 @@ import socket
 import struct
 
 from ..config import Settings
+from ._liveness import process_start
 from ._store import Origin
 
 __all__ = ["is_admin", "is_allowed", "peer_origin"]
@@ -22,7 +23,7 @@ def peer_origin(sock: socket.socket) -> Origin:
         )
     except (OSError, AttributeError):
         return Origin("socket")
-    return Origin("socket", uid, gid, pid)
+    return Origin("socket", uid, gid, pid, process_start(pid))
 
 
 def is_allowed(settings: Settings, uid: int | None, gid: int | None) -> bool:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from ..protocol import Event
+from ..protocol import Event, RunStart
 from ._apply import Applier, Rejected
 from ._migrations import SCHEMA_VERSION, migrate, schema_version
 from ._timefmt import iso_from_ms, now_ms
@@ -30,6 +30,7 @@ __all__ = [
     "Origin",
     "Store",
     "StoreBusy",
+    "Write",
     "connect",
     "is_transient",
 ]
@@ -56,6 +57,13 @@ class Origin(msgspec.Struct, frozen=True):
     uid: int | None = None
     gid: int | None = None
     pid: int | None = None
+    #: The peer's start time (/proc/<pid>/stat field 22, clock ticks since boot),
+    #: so a reused pid is not taken for the run's process.
+    start: int | None = None
+
+
+#: A statement of the daemon's own, run inside a batch's transaction.
+Write = Callable[[sqlite3.Connection], object]
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -163,6 +171,7 @@ class Store:
         origins: Sequence[Origin] | None = None,
         dead_letters: Sequence[DeadLetter] = (),
         audit: Sequence[AuditEntry] = (),
+        writes: Sequence[Write] = (),
     ) -> list[str | None]:
         """Apply a batch in one transaction; return a refusal reason per event.
 
@@ -172,7 +181,9 @@ class Store:
         frame and its source for that).  Raises StoreBusy for a lock, a full
         disk or an I/O error (nothing was written: retry later) and ApplyError
         for anything else (nothing was written: apply the events one by one to
-        find the bad one).
+        find the bad one).  ``writes`` run last, in the same transaction.  A
+        ``run_start`` from a socket peer records the peer's pid and start time
+        on its run (the monitor's crash detection).
         """
         conn, applier = self._conn, self._applier
         results: list[str | None] = []
@@ -195,6 +206,8 @@ class Store:
                     )
                 else:
                     results.append(None)
+                    if origins is not None and type(event) is RunStart:
+                        self._record_peer(event, origins[index])
             # Parked events that their run's or step's arrival showed to be wrong.
             refused.extend(
                 DeadLetter(_reencode(event), reason, event.id, Origin(source="parked"))
@@ -204,6 +217,8 @@ class Store:
             applier.finish()
             self._write_dead_letters(refused)
             self._write_audit(audit)
+            for write in writes:
+                write(conn)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -215,6 +230,14 @@ class Store:
                 raise ApplyError(f"{type(exc).__name__}: {exc}") from exc
             raise
         return results
+
+    def _record_peer(self, event: RunStart, origin: Origin) -> None:
+        if origin.pid is None or origin.source != "socket":
+            return
+        self._conn.execute(
+            "UPDATE runs SET peer_pid = ?, peer_start = ? WHERE uid = ? AND peer_pid IS NULL",
+            (origin.pid, origin.start, event.run),
+        )
 
     def _write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:

@@ -32,7 +32,7 @@ import trio
 
 from ..protocol import Event
 from ._log import logger
-from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy
+from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy, Write
 
 __all__ = ["Job", "Writer"]
 
@@ -64,6 +64,9 @@ class Job:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
     results: list[str | None] = field(default_factory=list)
+    #: Statements of the daemon's own (the monitor's pipeline_states), run in the
+    #: same transaction as the batch: see ``Store.apply``.
+    writes: list[Write] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
     nbytes: int = 0  # its frames' bytes, counted against the queue's byte budget
     queued_cost: int = 0  # its cost when queued, given back once committed
@@ -79,7 +82,7 @@ class Job:
     @property
     def empty(self) -> bool:
         """Nothing to write: no events, dead letters or audit rows."""
-        return not (self.events or self.dead_letters or self.audit)
+        return not (self.events or self.dead_letters or self.audit or self.writes)
 
     def drop_payload(self) -> None:
         """Once committed, only ``results`` are needed: the rest is in the database.
@@ -92,6 +95,7 @@ class Job:
         self.frames = []
         self.dead_letters = []
         self.audit = []
+        self.writes = []
 
 
 class Writer:
@@ -230,15 +234,22 @@ class Writer:
         origins: list[Origin] = []
         dead: list[DeadLetter] = []
         audit: list[AuditEntry] = []
+        writes: list[Write] = []
         for job in jobs:
             events += job.events
             frames += job.frames
             origins += [job.origin] * len(job.events)
             dead += job.dead_letters
             audit += job.audit
+            writes += job.writes
         try:
             results = self.store.apply(
-                events, frames=frames, origins=origins, dead_letters=dead, audit=audit
+                events,
+                frames=frames,
+                origins=origins,
+                dead_letters=dead,
+                audit=audit,
+                writes=writes,
             )
         except ApplyError:
             for job in jobs:
@@ -260,12 +271,16 @@ class Writer:
                 origins=[job.origin] * len(job.events),
                 dead_letters=job.dead_letters,
                 audit=job.audit,
+                writes=job.writes,
             )
             return
         except ApplyError:
             pass
         self._write_records(job.dead_letters, job.audit)
         job.dead_letters, job.audit = [], []  # committed: not again if a retry follows
+        if job.writes:  # the daemon's own statements failed: logged, never retried forever
+            logger.error("dropping %d monitor statement(s) that cannot be applied", len(job.writes))
+            job.writes = []
         job.results = []
         for event, frame in zip(job.events, job.frames, strict=True):
             try:

@@ -29,10 +29,13 @@ __all__ = [
     "Event",
     "Hello",
     "Nack",
+    "Pause",
     "Ping",
+    "PipelinePaused",
     "Pong",
     "Replay",
     "Replayed",
+    "Resume",
     "RunEnd",
     "RunStart",
     "ServerMessage",
@@ -112,6 +115,21 @@ class Status(_Msg, tag="status"):
 
 class Replay(_Msg, tag="replay"):
     """Ask the daemon to replay the spool directory now; it answers ``Replayed``."""
+
+
+class Pause(_Msg, tag="pause"):
+    """Admin: stop judging ``pipeline`` (state ``paused``, no alerts).
+
+    Answered ``PipelinePaused``.
+    """
+
+    pipeline: Name
+
+
+class Resume(_Msg, tag="resume"):
+    """Admin: judge ``pipeline`` again after a ``Pause``; answered ``PipelinePaused``."""
+
+    pipeline: Name
 
 
 # -- events (client -> daemon); ``id`` is the idempotency key -------------------
@@ -217,7 +235,7 @@ class RunEnd(_Msg, tag="run_end"):
 #: What a pipeline records: each has an ``id`` (idempotency key) and a ``ts``.
 Event = RunStart | StepStart | StepEnd | ErrorEvent | RunEnd
 #: Requests that are not events: answered, never stored.
-Control = Hello | Ping | Status | Replay
+Control = Hello | Ping | Status | Replay | Pause | Resume
 #: Everything a client may send.
 ClientMessage = Event | Control
 
@@ -226,7 +244,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
     t.__struct_config__.tag for t in (RunStart, StepStart, StepEnd, ErrorEvent, RunEnd)
 )
 CONTROL_TYPES: frozenset[str] = frozenset(
-    t.__struct_config__.tag for t in (Hello, Ping, Status, Replay)
+    t.__struct_config__.tag for t in (Hello, Ping, Status, Replay, Pause, Resume)
 )
 
 
@@ -253,7 +271,9 @@ class StatusReply(_Msg, tag="status"):
     ``db_path``, the database file; ``connections``, open client
     connections; ``spool_files``, spool files waiting for replay;
     ``version``, the daemon's package version; ``pid``, its process id;
-    ``last_commit_ts``, the last commit in epoch milliseconds, or None.
+    ``last_commit_ts``, the last commit in epoch milliseconds, or None;
+    ``alert_failures``, alert channel -> its last delivery failure (cleared
+    by its next success).
     """
 
     uptime_s: float
@@ -266,6 +286,7 @@ class StatusReply(_Msg, tag="status"):
     version: str = ""
     pid: int = 0
     last_commit_ts: int | None = None
+    alert_failures: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Replayed(_Msg, tag="replayed"):
@@ -274,6 +295,13 @@ class Replayed(_Msg, tag="replayed"):
     files: int
     events: int
     quarantined: int
+
+
+class PipelinePaused(_Msg, tag="pipeline_paused", omit_defaults=False):
+    """Reply to ``Pause``/``Resume``: ``pipeline`` is now ``paused`` (True) or not."""
+
+    pipeline: str
+    paused: bool
 
 
 class Ack(_Msg, tag="ack"):
@@ -300,4 +328,4 @@ class ErrorReply(_Msg, tag="error"):
 
 
 #: Everything the daemon sends: exactly one reply per client message, in order.
-ServerMessage = Welcome | Pong | StatusReply | Replayed | Ack | Nack | ErrorReply
+ServerMessage = Welcome | Pong | StatusReply | Replayed | PipelinePaused | Ack | Nack | ErrorReply
