@@ -29,6 +29,7 @@ from ._health import (
     StatusReport,
     collect,
 )
+from ._pipelines import state_text
 from ._render import console, fmt_ago, fmt_bytes, fmt_duration, fmt_when, outcome_text, table
 
 __all__ = ["status"]
@@ -60,8 +61,9 @@ EXIT_UNHEALTHY = 1
 def status(settings: Settings, *, max_spool_age: float, timeout: float, as_json: bool) -> None:
     """Daemon, database, spool backlog and each pipeline's last run.
 
-    Exit status 1 when the daemon is down, the spool is backing up, or the
-    database cannot be read: usable as a health check.
+    Exit status 1 when the daemon is down, the spool is backing up, the
+    database cannot be read, or a pipeline is late, missed, failing, stuck or
+    crashed: usable as a health check.
     """
     report = collect(
         settings.socket, settings.db, settings.spool, max_spool_age=max_spool_age, timeout=timeout
@@ -74,6 +76,7 @@ def status(settings: Settings, *, max_spool_age: float, timeout: float, as_json:
         _print_database(out, report.database)
         _print_spool(out, report.spool)
         _print_pipelines(out, report.pipelines)
+        _print_states(out, report.states)
         _print_verdict(out, report)
     if report.problems:
         sys.exit(EXIT_UNHEALTHY)
@@ -164,6 +167,12 @@ def _print_pipelines(out: Console, pipelines: list[PipelineRow]) -> None:
             Text(f"{p.error_count:,}", style="red" if p.error_count else ""),
         )
     out.print(t)
+
+
+def _print_states(out: Console, states: list[dict]) -> None:
+    for s in states:
+        nxt = f", next {fmt_when(s['next_expected_at'])}" if s["next_expected_at"] else ""
+        _line(out, "state", f"{s['pipeline']}: ", state_text(s["state"]), f" - {s['detail']}{nxt}")
 
 
 def _print_verdict(out: Console, report: StatusReport) -> None:

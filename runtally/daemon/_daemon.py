@@ -89,7 +89,7 @@ class Daemon:
             version=__version__,
             pid=os.getpid(),
             last_commit_ts=self.writer.last_commit_ms,
-            alert_failures=dict(self.alerts.failures),
+            alert_failures=dict(self.alerts.failures) or None,
         )
 
     def status_frame(self) -> bytes:

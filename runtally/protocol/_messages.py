@@ -286,7 +286,7 @@ class StatusReply(_Msg, tag="status"):
     version: str = ""
     pid: int = 0
     last_commit_ts: int | None = None
-    alert_failures: dict[str, str] = msgspec.field(default_factory=dict)
+    alert_failures: dict[str, str] | None = None
 
 
 class Replayed(_Msg, tag="replayed"):
