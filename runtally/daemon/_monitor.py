@@ -162,7 +162,7 @@ class Monitor:
                 self._dead_since.pop(run.uid or "", None)
                 continue
             if pending_spool(self.settings.spool, pid):
-                self._dead_since[run.uid] = now  # its events replay first; grace starts after
+                self._dead_since.pop(run.uid, None)  # its events replay first; grace after
                 continue
             since = self._dead_since.setdefault(run.uid, now)
             if now - since < self.settings.crash_grace_s * 1000:
