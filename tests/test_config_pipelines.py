@@ -63,3 +63,15 @@ def test_durations(text, seconds):
 def test_bad_durations(bad):
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
+
+
+def test_the_readme_example_declares_the_seven_seed_pipelines(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("The seven pipelines of the old system:", 1)[1]
+    toml = block.split("```toml\n", 1)[1].split("```", 1)[0]
+    s, _ = settings_from(tmp_path, toml)
+    assert set(s.pipelines) == {
+        "people", "nikki", "teams", "functions", "discipline", "freescout", "all"
+    }  # fmt: skip
+    assert all(p.schedule for p in s.pipelines.values())
+    assert s.pipelines["freescout"].alert_urls is not None
