@@ -104,6 +104,7 @@ class TestDaemonUp:
             "database",
             "spool",
             "pipelines",
+            "states",
         ]
         assert report["healthy"] is True
         assert report["problems"] == []
