@@ -113,9 +113,10 @@ class Daemon:
                 ErrorReply(f"{verb} is an admin message; uid {origin.uid} is not an admin")
             )
         await self.monitor.set_paused(pipeline, paused)
-        await self.writer.submit(
-            Job(audit=[AuditEntry(f"pipeline_{verb}d", f"{pipeline} {verb}d by uid {origin.uid}")])
-        )
+        audit = AuditEntry(f"pipeline_{verb}d", f"{pipeline} {verb}d by uid {origin.uid}")
+        job = Job(audit=[audit])
+        await self.writer.submit(job)
+        await job.done.wait()  # the reply says it is recorded
         return encode_frame(PipelinePaused(pipeline, paused))
 
     def summary(self) -> str:
