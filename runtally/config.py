@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from runtally._compat import LEGACY_CONFIG, LEGACY_SECTION, deprecated
+from runtally._pipeline_config import PipelineConfig
 from runtally.errors import RuntallyError
 
 __all__ = ["ConfigError", "Settings", "default_paths", "resolve", "resolve_or_defaults"]
@@ -94,6 +95,17 @@ class Settings(msgspec.Struct, frozen=True):
     status_parked_age_s: float = 600.0
     #: ... or when the WAL is larger than this (bytes).
     status_wal_bytes: int = 64 << 20
+    # -- monitoring and alerts (README "Schedules, states and alerts") --
+    #: declared pipelines by name: ``[pipelines.<name>]`` tables (see PipelineConfig)
+    pipelines: dict[str, PipelineConfig] = msgspec.field(default_factory=dict)
+    monitor_interval_s: float = 5.0  # seconds between the monitor's looks at the pipelines
+    crash_grace_s: float = 30.0  # seconds a run's dead process waits for its spool's replay
+    alert_urls: tuple[str, ...] = ()  # Apprise URLs every alert goes to
+    alert_command: str | tuple[str, ...] | None = None  # gets each alert as JSON on stdin
+    alert_after_failures: int = 1  # consecutive failed runs before a "failing" alert
+    alert_reminder_hours: float | None = None  # repeat a standing alert this often
+    alert_timeout_s: float = 10.0  # seconds one channel may take to send one alert
+    web_url: str | None = None  # the dashboard's public URL, for links in alerts
     #: Where each resolved value came from, for messages: ``(("db", "environment
     #: variable RUNTALLY_DB"), ...)``; empty for settings not made by ``resolve``.
     sources: tuple[tuple[str, str], ...] = ()
@@ -173,6 +185,8 @@ def _load_file(path: Path) -> dict[str, Any]:
     section = data.get("runtally", data)
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [runtally] must be a table")
+    if section is not data and "pipelines" in data:  # [pipelines.x] beside [runtally]
+        section = {**section, "pipelines": data["pipelines"]}
     return section
 
 
@@ -196,10 +210,24 @@ def _convert(name: str, value: Any, source: str) -> Any:
         value = value.upper()  # the pragma is case-insensitive, so is the setting
     elif name in _ID_LISTS and isinstance(value, str):
         value = value.replace(",", " ").split()  # "0, 1001 1002" as well as a list
+    elif name == "pipelines" and isinstance(value, dict):
+        return _pipelines(value, source)
     try:
         return msgspec.convert(value, _FIELDS[name], strict=False, dec_hook=_path)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"setting {name!r} from {source}: {exc} (got {value!r})") from None
+
+
+def _pipelines(tables: dict[str, Any], source: str) -> dict[str, PipelineConfig]:
+    """Each ``[pipelines.<name>]`` table on its own, so an error names the pipeline."""
+    out = {}
+    for name, table in tables.items():
+        try:
+            out[name] = msgspec.convert(table, PipelineConfig, strict=False)
+        except msgspec.ValidationError as exc:
+            detail = str(exc).replace(" - at `$`", "")
+            raise ConfigError(f"pipeline {name!r} in {source}: {detail}") from None
+    return out
 
 
 def _config_file(

@@ -105,6 +105,7 @@ class TestDaemonUp:
             "spool",
             "pipelines",
             "default_club",
+            "states",
         ]
         assert report["default_club"] == "rondo"
         assert report["healthy"] is True

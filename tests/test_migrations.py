@@ -86,7 +86,15 @@ SEED_INDEXES = (
 )
 #: Columns runtally adds to the seed tables (DESIGN.md, Database).
 ADDED_COLUMNS = {
-    "runs": ["uid", "parent_run_id", "parent_uid", "meta_json", "end_key"],
+    "runs": [
+        "uid",
+        "parent_run_id",
+        "parent_uid",
+        "meta_json",
+        "end_key",
+        "peer_pid",
+        "peer_start",
+    ],
     "run_steps": ["uid", "end_key"],
     "run_errors": ["uid"],
 }

@@ -12,6 +12,7 @@ from .._version import __version__
 from ._daemon import daemon
 from ._db import db
 from ._exec import exec_command
+from ._pipelines import alert, pause, pipelines, resume
 from ._read import errors, runs, show
 from ._replay import replay
 from ._status import status
@@ -35,6 +36,10 @@ main.add_command(status)
 main.add_command(replay)
 main.add_command(exec_command)
 main.add_command(web)
+main.add_command(pipelines)
+main.add_command(pause)
+main.add_command(resume)
+main.add_command(alert)
 
 
 def daemon_main() -> None:

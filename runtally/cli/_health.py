@@ -35,6 +35,7 @@ from ..protocol import (
 from . import _query as q
 from ._ask import ask
 from ._errors import CliError
+from ._pipelines import BAD_STATES
 from ._render import clock_ahead_s, fmt_duration, plural
 
 __all__ = [
@@ -120,6 +121,8 @@ class StatusReport(msgspec.Struct):
     spool: SpoolSection
     pipelines: list[PipelineRow]
     default_club: str = "rondo"  # the club of a run started without one (setting default_club)
+    #: Each pipeline's state as the daemon's monitor last judged it (pipeline_states).
+    states: list[dict[str, Any]] = msgspec.field(default_factory=list)
 
 
 def collect(
@@ -159,6 +162,17 @@ def collect(
             f"spool: an event has waited {fmt_duration(int(spool.oldest_age_s * 1000))} "
             f"in {spool_dir} (more than {max_spool_age:g} s): is the daemon replaying?"
         )
+    states = _states(db_path) if database.error is None else []
+    problems += [
+        f"pipeline {s['pipeline']} is {s['state']}: {s['detail']}"
+        for s in states
+        if s["state"] in BAD_STATES
+    ]
+    if daemon.status is not None:
+        warnings += [
+            f"alert channel {c}: {e}"
+            for c, e in (daemon.status.get("alert_failures") or {}).items()
+        ]
     if spool.error:
         warnings.append(f"spool: {spool.error}")
     if spool.corrupt_files:
@@ -180,7 +194,25 @@ def collect(
         spool=spool,
         pipelines=pipelines,
         default_club=default_club,
+        states=states,
     )
+
+
+def _states(db_path: Path) -> list[dict[str, Any]]:
+    def gather(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        try:
+            rows = conn.execute(
+                "SELECT pipeline, state, since, detail, last_run_id, next_expected_at"
+                " FROM pipeline_states ORDER BY pipeline"
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []  # a database from before the monitor
+        return [dict(r) for r in rows]
+
+    try:
+        return q.read(db_path, gather)
+    except CliError:
+        return []
 
 
 def _same_file(a: str, b: Path) -> bool:

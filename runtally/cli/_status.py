@@ -29,6 +29,7 @@ from ._health import (
     StatusReport,
     collect,
 )
+from ._pipelines import state_text
 from ._render import (
     OUTCOME_STYLES,
     console,
@@ -75,8 +76,9 @@ def status(
 ) -> None:
     """Daemon, database, spool backlog and each pipeline's last run.
 
-    Exit status 1 when the daemon is down, the spool is backing up, or the
-    database cannot be read: usable as a health check.
+    Exit status 1 when the daemon is down, the spool is backing up, the
+    database cannot be read, or a pipeline is late, missed, failing, stuck or
+    crashed: usable as a health check.
     """
     report = collect(
         settings.socket,
@@ -101,6 +103,7 @@ def status(
         _print_spool(out, report.spool)
         _line(out, "club", f"{report.default_club} (runs started without one; default_club)")
         _print_pipelines(out, report.pipelines, fit=out.is_terminal and not wide)
+        _print_states(out, report.states)
         _print_verdict(out, report)
     if report.problems:
         sys.exit(EXIT_UNHEALTHY)
@@ -208,6 +211,12 @@ def _print_pipelines(out: Console, pipelines: list[PipelineRow], *, fit: bool) -
     out.print()
     rows = [msgspec.structs.asdict(p) for p in pipelines]
     StreamTable(out, PIPELINE_COLUMNS, fit=fit, title="Pipelines").print_rows([rows])
+
+
+def _print_states(out: Console, states: list[dict]) -> None:
+    for s in states:
+        nxt = f", next {fmt_when(s['next_expected_at'])}" if s["next_expected_at"] else ""
+        _line(out, "state", f"{s['pipeline']}: ", state_text(s["state"]), f" - {s['detail']}{nxt}")
 
 
 def _print_verdict(out: Console, report: StatusReport) -> None:

@@ -19,6 +19,7 @@ invalid event         nack with the reason; frame to dead_letters
 unknown/invalid type  error; frame to dead_letters
 hello/ping/status     welcome/pong/status
 replay                replayed (admins only, else error)
+pause/resume          pipeline_paused (admins only, else error)
 broken frame          error; frame to dead_letters; connection closed
 EOF                   remaining replies sent, connection closed
 no complete frame     idle: closed; mid-frame: error, then closed
@@ -57,10 +58,12 @@ from ..protocol import (
     FrameError,
     Hello,
     Nack,
+    Pause,
     Ping,
     Pong,
     Refusal,
     Replay,
+    Resume,
     RunEnd,
     RunStart,
     Status,
@@ -116,6 +119,10 @@ class ServerHooks(Protocol):
 
     async def run_replay(self, origin: Origin) -> bytes:
         """Replay the spool for ``origin`` (admins only); the encoded reply."""
+        ...
+
+    async def run_pause(self, origin: Origin, pipeline: str, paused: bool) -> bytes:
+        """Pause or resume ``pipeline`` for ``origin`` (admins only); the encoded reply."""
         ...
 
 
@@ -272,6 +279,10 @@ class Connection:
                 entries.append(self._status)  # rendered after the events before it commit
             elif isinstance(message, Replay):
                 entries.append(functools.partial(self.hooks.run_replay, self.origin))
+            elif isinstance(message, Pause | Resume):
+                paused = isinstance(message, Pause)
+                run = self.hooks.run_pause
+                entries.append(functools.partial(run, self.origin, message.pipeline, paused))
         return batch
 
     async def _status(self) -> bytes:

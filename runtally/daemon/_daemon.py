@@ -16,12 +16,14 @@ import trio
 
 from .._version import __version__
 from ..config import Settings
-from ..protocol import ErrorReply, Replayed, StatusReply, encode_frame
+from ..protocol import ErrorReply, PipelinePaused, Replayed, StatusReply, encode_frame
 from . import _dbfiles as files
 from ._admission import Admission
+from ._alerts import Dispatcher
 from ._budget import PartialBudget
 from ._conn import Connection
 from ._log import logger
+from ._monitor import Monitor
 from ._peer import is_admin, is_allowed, peer_origin
 from ._replay import Replayer, spool_backlog
 from ._store import AuditEntry, Origin, Store
@@ -63,6 +65,9 @@ class Daemon:
         self.partials = PartialBudget(settings.max_partial_bytes)
         #: Set by the first SIGTERM/SIGINT, or by ``request_stop`` (tests, embedding).
         self.stop_requested = trio.Event()
+        #: Pipeline states and alerts (``_monitor``), sending from a thread of its own.
+        self.alerts = Dispatcher(settings)
+        self.monitor = Monitor(settings, self.writer, self.alerts)
 
     def request_stop(self) -> None:
         """Begin the graceful shutdown, as a first SIGTERM does."""
@@ -104,6 +109,7 @@ class Daemon:
             failing_s=None if failing is None else round(failing, 3),
             failing_reason=w.busy_reason,
             problems=self.problems(failing, wal),
+            alert_failures=dict(self.alerts.failures) or None,
         )
 
     def problems(self, failing_s: float | None, wal_bytes: int) -> list[str]:
@@ -156,6 +162,20 @@ class Daemon:
                 total.quarantined,
             )
         )
+
+    async def run_pause(self, origin: Origin, pipeline: str, paused: bool) -> bytes:
+        """Pause or resume ``pipeline`` if ``origin`` is an admin; the encoded reply either way."""
+        verb = "pause" if paused else "resume"
+        if not is_admin(self.settings, origin.uid):
+            return encode_frame(
+                ErrorReply(f"{verb} is an admin message; uid {origin.uid} is not an admin")
+            )
+        await self.monitor.set_paused(pipeline, paused)
+        audit = AuditEntry(f"pipeline_{verb}d", f"{pipeline} {verb}d by uid {origin.uid}")
+        job = Job(audit=[audit])
+        await self.writer.submit(job)
+        await job.done.wait()  # the reply says it is recorded
+        return encode_frame(PipelinePaused(pipeline, paused))
 
     def summary(self) -> str:
         """One line for systemd's STATUS: commits, connections, queue, a busy database."""

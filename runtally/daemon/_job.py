@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..protocol import Event
-from ._records import AuditEntry, DeadLetter, Origin
+from ._records import AuditEntry, DeadLetter, Origin, Write
 
 __all__ = ["Job"]
 
@@ -22,6 +22,9 @@ class Job:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
     results: list[str | None] = field(default_factory=list)
+    #: Statements of the daemon's own (the monitor's pipeline_states), run in the
+    #: same transaction as the batch: see ``Store.apply``.
+    writes: list[Write] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
     nbytes: int = 0  # its frames' bytes, counted against the queue's byte budget
     queued_cost: int = 0  # its cost when queued, given back once committed
@@ -40,7 +43,7 @@ class Job:
     @property
     def empty(self) -> bool:
         """Nothing to write: no events, dead letters or audit rows."""
-        return not (self.events or self.dead_letters or self.audit)
+        return not (self.events or self.dead_letters or self.audit or self.writes)
 
     def drop_payload(self) -> None:
         """Once committed, only ``results`` are needed: the rest is in the database.
@@ -53,3 +56,4 @@ class Job:
         self.frames = []
         self.dead_letters = []
         self.audit = []
+        self.writes = []

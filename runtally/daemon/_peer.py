@@ -17,6 +17,7 @@ import struct
 import time
 
 from ..config import Settings
+from ._liveness import process_start
 from ._store import Origin
 
 __all__ = ["groups_of", "is_admin", "is_allowed", "peer_origin"]
@@ -36,7 +37,7 @@ def peer_origin(sock: socket.socket) -> Origin:
         )
     except (OSError, AttributeError):
         return Origin("socket")
-    return Origin("socket", uid, gid, pid)
+    return Origin("socket", uid, gid, pid, process_start(pid))
 
 
 def groups_of(uid: int) -> frozenset[int]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
 
 from ._timefmt import iso_from_ms, now_ms
 
-__all__ = ["AuditEntry", "DeadLetter", "Origin", "write_audit", "write_dead_letters"]
+__all__ = ["AuditEntry", "DeadLetter", "Origin", "Write", "write_audit", "write_dead_letters"]
 
 _json = msgspec.json.Encoder()
 
@@ -26,6 +26,14 @@ class Origin(msgspec.Struct, frozen=True):
     uid: int | None = None
     gid: int | None = None
     pid: int | None = None
+    #: The peer's start time (/proc/<pid>/stat field 22, clock ticks since boot),
+    #: so a reused pid is not taken for the run's process.
+    start: int | None = None
+
+
+#: A statement of the daemon's own (the monitor's ``pipeline_states``), run
+#: inside a batch's transaction.
+Write = Callable[[sqlite3.Connection], object]
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

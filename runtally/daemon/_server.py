@@ -201,6 +201,8 @@ async def serve(
                             )
                         )
                         intake.start_soon(daemon.replayer.run)
+                        daemon.alerts.start()
+                        intake.start_soon(daemon.monitor.run)
                         notifier.ready(daemon.summary())
                         task_status.started(daemon)
                         await daemon.stop_requested.wait()
@@ -212,6 +214,7 @@ async def serve(
                 daemon.writer.close()
             supervision.cancel_scope.cancel()
     finally:
+        daemon.alerts.stop()
         with contextlib.suppress(Exception):
             store.checkpoint()
         store.close()

@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..protocol import Event
+from ..protocol import Event, RunStart
 from . import _dbfiles as files
 from ._apply import Applier, Rejected
 from ._migrations import SCHEMA_VERSION, migrate, schema_version
 from ._parking import Parking
 from ._recognise import recognise
-from ._records import AuditEntry, DeadLetter, Origin, write_audit, write_dead_letters
+from ._records import AuditEntry, DeadLetter, Origin, Write, write_audit, write_dead_letters
 from ._timefmt import iso_from_ms, ms_from_iso, now_ms
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Origin",
     "Store",
     "StoreBusy",
+    "Write",
     "connect",
     "is_transient",
 ]
@@ -199,6 +200,7 @@ class Store:
         dead_letters: Sequence[DeadLetter] = (),
         audit: Sequence[AuditEntry] = (),
         durable: bool = False,
+        writes: Sequence[Write] = (),
     ) -> list[str | None]:
         """Apply a batch in one transaction; return a refusal reason per event.
 
@@ -213,7 +215,9 @@ class Store:
         frame and its source for that).  Raises StoreBusy for a lock, a full
         disk or an I/O error (nothing was written: retry later) and ApplyError
         for anything else (nothing was written: apply the events one by one to
-        find the bad one).
+        find the bad one).  ``writes`` run last, in the same transaction.  A
+        ``run_start`` from a socket peer records the peer's pid and start time
+        on its run (the monitor's crash detection).
         """
         conn, applier = self._conn, self._applier
         results: list[str | None] = []
@@ -240,6 +244,8 @@ class Store:
                     )
                 else:
                     results.append(None)
+                    if origins is not None and type(event) is RunStart:
+                        self._record_peer(event, origins[index])
             # Parked events that their run's or step's arrival showed to be wrong.
             refused.extend(
                 DeadLetter(_reencode(event), reason, event.id, Origin(source="parked"))
@@ -249,6 +255,8 @@ class Store:
             applier.finish()
             self._write_dead_letters(refused)
             self._write_audit(audit)
+            for write in writes:
+                write(conn)
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -264,6 +272,14 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return results
+
+    def _record_peer(self, event: RunStart, origin: Origin) -> None:
+        if origin.pid is None or origin.source != "socket":
+            return
+        self._conn.execute(
+            "UPDATE runs SET peer_pid = ?, peer_start = ? WHERE uid = ? AND peer_pid IS NULL",
+            (origin.pid, origin.start, event.run),
+        )
 
     def _write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         write_dead_letters(self._conn, letters)

@@ -49,7 +49,7 @@ from ..errors import RuntallyError
 from ..protocol import Event
 from ._job import Job
 from ._log import logger
-from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy
+from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy, Write
 
 __all__ = ["Job", "Writer"]
 
@@ -343,12 +343,14 @@ class Writer:
         origins: list[Origin] = []
         dead: list[DeadLetter] = []
         audit: list[AuditEntry] = []
+        writes: list[Write] = []
         for job in jobs:
             events += job.events
             frames += job.frames
             origins += [job.origin] * len(job.events)
             dead += job.dead_letters
             audit += job.audit
+            writes += job.writes
         try:
             results = self.store.apply(
                 events,
@@ -357,6 +359,7 @@ class Writer:
                 dead_letters=dead,
                 audit=audit,
                 durable=durable,
+                writes=writes,
             )
         except ApplyError:
             for job in jobs:
@@ -381,12 +384,16 @@ class Writer:
                 dead_letters=job.dead_letters,
                 audit=job.audit,
                 durable=job.durable,
+                writes=job.writes,
             )
             return
         except ApplyError:
             pass
         self._write_records(job.dead_letters, job.audit, durable=job.durable)
         job.dead_letters, job.audit = [], []  # committed: not again if a retry follows
+        if job.writes:  # the daemon's own statements failed: logged, never retried forever
+            logger.error("dropping %d monitor statement(s) that cannot be applied", len(job.writes))
+            job.writes = []
         job.results = []
         for event, frame in zip(job.events, job.frames, strict=True):
             try:

@@ -30,10 +30,13 @@ __all__ = [
     "Event",
     "Hello",
     "Nack",
+    "Pause",
     "Ping",
+    "PipelinePaused",
     "Pong",
     "Replay",
     "Replayed",
+    "Resume",
     "RunEnd",
     "RunStart",
     "ServerMessage",
@@ -113,6 +116,21 @@ class Status(_Msg, tag="status"):
 
 class Replay(_Msg, tag="replay"):
     """Ask the daemon to replay the spool directory now; it answers ``Replayed``."""
+
+
+class Pause(_Msg, tag="pause"):
+    """Admin: stop judging ``pipeline`` (state ``paused``, no alerts).
+
+    Answered ``PipelinePaused``.
+    """
+
+    pipeline: Name
+
+
+class Resume(_Msg, tag="resume"):
+    """Admin: judge ``pipeline`` again after a ``Pause``; answered ``PipelinePaused``."""
+
+    pipeline: Name
 
 
 # -- events (client -> daemon); ``id`` is the idempotency key -------------------
@@ -235,7 +253,7 @@ class Dropped(_Msg, tag="dropped"):
 #: What a pipeline records: each has an ``id`` (idempotency key) and a ``ts``.
 Event = RunStart | StepStart | StepEnd | ErrorEvent | RunEnd | Dropped
 #: Requests that are not events: answered, never stored.
-Control = Hello | Ping | Status | Replay
+Control = Hello | Ping | Status | Replay | Pause | Resume
 #: Everything a client may send.
 ClientMessage = Event | Control
 
@@ -244,7 +262,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
     t.__struct_config__.tag for t in (RunStart, StepStart, StepEnd, ErrorEvent, RunEnd, Dropped)
 )
 CONTROL_TYPES: frozenset[str] = frozenset(
-    t.__struct_config__.tag for t in (Hello, Ping, Status, Replay)
+    t.__struct_config__.tag for t in (Hello, Ping, Status, Replay, Pause, Resume)
 )
 
 
@@ -274,6 +292,8 @@ class StatusReply(_Msg, tag="status"):
     ``last_commit_ts``, the last commit in epoch milliseconds, or None;
     ``spool_problem``, why the spool directory is refused (nothing is
     replayed from it), or None.
+    ``alert_failures``, alert channel -> its last delivery failure (cleared
+    by its next success).
     """
 
     uptime_s: float
@@ -299,6 +319,7 @@ class StatusReply(_Msg, tag="status"):
     failing_s: float | None = None
     failing_reason: str = ""
     problems: list[str] = msgspec.field(default_factory=list)  # strings only: no cycles (gc=False)
+    alert_failures: dict[str, str] | None = None
 
 
 class Replayed(_Msg, tag="replayed"):
@@ -311,6 +332,13 @@ class Replayed(_Msg, tag="replayed"):
     total_files: int = 0
     total_events: int = 0
     total_quarantined: int = 0
+
+
+class PipelinePaused(_Msg, tag="pipeline_paused", omit_defaults=False):
+    """Reply to ``Pause``/``Resume``: ``pipeline`` is now ``paused`` (True) or not."""
+
+    pipeline: str
+    paused: bool
 
 
 class Ack(_Msg, tag="ack"):
@@ -337,4 +365,4 @@ class ErrorReply(_Msg, tag="error"):
 
 
 #: Everything the daemon sends: exactly one reply per client message, in order.
-ServerMessage = Welcome | Pong | StatusReply | Replayed | Ack | Nack | ErrorReply
+ServerMessage = Welcome | Pong | StatusReply | Replayed | PipelinePaused | Ack | Nack | ErrorReply

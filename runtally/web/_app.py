@@ -35,6 +35,7 @@ from . import _errors as we
 from . import _queries as wq
 from ._data import DatabaseUnavailable, Health, NotFound, read, stamp
 from ._security import Guard
+from ._states import pipeline_states
 from ._templates import environment
 
 __all__ = ["WebConfig", "create_app"]
@@ -189,6 +190,12 @@ def create_app(config: WebConfig) -> Guard:
             )
         except DatabaseUnavailable:
             pipelines = []  # the health cards say why
+        try:
+            states = await read(config.db, pipeline_states)
+        except DatabaseUnavailable:
+            states = {}
+        for p in pipelines:
+            p["state"] = states.get(p["pipeline"])
         return {"health": report, "pipelines": pipelines}
 
     async def overview(request: Request) -> Response:
@@ -315,6 +322,7 @@ def create_app(config: WebConfig) -> Guard:
         )
         if not history["runs"]:
             raise NotFound(f"no runs of pipeline {name!r}" + (f" in club {club!r}" if club else ""))
+        history["state"] = (await read(config.db, pipeline_states)).get(name)
         return history
 
     async def pipeline(request: Request) -> Response:

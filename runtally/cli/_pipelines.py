@@ -1,0 +1,192 @@
+"""``runtally pipelines``, ``pause``, ``resume`` and ``alert test``.
+
+``pipelines`` reads the states the daemon's monitor wrote (``pipeline_states``)
+beside the declared pipelines of the config; ``pause``/``resume`` are admin
+messages to the daemon; ``alert test`` sends a test notification from this
+process through every channel configured for a pipeline and reports each.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from typing import Any
+
+import click
+import msgspec
+from rich.text import Text
+
+from ..config import Settings
+from ..daemon._timefmt import now_iso
+from ..protocol import ErrorReply, Pause, PipelinePaused, Resume
+from . import _query as q
+from ._ask import DaemonUnavailable, ask
+from ._common import uses_settings
+from ._errors import CliError
+from ._render import console, fmt_when, table
+
+__all__ = ["PipelineState", "alert", "pause", "pipeline_states", "pipelines", "resume"]
+
+#: States that make ``runtally status`` fail (as the daemon's _states.BAD_STATES).
+BAD_STATES = frozenset({"late", "missed", "failing", "stuck", "crashed"})
+_STYLE = {"ok": "green", "running": "cyan", "paused": "dim", "late": "yellow"}
+
+
+class PipelineState(msgspec.Struct, kw_only=True):
+    """One pipeline as the monitor last judged it (``state`` None: not judged yet)."""
+
+    pipeline: str
+    declared: bool
+    schedule: str | None = None
+    timezone: str | None = None
+    club: str | None = None
+    state: str | None = None
+    since: str | None = None
+    detail: str | None = None
+    last_run_id: int | None = None
+    last_outcome: str | None = None
+    last_started_at: str | None = None
+    next_expected_at: str | None = None
+    expected_at: str | None = None
+    updated_at: str | None = None
+
+
+def pipeline_states(settings: Settings) -> list[PipelineState]:
+    """Declared and judged pipelines, by name; raises DatabaseError when unreadable."""
+
+    def gather(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        try:
+            return [
+                dict(r)
+                for r in conn.execute(
+                    "SELECT s.pipeline, s.state, s.since, s.detail, s.club_slug,"
+                    " s.last_run_id, r.outcome AS last_outcome, r.started_at AS last_started_at,"
+                    " s.next_expected_at, s.expected_at, s.updated_at"
+                    " FROM pipeline_states s LEFT JOIN runs r ON r.id = s.last_run_id"
+                )
+            ]
+        except sqlite3.OperationalError:
+            return []  # a database from before the monitor (schema < 5)
+
+    rows = {r["pipeline"]: r for r in q.read(settings.db, gather)}
+    out = []
+    for name in sorted(set(rows) | set(settings.pipelines)):
+        row = rows.get(name, {})
+        config = settings.pipelines.get(name)
+        out.append(
+            PipelineState(
+                pipeline=name,
+                declared=config is not None,
+                schedule=config.schedule if config else None,
+                timezone=config.timezone if config else None,
+                club=(config.club if config and config.club else None) or row.get("club_slug"),
+                state=row.get("state"),
+                since=row.get("since"),
+                detail=row.get("detail"),
+                last_run_id=row.get("last_run_id"),
+                last_outcome=row.get("last_outcome"),
+                last_started_at=row.get("last_started_at"),
+                next_expected_at=row.get("next_expected_at"),
+                expected_at=row.get("expected_at"),
+                updated_at=row.get("updated_at"),
+            )
+        )
+    return out
+
+
+def state_text(state: str | None) -> Text:
+    """A state, coloured: red for the bad ones."""
+    if state is None:
+        return Text("-", style="dim")
+    return Text(state, style="bold red" if state in BAD_STATES else _STYLE.get(state, ""))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@uses_settings("db")
+def pipelines(settings: Settings, as_json: bool) -> None:
+    """Each pipeline's state, last run and next expected run, as the daemon judged them."""
+    found = pipeline_states(settings)
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(found), indent=2, ensure_ascii=False))
+        return
+    if not found:
+        click.echo("no pipelines declared or seen yet")
+        return
+    t = table("PIPELINE", "CLUB", "STATE", "SINCE", "LAST RUN", "NEXT EXPECTED", "SCHEDULE")
+    for p in found:
+        last = f"#{p.last_run_id} {p.last_outcome}" if p.last_run_id else "-"
+        t.add_row(
+            p.pipeline,
+            p.club or "-",
+            state_text(p.state),
+            fmt_when(p.since) if p.since else "-",
+            last,
+            fmt_when(p.next_expected_at) if p.next_expected_at else "-",
+            p.schedule or "-",
+        )
+    console().print(t)
+
+
+def _toggle(settings: Settings, pipeline: str, *, paused: bool) -> None:
+    message = Pause(pipeline) if paused else Resume(pipeline)
+    try:
+        reply = ask(settings.socket, message, timeout=10.0)
+    except DaemonUnavailable as exc:
+        raise DaemonUnavailable(f"daemon {exc}") from None
+    if isinstance(reply, ErrorReply):
+        raise CliError(f"the daemon refused: {reply.error}")
+    if not isinstance(reply, PipelinePaused):
+        raise CliError(f"unexpected {type(reply).__name__} reply")
+    click.echo(f"{reply.pipeline} {'paused' if reply.paused else 'resumed'}")
+
+
+@click.command()
+@click.argument("pipeline")
+@uses_settings("socket")
+def pause(settings: Settings, pipeline: str) -> None:
+    """Pause PIPELINE: state ``paused``, no alerts until ``runtally resume`` (admin)."""
+    _toggle(settings, pipeline, paused=True)
+
+
+@click.command()
+@click.argument("pipeline")
+@uses_settings("socket")
+def resume(settings: Settings, pipeline: str) -> None:
+    """Judge PIPELINE again after ``runtally pause`` (admin)."""
+    _toggle(settings, pipeline, paused=False)
+
+
+@click.group()
+def alert() -> None:
+    """Alert channels (``alert_urls``, ``alert_command``)."""
+
+
+@alert.command("test")
+@click.option("--pipeline", "-p", default=None, help="Use this pipeline's channels and club.")
+@uses_settings()
+def alert_test(settings: Settings, pipeline: str | None) -> None:
+    """Send a test notification through every configured channel; exit 1 if one fails."""
+    from ..daemon._alert_message import AlertEvent
+    from ..daemon._alerts import channels_for, send_test
+
+    if not channels_for(settings, pipeline):
+        raise CliError("no alert channels configured (alert_urls, alert_command)")
+    config = settings.pipelines.get(pipeline) if pipeline else None
+    event = AlertEvent(
+        kind="test",
+        pipeline=pipeline or "(test)",
+        state="ok",
+        previous=None,
+        detail="a test notification from `runtally alert test`",
+        at=now_iso(),
+        club=config.club if config else None,
+        url=settings.web_url,
+    )
+    failed = False
+    for name, error in send_test(settings, event):
+        failed = failed or error is not None
+        click.echo(f"{name}: {'ok' if error is None else 'FAILED: ' + error}")
+    if failed:
+        sys.exit(1)

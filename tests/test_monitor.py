@@ -1,0 +1,210 @@
+"""Pipeline states with a fake clock, on a real database through the real writer.
+
+Each state of ``_states`` is reached here the way it happens in production:
+runs are written as events through the Writer, the Monitor reads them on its
+own read-only connection, and only the clock is the test's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from monitor_helpers import Rig, dead_pid, make_rig, ms
+
+from runtally._pipeline_config import PipelineConfig
+from runtally.daemon._liveness import process_start
+from runtally.daemon._schedule import next_slot
+from runtally.daemon._store import Origin, Store
+from runtally.daemon._writer import Writer
+
+pytestmark = pytest.mark.timeout(60)
+
+DAILY_3 = PipelineConfig(schedule="0 3 * * *", timezone="UTC", grace="1h")
+
+
+@pytest.fixture
+async def parts(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[tuple[Path, Store, Writer]]:
+    store = Store.open(tmp_path / "dashboard.sqlite")
+    writer = Writer(store)
+    await nursery.start(writer.run)
+    try:
+        yield tmp_path, store, writer
+    finally:
+        writer.close()
+
+
+def rig(parts, start: str, **settings) -> Rig:
+    return make_rig(*parts, start, **settings)
+
+
+def states_row(r: Rig, pipeline: str) -> tuple:
+    return r.store.query(
+        "SELECT state, alerted_state FROM pipeline_states WHERE pipeline = ?", (pipeline,)
+    )[0]
+
+
+class TestSchedule:
+    AMS = PipelineConfig(schedule="30 2 * * *", timezone="Europe/Amsterdam")
+
+    def test_spring_forward_slot_in_the_gap_runs_once_at_the_first_valid_minute(self):
+        # 2026-03-29 02:00 CET -> 03:00 CEST: 02:30 does not exist that night.
+        slot = next_slot(self.AMS, ms("2026-03-28T12:00:00"))
+        assert slot == ms("2026-03-29T01:00:00")  # 03:00 CEST
+        assert next_slot(self.AMS, slot) == ms("2026-03-30T00:30:00")  # 02:30 CEST
+
+    def test_fall_back_slot_in_the_repeated_hour_runs_once(self):
+        # 2026-10-25 03:00 CEST -> 02:00 CET: 02:30 happens twice that night.
+        slot = next_slot(self.AMS, ms("2026-10-24T12:00:00"))
+        assert slot == ms("2026-10-25T00:30:00")  # 02:30 CEST, the first one
+        assert next_slot(self.AMS, slot) == ms("2026-10-26T01:30:00")  # 02:30 CET next day
+
+    async def test_late_across_spring_forward_counts_from_the_shifted_slot(self, parts):
+        cfg = PipelineConfig(schedule="30 2 * * *", timezone="Europe/Amsterdam", grace="1h")
+        r = rig(parts, "2026-03-28T01:30:00", pipelines={"people": cfg})
+        await r.start("r1", "people", "2026-03-28T01:30:00")  # 02:30 CET
+        await r.end("r1", "2026-03-28T01:40:00")
+        assert await r.state_at("2026-03-29T01:59:59", "people") == "ok"
+        assert await r.state_at("2026-03-29T02:00:00", "people") == "late"
+
+    async def test_fall_back_night_is_not_late_after_its_first_run(self, parts):
+        cfg = PipelineConfig(schedule="30 2 * * *", timezone="Europe/Amsterdam", grace="1h")
+        r = rig(parts, "2026-10-25T00:30:00", pipelines={"people": cfg})
+        await r.start("r1", "people", "2026-10-25T00:30:01")  # the first 02:30
+        await r.end("r1", "2026-10-25T00:40:00")
+        # The second 02:30 (01:30 UTC) and its grace pass: no second run expected.
+        assert await r.state_at("2026-10-25T03:00:00", "people") == "ok"
+        assert await r.state_at("2026-10-26T02:30:00", "people") == "late"
+
+
+class TestStates:
+    async def test_ok_then_late_then_missed_then_recovered(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00", pipelines={"people": DAILY_3})
+        assert await r.state_at("2026-05-01T00:00:00", "people") == "ok"  # first seen
+        assert await r.state_at("2026-05-01T03:59:59", "people") == "ok"
+        assert await r.state_at("2026-05-01T04:00:00", "people") == "late"
+        assert await r.state_at("2026-05-02T02:59:59", "people") == "late"
+        assert await r.state_at("2026-05-02T03:00:00", "people") == "missed"
+        await r.start("r1", "people", "2026-05-02T03:00:00")
+        assert await r.state_at("2026-05-02T03:00:01", "people") == "running"
+        await r.end("r1", "2026-05-02T03:10:00")
+        assert await r.state_at("2026-05-02T03:10:01", "people") == "ok"
+        assert [(a.kind, a.state) for a in r.alerts()] == [
+            ("state", "late"),
+            ("state", "missed"),
+            ("recovered", "ok"),
+        ]
+
+    async def test_failing_and_undeclared_pipelines_are_tracked(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00")
+        await r.start("r1", "adhoc", "2026-05-01T00:00:00")
+        await r.end("r1", "2026-05-01T00:01:00", "failure", error="boom")
+        assert await r.state_at("2026-05-09T00:00:00", "adhoc") == "failing"  # no schedule
+        (alert,) = r.alerts()
+        assert alert.last_run is not None
+        assert (alert.last_run.error_count, alert.last_run.first_error) == (1, "boom")
+        assert states_row(r, "adhoc") == ("failing", "failing")
+
+    async def test_stuck_gets_one_error_row_and_stays_visible(self, parts):
+        cfg = PipelineConfig(max_runtime="1h")
+        r = rig(parts, "2026-05-01T00:00:00", pipelines={"people": cfg})
+        origin = Origin("socket", pid=os.getpid(), start=process_start(os.getpid()))
+        await r.start("r1", "people", "2026-05-01T00:00:00", origin=origin)
+        assert await r.state_at("2026-05-01T01:00:00", "people") == "running"
+        assert await r.state_at("2026-05-01T01:00:01", "people") == "stuck"
+        assert await r.state_at("2026-05-01T05:00:00", "people") == "stuck"
+        rows = r.store.query("SELECT error_message FROM run_errors")
+        assert len(rows) == 1
+        assert "max_runtime" in rows[0][0]
+        assert r.store.query("SELECT outcome FROM runs") == [("running",)]  # nothing killed
+
+    async def test_crashed_after_grace_when_the_process_is_gone(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00", crash_grace_s=30.0)
+        pid = dead_pid()
+        await r.start("r1", "people", "2026-05-01T00:00:00", origin=Origin("socket", pid=pid))
+        assert await r.state_at("2026-05-01T00:10:00", "people") == "running"  # seen dead
+        assert await r.state_at("2026-05-01T00:10:29", "people") == "running"  # grace
+        assert await r.state_at("2026-05-01T00:10:30", "people") == "crashed"  # closed now
+        (message,) = r.store.query("SELECT error_message FROM run_errors")[0]
+        assert message == f"process {pid} ended without end_run (killed or crashed)"
+        assert r.store.query("SELECT outcome FROM runs") == [("failure",)]
+
+    async def test_a_pending_spool_of_that_pid_is_replayed_first(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00", crash_grace_s=1.0)
+        pid = dead_pid()
+        spool = r.monitor.settings.spool
+        spool.mkdir()
+        pending = spool / f"1770000000000-my-host-{pid}-abcd.spool"
+        pending.write_bytes(b"RLSPOOL1" + b"\0" * 12)
+        await r.start("r1", "people", "2026-05-01T00:00:00", origin=Origin("socket", pid=pid))
+        assert await r.state_at("2026-05-01T00:10:00", "people") == "running"
+        assert await r.state_at("2026-05-01T00:20:00", "people") == "running"
+        pending.unlink()  # replayed
+        assert await r.state_at("2026-05-01T00:30:00", "people") == "running"  # grace again
+        assert await r.state_at("2026-05-01T00:30:01", "people") == "crashed"
+
+    async def test_a_reused_pid_is_not_the_runs_process(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00", crash_grace_s=0.0)
+        me = os.getpid()
+        origin = Origin("socket", pid=me, start=(process_start(me) or 0) + 1)
+        await r.start("r1", "people", "2026-05-01T00:00:00", origin=origin)
+        assert await r.state_at("2026-05-01T00:00:01", "people") == "crashed"
+
+    async def test_paused_holds_no_alert_and_resume_judges_again(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00", pipelines={"people": DAILY_3})
+        await r.monitor.set_paused("people", True)
+        assert await r.state_at("2026-05-03T00:00:00", "people") == "paused"
+        assert r.alerts() == []
+        await r.monitor.set_paused("people", False)
+        assert r.monitor.verdicts["people"].state == "missed"
+
+
+class TestAlertPolicy:
+    async def test_once_per_change_with_flap_control_and_recovery(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00", alert_after_failures=2)
+        t = 0
+
+        async def run(outcome: str) -> str:
+            nonlocal t
+            t += 1
+            await r.start(f"r{t}", "people", f"2026-05-01T0{t}:00:00")
+            assert await r.state_at(f"2026-05-01T0{t}:00:01", "people") == "running"
+            await r.end(f"r{t}", f"2026-05-01T0{t}:00:02", outcome)
+            return await r.state_at(f"2026-05-01T0{t}:00:03", "people")
+
+        assert await run("failure") == "failing"
+        assert r.alerts() == []  # one failure: held back
+        assert await run("failure") == "failing"
+        assert [a.kind for a in r.alerts()] == ["state"]
+        assert await run("failure") == "failing"
+        assert await r.state_at("2026-05-01T09:00:00", "people") == "failing"
+        assert [a.kind for a in r.alerts()] == ["state"]  # no repeat while it holds
+        assert await run("success") == "ok"
+        assert [(a.kind, a.previous) for a in r.alerts()] == [
+            ("state", None),
+            ("recovered", "failing"),
+        ]
+
+    async def test_reminder_every_n_hours(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00", alert_reminder_hours=2.0)
+        await r.start("r1", "people", "2026-05-01T00:00:00")
+        await r.end("r1", "2026-05-01T00:00:01", "failure")
+        await r.state_at("2026-05-01T00:00:02", "people")
+        await r.state_at("2026-05-01T02:00:01", "people")  # 1 h 59 min 59 s: not yet
+        await r.state_at("2026-05-01T02:00:02", "people")  # reminder
+        await r.state_at("2026-05-01T03:00:00", "people")
+        await r.state_at("2026-05-01T04:00:02", "people")  # reminder
+        assert [a.kind for a in r.alerts()] == ["state", "reminder", "reminder"]
+
+    async def test_a_restarted_monitor_does_not_repeat_an_alert(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00")
+        await r.start("r1", "people", "2026-05-01T00:00:00")
+        await r.end("r1", "2026-05-01T00:00:01", "failure")
+        await r.state_at("2026-05-01T00:00:02", "people")
+        again = make_rig(*parts, "2026-05-01T00:00:03")
+        await again.state_at("2026-05-01T00:00:04", "people")
+        assert len(r.alerts()) == 1
+        assert again.alerts() == []
