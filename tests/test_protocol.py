@@ -28,6 +28,7 @@ from runtally.protocol import (
     SPOOL_MAGIC,
     Ack,
     ClientMessage,
+    CommitHistogram,
     ErrorEvent,
     ErrorReply,
     FrameDecoder,
@@ -51,6 +52,8 @@ from runtally.protocol import (
     StatusReply,
     StepEnd,
     StepStart,
+    Vacuum,
+    Vacuumed,
     Welcome,
     decode_client_message,
     decode_server_message,
@@ -118,6 +121,7 @@ CLIENT_STRATEGIES: dict[type, st.SearchStrategy] = {
     Ping: st.just(Ping()),
     Status: st.just(Status()),
     Replay: st.just(Replay()),
+    Vacuum: st.just(Vacuum()),
     RunStart: _struct(
         RunStart,
         {**EVENT_BASE, "pipeline": names},
@@ -166,9 +170,25 @@ SERVER_STRATEGIES: dict[type, st.SearchStrategy] = {
             "version": st.text(),
             "pid": ints64,
             "last_commit_ts": st.none() | timestamps,
+            "commit_seconds": st.none()
+            | _struct(
+                CommitHistogram,
+                {"le": st.lists(st.floats(0, 60)), "counts": st.lists(ints64)},
+                {"sum_s": st.floats(0, 1e9), "max_s": st.floats(0, 1e9)},
+            ),
         },
     ),
     Replayed: _struct(Replayed, {"files": ints64, "events": ints64, "quarantined": ints64}),
+    Vacuumed: _struct(
+        Vacuumed,
+        {
+            "method": st.sampled_from(["vacuum", "incremental_vacuum"]),
+            "bytes_before": ints64,
+            "bytes_after": ints64,
+            "seconds": st.floats(0, 1e6),
+        },
+        {"wal_truncated": st.booleans()},
+    ),
     Ack: _struct(Ack, {"id": uids}),
     Nack: _struct(Nack, {"id": st.none() | uids, "error": st.text()}),
     ErrorReply: _struct(ErrorReply, {"error": st.text()}),
@@ -187,6 +207,7 @@ CLIENT_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "ping": (set(), set()),
     "status": (set(), set()),
     "replay": (set(), set()),
+    "vacuum": (set(), set()),
     "run_start": ({"id", "ts", "run", "pipeline"}, {"club_slug", "parent", "meta"}),
     "step_start": ({"id", "ts", "run", "step", "name"}, set()),
     "step_end": (
@@ -202,9 +223,10 @@ SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     # "at least" these five; the rest are the daemon's documented extras.
     "status": (
         {"uptime_s", "events_committed", "queue_depth", "schema_version", "db_path"},
-        {"connections", "spool_files", "version", "pid", "last_commit_ts"},
+        {"connections", "spool_files", "version", "pid", "last_commit_ts", "commit_seconds"},
     ),
     "replayed": ({"files", "events", "quarantined"}, set()),
+    "vacuumed": ({"method", "bytes_before", "bytes_after", "seconds"}, {"wal_truncated"}),
     "ack": ({"id"}, set()),
     "nack": ({"id", "error"}, set()),
     "error": ({"error"}, set()),
@@ -574,7 +596,7 @@ class TestRefusals:
             ({"type": b"ping"}, "no string 'type'"),
             ({"type": "nope"}, "unknown message type 'nope'"),
             ({"type": "RUN_START", "id": "e1"}, "unknown message type 'RUN_START'"),
-            ({"type": "vacuum"}, "unknown message type 'vacuum'"),
+            ({"type": "defragment"}, "unknown message type 'defragment'"),
             ({"type": "ack", "id": "e1"}, "unknown message type 'ack'"),  # a reply, not a request
             ({"type": "z" * 1000}, "unknown message type '" + "z" * 64 + "'$"),
         ],
@@ -760,7 +782,10 @@ class TestMsgpackInterop:
         assert required <= set(obj) - {"type"} <= required | optional
         for key, value in obj.items():
             if key != "type":
-                assert value == getattr(msg, key)
+                expected = getattr(msg, key)
+                if isinstance(expected, msgspec.Struct):  # nested (commit_seconds): a map
+                    expected = msgspec.structs.asdict(expected)
+                assert value == expected
         defaults = defaults_of(type(msg))
         for key in optional - set(obj):
             assert getattr(msg, key) == defaults[key]

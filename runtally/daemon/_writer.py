@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from ..protocol import Event
+from ._latency import LatencyHistogram
 from ._log import logger
 from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy
 
@@ -70,6 +71,11 @@ class Job:
     #: Its results are final: set once committed, so a batch retried after a
     #: StoreBusy in the slow path does not write its dead letters twice.
     committed: bool = False
+    #: A chore (retention, vacuum) the writer runs in its thread before the
+    #: batch's events, in transactions of its own; its return value, or the
+    #: exception it raised (StoreBusy excepted: retried), goes to ``outcome``.
+    task: Callable[[Store], object] | None = None
+    outcome: object = None
 
     @property
     def cost(self) -> int:
@@ -131,6 +137,8 @@ class Writer:
         self.busy_reason = ""
         #: trio.current_time() of the writer's last sign of life (for the watchdog).
         self.heartbeat = trio.current_time()
+        #: Seconds each ``_commit`` took, retries included (the status reply's histogram).
+        self.commit_latency = LatencyHistogram()
 
     # -- producers ------------------------------------------------------------------
 
@@ -174,6 +182,7 @@ class Writer:
                 await self._commit(jobs)
 
     async def _commit(self, jobs: list[Job]) -> None:
+        started = time.perf_counter()
         with trio.CancelScope(shield=True):
             delay = _BACKOFF_FIRST_S
             broken_logged = False
@@ -208,6 +217,7 @@ class Writer:
                 logger.info("database writable again")
                 self.busy_since = None
                 self.busy_reason = ""
+        self.commit_latency.observe(time.perf_counter() - started)
         self.last_commit_ms = time.time_ns() // 1_000_000
         freed = freed_bytes = 0
         for job in jobs:
@@ -225,6 +235,17 @@ class Writer:
 
     def _apply_all(self, jobs: Sequence[Job]) -> None:
         jobs = [job for job in jobs if not job.committed]
+        for job in jobs:
+            if job.task is not None:
+                try:
+                    job.outcome = job.task(self.store)
+                except StoreBusy:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a failed chore never stops the writer
+                    job.outcome = exc
+                job.committed = True
+        if not (jobs := [job for job in jobs if not job.committed]):
+            return
         events: list[Event] = []
         frames: list[bytes] = []
         origins: list[Origin] = []

@@ -23,6 +23,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "ClientMessage",
+    "CommitHistogram",
     "Control",
     "ErrorEvent",
     "ErrorReply",
@@ -40,6 +41,8 @@ __all__ = [
     "StatusReply",
     "StepEnd",
     "StepStart",
+    "Vacuum",
+    "Vacuumed",
     "Welcome",
     "stack_tail",
 ]
@@ -112,6 +115,10 @@ class Status(_Msg, tag="status"):
 
 class Replay(_Msg, tag="replay"):
     """Ask the daemon to replay the spool directory now; it answers ``Replayed``."""
+
+
+class Vacuum(_Msg, tag="vacuum"):
+    """Ask the daemon (admins only) to checkpoint and compact the database; it answers ``Vacuumed``."""
 
 
 # -- events (client -> daemon); ``id`` is the idempotency key -------------------
@@ -217,7 +224,7 @@ class RunEnd(_Msg, tag="run_end"):
 #: What a pipeline records: each has an ``id`` (idempotency key) and a ``ts``.
 Event = RunStart | StepStart | StepEnd | ErrorEvent | RunEnd
 #: Requests that are not events: answered, never stored.
-Control = Hello | Ping | Status | Replay
+Control = Hello | Ping | Status | Replay | Vacuum
 #: Everything a client may send.
 ClientMessage = Event | Control
 
@@ -226,7 +233,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
     t.__struct_config__.tag for t in (RunStart, StepStart, StepEnd, ErrorEvent, RunEnd)
 )
 CONTROL_TYPES: frozenset[str] = frozenset(
-    t.__struct_config__.tag for t in (Hello, Ping, Status, Replay)
+    t.__struct_config__.tag for t in (Hello, Ping, Status, Replay, Vacuum)
 )
 
 
@@ -244,6 +251,20 @@ class Pong(_Msg, tag="pong"):
     """Reply to ``Ping``."""
 
 
+class CommitHistogram(msgspec.Struct, frozen=True, gc=False):
+    """Durations of the daemon's commits since it started, as histogram buckets.
+
+    ``le``: the buckets' upper bounds in seconds, ascending; ``counts``: the
+    commits in each bucket, not cumulative, one more than ``le`` (the last is
+    +Inf); ``sum_s``: their total in seconds; ``max_s``: the longest.
+    """
+
+    le: list[float]
+    counts: list[int]
+    sum_s: float = 0.0
+    max_s: float = 0.0
+
+
 class StatusReply(_Msg, tag="status"):
     """Reply to ``Status``: the daemon's health.
 
@@ -253,7 +274,9 @@ class StatusReply(_Msg, tag="status"):
     ``db_path``, the database file; ``connections``, open client
     connections; ``spool_files``, spool files waiting for replay;
     ``version``, the daemon's package version; ``pid``, its process id;
-    ``last_commit_ts``, the last commit in epoch milliseconds, or None.
+    ``last_commit_ts``, the last commit in epoch milliseconds, or None;
+    ``commit_seconds``, the commits' durations as a histogram, or None
+    from a daemon that does not send it.
     """
 
     uptime_s: float
@@ -266,6 +289,7 @@ class StatusReply(_Msg, tag="status"):
     version: str = ""
     pid: int = 0
     last_commit_ts: int | None = None
+    commit_seconds: CommitHistogram | None = None
 
 
 class Replayed(_Msg, tag="replayed"):
@@ -274,6 +298,23 @@ class Replayed(_Msg, tag="replayed"):
     files: int
     events: int
     quarantined: int
+
+
+class Vacuumed(_Msg, tag="vacuumed"):
+    """Reply to ``Vacuum``: what the compaction did.
+
+    ``method``: "vacuum" or "incremental_vacuum" (when the database's
+    auto_vacuum is incremental); ``bytes_before``/``bytes_after``: the
+    database file plus its WAL, in bytes; ``seconds``: how long the writer
+    was busy with it (events waited in the queue meanwhile);
+    ``wal_truncated``: False when a reader kept the WAL from being emptied.
+    """
+
+    method: str
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    wal_truncated: bool = True
 
 
 class Ack(_Msg, tag="ack"):
@@ -300,4 +341,4 @@ class ErrorReply(_Msg, tag="error"):
 
 
 #: Everything the daemon sends: exactly one reply per client message, in order.
-ServerMessage = Welcome | Pong | StatusReply | Replayed | Ack | Nack | ErrorReply
+ServerMessage = Welcome | Pong | StatusReply | Replayed | Vacuumed | Ack | Nack | ErrorReply
