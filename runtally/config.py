@@ -19,14 +19,21 @@ import os
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from runtally._compat import LEGACY_CONFIG, LEGACY_SECTION, deprecated
 from runtally.errors import RuntallyError
 
-__all__ = ["ConfigError", "Settings", "default_paths", "resolve", "resolve_or_defaults"]
+__all__ = [
+    "ConfigError",
+    "Retention",
+    "Settings",
+    "default_paths",
+    "resolve",
+    "resolve_or_defaults",
+]
 
 SYSTEM_RUNTIME_DIR = Path("/run/runtally")
 SYSTEM_CONFIG = Path("/etc/runtally/runtally.toml")
@@ -34,6 +41,20 @@ SYSTEM_CONFIG = Path("/etc/runtally/runtally.toml")
 
 class ConfigError(RuntallyError):
     """A config file or value that cannot be used; the message names it and its source."""
+
+
+class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Days each table keeps its rows (``[runtally.retention_days]``); None keeps them forever.
+
+    ``runs``: runs by ``started_at``, with their steps and errors;
+    ``audit_log``: by ``ts`` (purge records excepted: the metrics' run and
+    error counters add up the runs they removed); ``dead_letters``: by
+    ``received_at``.  At least 1 day.
+    """
+
+    runs: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    audit_log: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    dead_letters: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -60,6 +81,11 @@ class Settings(msgspec.Struct, frozen=True):
     max_connections_per_uid: int = 64  # connections one uid may hold open at once
     #: bytes of incomplete frames buffered across all connections (at least 2 MiB)
     max_partial_bytes: int = 16 << 20
+    #: days kept per table, purged by the daemon in small batches (None: forever)
+    retention_days: Retention = msgspec.field(default_factory=Retention)
+    retention_interval_s: float = 3600.0  # seconds between retention passes
+    #: node_exporter textfile written by `runtally metrics` (None: --textfile or nothing)
+    metrics_textfile: Path | None = None
 
 
 _ENV = {

@@ -19,6 +19,7 @@ invalid event         nack with the reason; frame to dead_letters
 unknown/invalid type  error; frame to dead_letters
 hello/ping/status     welcome/pong/status
 replay                replayed (admins only, else error)
+vacuum                vacuumed (admins only, else error)
 broken frame          error; frame to dead_letters; connection closed
 EOF                   remaining replies sent, connection closed
 no complete frame     idle: closed; mid-frame: error, then closed
@@ -65,6 +66,7 @@ from ..protocol import (
     Status,
     StepEnd,
     StepStart,
+    Vacuum,
     Welcome,
     decode_client_message,
     encode_frame,
@@ -115,6 +117,10 @@ class ServerHooks(Protocol):
 
     async def run_replay(self, origin: Origin) -> bytes:
         """Replay the spool for ``origin`` (admins only); the encoded reply."""
+        ...
+
+    async def run_vacuum(self, origin: Origin) -> bytes:
+        """Compact the database for ``origin`` (admins only); the encoded reply."""
         ...
 
 
@@ -271,6 +277,8 @@ class Connection:
                 entries.append(self._status)  # rendered after the events before it commit
             elif isinstance(message, Replay):
                 entries.append(functools.partial(self.hooks.run_replay, self.origin))
+            elif isinstance(message, Vacuum):
+                entries.append(functools.partial(self.hooks.run_vacuum, self.origin))
         return batch
 
     async def _status(self) -> bytes:

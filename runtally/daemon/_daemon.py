@@ -16,14 +16,16 @@ import trio
 
 from .._version import __version__
 from ..config import Settings
-from ..protocol import ErrorReply, Replayed, StatusReply, encode_frame
+from ..protocol import ErrorReply, Replayed, StatusReply, Vacuumed, encode_frame
 from ._admission import Admission
 from ._budget import PartialBudget
 from ._conn import Connection
 from ._log import logger
 from ._peer import is_admin, is_allowed, peer_origin
 from ._replay import Replayer, spool_backlog
+from ._retention import RetentionTask
 from ._store import AuditEntry, Origin, Store
+from ._vacuum import vacuum
 from ._writer import Job, Writer
 
 __all__ = ["Daemon"]
@@ -44,6 +46,9 @@ class Daemon:
             self.writer,
             owner_allowed=lambda uid, gid: is_allowed(settings, uid, gid),
             interval_s=settings.replay_interval_s,
+        )
+        self.retention = RetentionTask(
+            settings.retention_days, self.writer, interval_s=settings.retention_interval_s
         )
         #: time.monotonic() at start (for ``uptime_s``).
         self.started = time.monotonic()
@@ -84,6 +89,7 @@ class Daemon:
             version=__version__,
             pid=os.getpid(),
             last_commit_ts=self.writer.last_commit_ms,
+            commit_seconds=self.writer.commit_latency.snapshot(),
         )
 
     def status_frame(self) -> bytes:
@@ -98,6 +104,19 @@ class Daemon:
             )
         stats = await self.replayer.replay_once()
         return encode_frame(Replayed(stats.files, stats.events, stats.quarantined))
+
+    async def run_vacuum(self, origin: Origin) -> bytes:
+        """Compact the database through the writer if ``origin`` is an admin; the encoded reply."""
+        if not is_admin(self.settings, origin.uid):
+            return encode_frame(
+                ErrorReply(f"vacuum is an admin message; uid {origin.uid} is not an admin")
+            )
+        job = Job(task=vacuum)
+        await self.writer.submit(job)
+        await job.done.wait()
+        if isinstance(job.outcome, Vacuumed):
+            return encode_frame(job.outcome)
+        return encode_frame(ErrorReply(f"vacuum failed: {job.outcome}"))
 
     def summary(self) -> str:
         """One line for systemd's STATUS: commits, connections, queue, a busy database."""

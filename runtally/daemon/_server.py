@@ -145,6 +145,7 @@ async def serve(
                             )
                         )
                         intake.start_soon(daemon.replayer.run)
+                        intake.start_soon(daemon.retention.run)
                         notifier.ready(daemon.summary())
                         task_status.started(daemon)
                         await daemon.stop_requested.wait()

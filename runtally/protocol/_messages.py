@@ -118,7 +118,7 @@ class Replay(_Msg, tag="replay"):
 
 
 class Vacuum(_Msg, tag="vacuum"):
-    """Ask the daemon (admins only) to checkpoint and compact the database; it answers ``Vacuumed``."""
+    """Ask the daemon (admins only) to compact the database now; it answers ``Vacuumed``."""
 
 
 # -- events (client -> daemon); ``id`` is the idempotency key -------------------
