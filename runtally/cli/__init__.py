@@ -12,6 +12,7 @@ from .._version import __version__
 from ._daemon import daemon
 from ._db import db
 from ._exec import exec_command
+from ._metrics import metrics
 from ._read import errors, runs, show
 from ._replay import replay
 from ._status import status
@@ -35,6 +36,7 @@ main.add_command(status)
 main.add_command(replay)
 main.add_command(exec_command)
 main.add_command(web)
+main.add_command(metrics)
 
 
 def daemon_main() -> None:
