@@ -339,9 +339,7 @@ def test_vacuum_compacts_the_database(tmp_path: Path, no_socket: Path) -> None:
     assert run("db", "doctor", "--db", str(path)).exit_code == 0
 
 
-def test_vacuum_never_writes_itself_while_a_daemon_answers(
-    tmp_path: Path, short_dir: Path
-) -> None:
+def test_vacuum_never_writes_itself_while_a_daemon_answers(tmp_path: Path, short_dir: Path) -> None:
     path = tmp_path / "dashboard.sqlite"
     populate(path)
     before = path.read_bytes()

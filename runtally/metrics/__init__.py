@@ -5,11 +5,11 @@ reply, the spool); ``RuntallyCollector`` turns it into metric families for
 ``/metrics`` (``runtally web``) and ``runtally metrics [--textfile PATH]``.
 """
 
-from ._expose import CONTENT_TYPE_LATEST, RuntallyCollector, families, render, write_textfile
+from ._expose import CONTENT_TYPE, RuntallyCollector, families, render, write_textfile
 from ._gather import STATES, PipelineFacts, Snapshot, gather, pipeline_states
 
 __all__ = [
-    "CONTENT_TYPE_LATEST",
+    "CONTENT_TYPE",
     "STATES",
     "PipelineFacts",
     "RuntallyCollector",

@@ -23,12 +23,13 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ._gather import OUTCOMES, STATES, Snapshot, gather
 
-__all__ = ["CONTENT_TYPE_LATEST", "RuntallyCollector", "families", "render", "write_textfile"]
+__all__ = ["CONTENT_TYPE", "RuntallyCollector", "families", "render", "write_textfile"]
 
+#: The text format 0.0.4, which every Prometheus reads (our names need no escaping).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PC = ("pipeline", "club")
 
 
@@ -168,7 +169,7 @@ class RuntallyCollector:
 
 
 def render(collector: RuntallyCollector) -> bytes:
-    """The text exposition (``CONTENT_TYPE_LATEST``) of one collection."""
+    """The text exposition (``CONTENT_TYPE``) of one collection."""
     registry = CollectorRegistry()
     registry.register(collector)
     return generate_latest(registry)

@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 from ..cli._errors import RunNotFound
 from ..cli._render import parse_since
 from ..daemon._timefmt import iso_from_datetime
-from ..metrics import CONTENT_TYPE_LATEST, RuntallyCollector, render
+from ..metrics import CONTENT_TYPE, RuntallyCollector, render
 from . import _charts as charts
 from . import _errors as we
 from . import _queries as wq
@@ -214,7 +214,7 @@ def create_app(config: WebConfig) -> Guard:
 
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(render, collector)
-        return Response(body, headers={"content-type": CONTENT_TYPE_LATEST})
+        return Response(body, headers={"content-type": CONTENT_TYPE})
 
     # -- runs ----------------------------------------------------------------------
 
