@@ -220,7 +220,8 @@ def next_limit(limit: int, seconds: float, target_s: float = TARGET_S) -> int:
 class RetentionTask:
     """Purges what ``days`` says is too old, once per ``interval_s``, through ``writer``.
 
-    ``clock_ms``: the wall clock in epoch ms (tests pass their own).
+    ``first_limit``: rows of a table's first batch; ``clock_ms``: the wall
+    clock in epoch ms (tests pass their own).
     """
 
     def __init__(
@@ -230,6 +231,7 @@ class RetentionTask:
         *,
         interval_s: float = 3600.0,
         target_s: float = TARGET_S,
+        first_limit: int = _FIRST_LIMIT,
         clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.days = days
@@ -237,6 +239,7 @@ class RetentionTask:
         self.interval_s = interval_s
         self.target_s = target_s
         self.clock_ms = clock_ms
+        self.first_limit = first_limit
         #: Rows per batch per table, as adapted so far.
         self.limits: dict[Table, int] = {}
         #: Every batch's duration, seconds (the benchmark reads it).
@@ -269,7 +272,7 @@ class RetentionTask:
     async def _purge(self, table: Table, cutoff_ms: int) -> int:
         total = 0
         while True:
-            limit = self.limits.get(table, _FIRST_LIMIT)
+            limit = self.limits.get(table, self.first_limit)
             job = Job(
                 task=functools.partial(purge_batch, table=table, cutoff_ms=cutoff_ms, limit=limit)
             )
