@@ -27,7 +27,14 @@ from runtally._compat import LEGACY_CONFIG, LEGACY_SECTION, deprecated
 from runtally._pipeline_config import PipelineConfig
 from runtally.errors import RuntallyError
 
-__all__ = ["ConfigError", "Settings", "default_paths", "resolve", "resolve_or_defaults"]
+__all__ = [
+    "ConfigError",
+    "Retention",
+    "Settings",
+    "default_paths",
+    "resolve",
+    "resolve_or_defaults",
+]
 
 SYSTEM_RUNTIME_DIR = Path("/run/runtally")
 #: Where logind makes each user's runtime directory (``/run/user/<uid>``).
@@ -39,6 +46,20 @@ SYSTEM_CONFIG = Path("/etc/runtally/runtally.toml")
 
 class ConfigError(RuntallyError):
     """A config file or value that cannot be used; the message names it and its source."""
+
+
+class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Days each table keeps its rows (``[runtally.retention_days]``); None keeps them forever.
+
+    ``runs``: runs by ``started_at``, with their steps and errors;
+    ``audit_log``: by ``ts`` (purge records excepted: the metrics' run and
+    error counters add up the runs they removed); ``dead_letters``: by
+    ``received_at``.  At least 1 day.
+    """
+
+    runs: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    audit_log: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    dead_letters: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -106,6 +127,11 @@ class Settings(msgspec.Struct, frozen=True):
     alert_reminder_hours: float | None = None  # repeat a standing alert this often
     alert_timeout_s: float = 10.0  # seconds one channel may take to send one alert
     web_url: str | None = None  # the dashboard's public URL, for links in alerts
+    #: days kept per table, purged by the daemon in small batches (None: forever)
+    retention_days: Retention = msgspec.field(default_factory=Retention)
+    retention_interval_s: float = 3600.0  # seconds between retention passes
+    #: node_exporter textfile written by `runtally metrics` (None: --textfile or nothing)
+    metrics_textfile: Path | None = None
     #: Where each resolved value came from, for messages: ``(("db", "environment
     #: variable RUNTALLY_DB"), ...)``; empty for settings not made by ``resolve``.
     sources: tuple[tuple[str, str], ...] = ()

@@ -339,7 +339,7 @@ def test_vacuum_compacts_the_database(tmp_path: Path, no_socket: Path) -> None:
     assert run("db", "doctor", "--db", str(path)).exit_code == 0
 
 
-def test_vacuum_is_refused_while_the_daemon_answers(tmp_path: Path, short_dir: Path) -> None:
+def test_vacuum_never_writes_itself_while_a_daemon_answers(tmp_path: Path, short_dir: Path) -> None:
     path = tmp_path / "dashboard.sqlite"
     populate(path)
     before = path.read_bytes()
@@ -347,8 +347,11 @@ def test_vacuum_is_refused_while_the_daemon_answers(tmp_path: Path, short_dir: P
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(str(sock_path))
         server.listen(8)
-        line = one_line_error(run("db", "vacuum", "--db", str(path), "--socket", str(sock_path)))
-        assert "daemon is running" in line
+        # Something accepts but never answers the vacuum message: asked, not done here.
+        line = one_line_error(
+            run("db", "vacuum", "--db", str(path), "--socket", str(sock_path), "--timeout", "0.5")
+        )
+        assert "no answer" in line
         assert str(sock_path) in line
     assert path.read_bytes() == before
     # The socket file of a dead daemon does not stop it.

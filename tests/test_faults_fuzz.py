@@ -69,6 +69,8 @@ from runtally.protocol import (
     StatusReply,
     StepEnd,
     StepStart,
+    Vacuum,
+    Vacuumed,
     Welcome,
     decode_client_message,
     decode_server_message,
@@ -125,6 +127,8 @@ def expected_for(data: bytes) -> Expected:
             out.replies.append(("status", None))
         elif isinstance(msg, Replay):
             out.replies.append(("replayed", None))
+        elif isinstance(msg, Vacuum):
+            out.replies.append(("vacuumed", None))
         else:
             out.replies.append(("event", msg.id))
     return out
@@ -138,6 +142,7 @@ _KIND = {
     Welcome: "welcome",
     StatusReply: "status",
     Replayed: "replayed",
+    Vacuumed: "vacuumed",
 }
 
 

@@ -28,6 +28,7 @@ from runtally.protocol import (
     SPOOL_MAGIC,
     Ack,
     ClientMessage,
+    CommitHistogram,
     Dropped,
     ErrorEvent,
     ErrorReply,
@@ -55,6 +56,8 @@ from runtally.protocol import (
     StatusReply,
     StepEnd,
     StepStart,
+    Vacuum,
+    Vacuumed,
     Welcome,
     decode_client_message,
     decode_server_message,
@@ -124,6 +127,7 @@ CLIENT_STRATEGIES: dict[type, st.SearchStrategy] = {
     Replay: st.just(Replay()),
     Pause: _struct(Pause, {"pipeline": names}),
     Resume: _struct(Resume, {"pipeline": names}),
+    Vacuum: st.just(Vacuum()),
     RunStart: _struct(
         RunStart,
         {**EVENT_BASE, "pipeline": names},
@@ -183,10 +187,26 @@ SERVER_STRATEGIES: dict[type, st.SearchStrategy] = {
             "failing_reason": st.text(),
             "problems": st.lists(st.text(), max_size=3),
             "alert_failures": st.none() | st.dictionaries(st.text(), st.text(), max_size=3),
+            "commit_seconds": st.none()
+            | _struct(
+                CommitHistogram,
+                {"le": st.lists(st.floats(0, 60)), "counts": st.lists(ints64)},
+                {"sum_s": st.floats(0, 1e9), "max_s": st.floats(0, 1e9)},
+            ),
         },
     ),
     Replayed: _struct(Replayed, {"files": ints64, "events": ints64, "quarantined": ints64}),
     PipelinePaused: _struct(PipelinePaused, {"pipeline": st.text(), "paused": st.booleans()}),
+    Vacuumed: _struct(
+        Vacuumed,
+        {
+            "method": st.sampled_from(["vacuum", "incremental_vacuum"]),
+            "bytes_before": ints64,
+            "bytes_after": ints64,
+            "seconds": st.floats(0, 1e6),
+        },
+        {"wal_truncated": st.booleans()},
+    ),
     Ack: _struct(Ack, {"id": uids}),
     Nack: _struct(Nack, {"id": st.none() | uids, "error": st.text()}),
     ErrorReply: _struct(ErrorReply, {"error": st.text()}),
@@ -207,6 +227,7 @@ CLIENT_FIELDS: dict[str, tuple[set[str], set[str]]] = {
     "replay": (set(), set()),
     "pause": ({"pipeline"}, set()),
     "resume": ({"pipeline"}, set()),
+    "vacuum": (set(), set()),
     "run_start": ({"id", "ts", "run", "pipeline"}, {"club_slug", "parent", "meta"}),
     "step_start": ({"id", "ts", "run", "step", "name"}, set()),
     "step_end": (
@@ -239,6 +260,7 @@ SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
             "failing_reason",
             "problems",
             "alert_failures",
+            "commit_seconds",
         },
     ),
     "replayed": (
@@ -246,6 +268,7 @@ SERVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
         {"total_files", "total_events", "total_quarantined"},
     ),
     "pipeline_paused": ({"pipeline", "paused"}, set()),
+    "vacuumed": ({"method", "bytes_before", "bytes_after", "seconds"}, {"wal_truncated"}),
     "ack": ({"id"}, set()),
     "nack": ({"id", "error"}, set()),
     "error": ({"error"}, set()),
@@ -619,7 +642,7 @@ class TestRefusals:
             ({"type": b"ping"}, "no string 'type'"),
             ({"type": "nope"}, "unknown message type 'nope'"),
             ({"type": "RUN_START", "id": "e1"}, "unknown message type 'RUN_START'"),
-            ({"type": "vacuum"}, "unknown message type 'vacuum'"),
+            ({"type": "defragment"}, "unknown message type 'defragment'"),
             ({"type": "ack", "id": "e1"}, "unknown message type 'ack'"),  # a reply, not a request
             ({"type": "z" * 1000}, "unknown message type '" + "z" * 64 + "'$"),
         ],
@@ -805,7 +828,10 @@ class TestMsgpackInterop:
         assert required <= set(obj) - {"type"} <= required | optional
         for key, value in obj.items():
             if key != "type":
-                assert value == getattr(msg, key)
+                expected = getattr(msg, key)
+                if isinstance(expected, msgspec.Struct):  # nested (commit_seconds): a map
+                    expected = msgspec.structs.asdict(expected)
+                assert value == expected
         defaults = defaults_of(type(msg))
         for key in optional - set(obj):
             assert getattr(msg, key) == defaults[key]

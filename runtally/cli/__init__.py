@@ -12,6 +12,7 @@ from .._version import __version__
 from ._daemon import daemon
 from ._db import db
 from ._exec import exec_command
+from ._metrics import metrics
 from ._pipelines import alert, pause, pipelines, resume
 from ._read import errors, runs, show
 from ._replay import replay
@@ -40,6 +41,7 @@ main.add_command(pipelines)
 main.add_command(pause)
 main.add_command(resume)
 main.add_command(alert)
+main.add_command(metrics)
 
 
 def daemon_main() -> None:

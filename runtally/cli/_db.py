@@ -2,7 +2,8 @@
 
 ``doctor`` only reads.  ``migrate`` and ``vacuum`` write, so they first ask
 whether a daemon answers on the socket: while one runs it is the only writer
-(it migrates itself on start; vacuum through the daemon does not exist yet).
+(it migrates itself on start; ``vacuum`` then asks it to vacuum, see
+``_vacuum_through_daemon``).
 Every failure is one line on stderr (click.ClickException), never a traceback.
 """
 
@@ -23,6 +24,8 @@ from ..daemon._migrations import SCHEMA_VERSION, MigrationError, applied, migrat
 from ..daemon._probe import Silence, probe
 from ..daemon._readonly import CannotOpen, read_only
 from ..daemon._store import Store, StoreBusy
+from ..protocol import ErrorReply, Vacuum, Vacuumed
+from ._ask import ask
 from ._common import uses_settings
 from ._errors import DaemonIsWriter, DatabaseError
 
@@ -155,15 +158,24 @@ def doctor_command(settings: Settings, as_json: bool, quick: bool) -> None:
 
 
 @db.command()
+@click.option(
+    "--timeout",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds to wait for a running daemon's answer.",
+)
 @uses_settings("socket", "db")
-def vacuum(settings: Settings) -> None:
+def vacuum(settings: Settings, timeout: float) -> None:
     """Rebuild the database file compactly (VACUUM) and empty the WAL.
 
-    Refused while the daemon runs: it is the only writer.
+    While the daemon runs, it does it (an admin message): events sent
+    meanwhile wait in its queue.  Otherwise this command does it itself.
     """
     path = settings.db
     if (why := _daemon_answers(settings.socket)) is not None:
-        raise DaemonIsWriter(f"{why}: stop it before `runtally db vacuum`")
+        _vacuum_through_daemon(settings, why, timeout)
+        return
     if not path.exists():
         raise DatabaseError(f"{path}: database does not exist (not initialized); nothing to vacuum")
     with _database_errors(path):
@@ -183,3 +195,20 @@ def vacuum(settings: Settings) -> None:
 
 def _uri_path(path: Path) -> str:
     return quote(str(path.absolute()))
+
+
+def _vacuum_through_daemon(settings: Settings, why: str, timeout: float) -> None:
+    """Ask the running daemon to vacuum; one line with the sizes, or a ClickException."""
+    if probe(settings.socket, timeout=1.0) is not None:
+        # Permission denied or a socket that accepts nothing: cannot ask, must not write.
+        raise DaemonIsWriter(f"{why}: stop it before `runtally db vacuum`")
+    reply = ask(settings.socket, Vacuum(), timeout=timeout)
+    if isinstance(reply, ErrorReply):
+        raise DaemonIsWriter(f"the daemon refused to vacuum: {reply.error}")
+    if not isinstance(reply, Vacuumed):
+        raise DaemonIsWriter(f"unexpected {type(reply).__name__} reply to vacuum")
+    note = "" if reply.wal_truncated else " (WAL not fully checkpointed: a reader held it)"
+    click.echo(
+        f"{settings.db}: {reply.method} by the daemon, {reply.bytes_before:,} ->"
+        f" {reply.bytes_after:,} bytes in {reply.seconds:g} s{note}"
+    )

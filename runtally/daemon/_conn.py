@@ -20,6 +20,7 @@ unknown/invalid type  error; frame to dead_letters
 hello/ping/status     welcome/pong/status
 replay                replayed (admins only, else error)
 pause/resume          pipeline_paused (admins only, else error)
+vacuum                vacuumed (admins only, else error)
 broken frame          error; frame to dead_letters; connection closed
 EOF                   remaining replies sent, connection closed
 no complete frame     idle: closed; mid-frame: error, then closed
@@ -69,6 +70,7 @@ from ..protocol import (
     Status,
     StepEnd,
     StepStart,
+    Vacuum,
     Welcome,
     decode_client_message,
     encode_frame,
@@ -123,6 +125,9 @@ class ServerHooks(Protocol):
 
     async def run_pause(self, origin: Origin, pipeline: str, paused: bool) -> bytes:
         """Pause or resume ``pipeline`` for ``origin`` (admins only); the encoded reply."""
+
+    async def run_vacuum(self, origin: Origin) -> bytes:
+        """Compact the database for ``origin`` (admins only); the encoded reply."""
         ...
 
 
@@ -283,6 +288,8 @@ class Connection:
                 paused = isinstance(message, Pause)
                 run = self.hooks.run_pause
                 entries.append(functools.partial(run, self.origin, message.pipeline, paused))
+            elif isinstance(message, Vacuum):
+                entries.append(functools.partial(self.hooks.run_vacuum, self.origin))
         return batch
 
     async def _status(self) -> bytes:

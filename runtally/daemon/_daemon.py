@@ -16,7 +16,7 @@ import trio
 
 from .._version import __version__
 from ..config import Settings
-from ..protocol import ErrorReply, PipelinePaused, Replayed, StatusReply, encode_frame
+from ..protocol import ErrorReply, PipelinePaused, Replayed, StatusReply, Vacuumed, encode_frame
 from . import _dbfiles as files
 from ._admission import Admission
 from ._alerts import Dispatcher
@@ -26,7 +26,9 @@ from ._log import logger
 from ._monitor import Monitor
 from ._peer import is_admin, is_allowed, peer_origin
 from ._replay import Replayer, spool_backlog
+from ._retention import RetentionTask
 from ._store import AuditEntry, Origin, Store
+from ._vacuum import vacuum
 from ._writer import Job, Writer
 
 __all__ = ["Daemon"]
@@ -54,6 +56,9 @@ class Daemon:
             self.writer,
             owner_allowed=lambda uid, gid: is_allowed(settings, uid, gid),
             interval_s=settings.replay_interval_s,
+        )
+        self.retention = RetentionTask(
+            settings.retention_days, self.writer, interval_s=settings.retention_interval_s
         )
         #: time.monotonic() at start (for ``uptime_s``).
         self.started = time.monotonic()
@@ -110,6 +115,7 @@ class Daemon:
             failing_reason=w.busy_reason,
             problems=self.problems(failing, wal),
             alert_failures=dict(self.alerts.failures) or None,
+            commit_seconds=self.writer.commit_latency.snapshot(),
         )
 
     def problems(self, failing_s: float | None, wal_bytes: int) -> list[str]:
@@ -176,6 +182,19 @@ class Daemon:
         await self.writer.submit(job)
         await job.done.wait()  # the reply says it is recorded
         return encode_frame(PipelinePaused(pipeline, paused))
+
+    async def run_vacuum(self, origin: Origin) -> bytes:
+        """Compact the database through the writer if ``origin`` is an admin; the encoded reply."""
+        if not is_admin(self.settings, origin.uid):
+            return encode_frame(
+                ErrorReply(f"vacuum is an admin message; uid {origin.uid} is not an admin")
+            )
+        job = Job(task=vacuum)
+        await self.writer.submit(job)
+        await job.done.wait()
+        if isinstance(job.outcome, Vacuumed):
+            return encode_frame(job.outcome)
+        return encode_frame(ErrorReply(f"vacuum failed: {job.outcome}"))
 
     def summary(self) -> str:
         """One line for systemd's STATUS: commits, connections, queue, a busy database."""

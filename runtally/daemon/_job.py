@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..protocol import Event
 from ._records import AuditEntry, DeadLetter, Origin, Write
+
+if TYPE_CHECKING:
+    from ._store import Store
 
 __all__ = ["Job"]
 
@@ -34,6 +39,11 @@ class Job:
     #: Synced to disk when ``done`` is set, even at synchronous=NORMAL (what a
     #: replayed spool file's deletion must wait for).
     durable: bool = False
+    #: A chore (retention, vacuum) the writer runs in its thread before the
+    #: batch's events, in transactions of its own; its return value, or the
+    #: exception it raised (StoreBusy excepted: retried), goes to ``outcome``.
+    task: Callable[[Store], object] | None = None
+    outcome: object = None
 
     @property
     def cost(self) -> int:

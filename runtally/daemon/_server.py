@@ -203,6 +203,7 @@ async def serve(
                         intake.start_soon(daemon.replayer.run)
                         daemon.alerts.start()
                         intake.start_soon(daemon.monitor.run)
+                        intake.start_soon(daemon.retention.run)
                         notifier.ready(daemon.summary())
                         task_status.started(daemon)
                         await daemon.stop_requested.wait()

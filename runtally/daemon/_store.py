@@ -185,6 +185,18 @@ class Store:
         oldest = self._applier.parking.oldest()
         return ms_from_iso(oldest) if oldest else None
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The write connection, for chores the writer runs in its thread (retention, vacuum).
+
+        Whoever deletes rows through it calls ``forget_cached`` afterwards.
+        """
+        return self._conn
+
+    def forget_cached(self) -> None:
+        """Drop the cached uid -> id maps and parked counts (after rows were deleted)."""
+        self._applier.forget()
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read rows on the writer's connection (tests, status)."""
         return self._conn.execute(sql, params).fetchall()

@@ -48,6 +48,7 @@ import trio
 from ..errors import RuntallyError
 from ..protocol import Event
 from ._job import Job
+from ._latency import LatencyHistogram
 from ._log import logger
 from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy, Write
 
@@ -142,6 +143,8 @@ class Writer:
         self.parked_bytes = store.parked_bytes
         self.parked_oldest_ms: int | None = store.parked_oldest_ms()
         self.parked_expired = 0
+        #: Seconds each ``_commit`` took, retries included (the status reply's histogram).
+        self.commit_latency = LatencyHistogram()
 
     # -- producers ------------------------------------------------------------------
 
@@ -206,6 +209,7 @@ class Writer:
                 await self._upkeep(idle=False)
 
     async def _commit(self, jobs: list[Job]) -> None:
+        started = time.perf_counter()
         with trio.CancelScope(shield=True):
             delay = _BACKOFF_FIRST_S
             broken_logged = False
@@ -241,6 +245,7 @@ class Writer:
                 logger.info("database writable again")
                 self.busy_since = None
                 self.busy_reason = ""
+        self.commit_latency.observe(time.perf_counter() - started)
         self.last_commit_ms = time.time_ns() // 1_000_000
         freed = freed_bytes = 0
         for job in jobs:
@@ -337,6 +342,17 @@ class Writer:
             self._reopen(why)
             if self.store.changed_underneath() is not None:
                 raise _DatabaseBroken(why)
+        for job in jobs:
+            if job.task is not None:
+                try:
+                    job.outcome = job.task(self.store)
+                except StoreBusy:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a failed chore never stops the writer
+                    job.outcome = exc
+                job.committed = True
+        if not (jobs := [job for job in jobs if not job.committed]):
+            return
         durable = any(job.durable for job in jobs)
         events: list[Event] = []
         frames: list[bytes] = []

@@ -23,6 +23,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "ClientMessage",
+    "CommitHistogram",
     "Control",
     "Dropped",
     "ErrorEvent",
@@ -44,6 +45,8 @@ __all__ = [
     "StatusReply",
     "StepEnd",
     "StepStart",
+    "Vacuum",
+    "Vacuumed",
     "Welcome",
     "stack_tail",
 ]
@@ -131,6 +134,10 @@ class Resume(_Msg, tag="resume"):
     """Admin: judge ``pipeline`` again after a ``Pause``; answered ``PipelinePaused``."""
 
     pipeline: Name
+
+
+class Vacuum(_Msg, tag="vacuum"):
+    """Ask the daemon (admins only) to compact the database now; it answers ``Vacuumed``."""
 
 
 # -- events (client -> daemon); ``id`` is the idempotency key -------------------
@@ -253,7 +260,7 @@ class Dropped(_Msg, tag="dropped"):
 #: What a pipeline records: each has an ``id`` (idempotency key) and a ``ts``.
 Event = RunStart | StepStart | StepEnd | ErrorEvent | RunEnd | Dropped
 #: Requests that are not events: answered, never stored.
-Control = Hello | Ping | Status | Replay | Pause | Resume
+Control = Hello | Ping | Status | Replay | Pause | Resume | Vacuum
 #: Everything a client may send.
 ClientMessage = Event | Control
 
@@ -262,7 +269,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
     t.__struct_config__.tag for t in (RunStart, StepStart, StepEnd, ErrorEvent, RunEnd, Dropped)
 )
 CONTROL_TYPES: frozenset[str] = frozenset(
-    t.__struct_config__.tag for t in (Hello, Ping, Status, Replay, Pause, Resume)
+    t.__struct_config__.tag for t in (Hello, Ping, Status, Replay, Pause, Resume, Vacuum)
 )
 
 
@@ -280,6 +287,20 @@ class Pong(_Msg, tag="pong"):
     """Reply to ``Ping``."""
 
 
+class CommitHistogram(msgspec.Struct, frozen=True, gc=False):
+    """Durations of the daemon's commits since it started, as histogram buckets.
+
+    ``le``: the buckets' upper bounds in seconds, ascending; ``counts``: the
+    commits in each bucket, not cumulative, one more than ``le`` (the last is
+    +Inf); ``sum_s``: their total in seconds; ``max_s``: the longest.
+    """
+
+    le: list[float]
+    counts: list[int]
+    sum_s: float = 0.0
+    max_s: float = 0.0
+
+
 class StatusReply(_Msg, tag="status"):
     """Reply to ``Status``: the daemon's health.
 
@@ -294,6 +315,8 @@ class StatusReply(_Msg, tag="status"):
     replayed from it), or None.
     ``alert_failures``, alert channel -> its last delivery failure (cleared
     by its next success).
+    ``commit_seconds``, the commits' durations as a histogram, or None
+    from a daemon that does not send it.
     """
 
     uptime_s: float
@@ -320,6 +343,7 @@ class StatusReply(_Msg, tag="status"):
     failing_reason: str = ""
     problems: list[str] = msgspec.field(default_factory=list)  # strings only: no cycles (gc=False)
     alert_failures: dict[str, str] | None = None
+    commit_seconds: CommitHistogram | None = None
 
 
 class Replayed(_Msg, tag="replayed"):
@@ -339,6 +363,23 @@ class PipelinePaused(_Msg, tag="pipeline_paused", omit_defaults=False):
 
     pipeline: str
     paused: bool
+
+
+class Vacuumed(_Msg, tag="vacuumed"):
+    """Reply to ``Vacuum``: what the compaction did.
+
+    ``method``: "vacuum" or "incremental_vacuum" (when the database's
+    auto_vacuum is incremental); ``bytes_before``/``bytes_after``: the
+    database file plus its WAL, in bytes; ``seconds``: how long the writer
+    was busy with it (events waited in the queue meanwhile);
+    ``wal_truncated``: False when a reader kept the WAL from being emptied.
+    """
+
+    method: str
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+    wal_truncated: bool = True
 
 
 class Ack(_Msg, tag="ack"):
@@ -365,4 +406,6 @@ class ErrorReply(_Msg, tag="error"):
 
 
 #: Everything the daemon sends: exactly one reply per client message, in order.
-ServerMessage = Welcome | Pong | StatusReply | Replayed | PipelinePaused | Ack | Nack | ErrorReply
+ServerMessage = (
+    Welcome | Pong | StatusReply | Replayed | PipelinePaused | Vacuumed | Ack | Nack | ErrorReply
+)

@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 from ..cli._errors import RunNotFound
 from ..cli._render import parse_since
 from ..daemon._timefmt import iso_from_datetime
+from ..metrics import CONTENT_TYPE, RuntallyCollector, render
 from . import _charts as charts
 from . import _errors as we
 from . import _queries as wq
@@ -216,6 +217,12 @@ def create_app(config: WebConfig) -> Guard:
         value = await anyio.to_thread.run_sync(stamp, config.db, config.spool)
         return _json({"stamp": f"{value}:{health.generation}"})
 
+    collector = RuntallyCollector.for_paths(config.db, config.socket, config.spool)
+
+    async def metrics(request: Request) -> Response:
+        body = await anyio.to_thread.run_sync(render, collector)
+        return Response(body, headers={"content-type": CONTENT_TYPE})
+
     # -- runs ----------------------------------------------------------------------
 
     async def runs_data(request: Request) -> tuple[wq.RunFilter, wq.Page]:
@@ -361,6 +368,7 @@ def create_app(config: WebConfig) -> Guard:
             Route("/api/runs/{ref}", api_run),
             Route("/api/errors", api_errors),
             Route("/api/pipelines/{name}", api_pipeline),
+            Route("/metrics", metrics),
             Mount("/static", static, name="static"),
         ],
         lifespan=lifespan,

@@ -1,0 +1,55 @@
+"""``runtally metrics``: the Prometheus exposition, on stdout or into a textfile.
+
+For node_exporter's textfile collector, run it from a systemd timer
+(``systemd/runtally-metrics.timer``) with ``--textfile`` or the
+``metrics_textfile`` setting: the file is replaced atomically (temp file +
+rename).  The timer, not the daemon, writes it: the daemon stays a small
+writer with nothing to scan on its loop, and the file keeps being refreshed
+while the daemon is down, which is when ``runtally_daemon_up 0`` matters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import Settings
+from ..metrics import RuntallyCollector, render, write_textfile
+from ._common import uses_settings
+from ._errors import CliError
+
+__all__ = ["metrics"]
+
+
+@click.command()
+@click.option(
+    "--textfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the metrics atomically to this file (a *.prom file in node_exporter's "
+    "textfile directory) instead of stdout; default: the metrics_textfile setting.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the daemon's status.",
+)
+@uses_settings("socket", "db", "spool")
+def metrics(settings: Settings, textfile: Path | None, timeout: float) -> None:
+    """Print runtally's Prometheus metrics, or write them to a node_exporter textfile."""
+    collector = RuntallyCollector.for_paths(
+        settings.db, settings.socket, settings.spool, timeout=timeout
+    )
+    body = render(collector)
+    target = textfile or settings.metrics_textfile
+    if target is None:
+        click.echo(body.decode(), nl=False)
+        return
+    try:
+        write_textfile(target, body)
+    except OSError as exc:
+        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
