@@ -20,6 +20,7 @@ from rich.text import Text
 from ..config import Settings
 from ..daemon._timefmt import now_iso
 from ..protocol import ErrorReply, Pause, PipelinePaused, Resume
+from ..states import BAD_STATES
 from . import _query as q
 from ._ask import DaemonUnavailable, ask
 from ._common import uses_settings
@@ -28,8 +29,6 @@ from ._render import console, fmt_when, table
 
 __all__ = ["PipelineState", "alert", "pause", "pipeline_states", "pipelines", "resume"]
 
-#: States that make ``runtally status`` fail (as the daemon's _states.BAD_STATES).
-BAD_STATES = frozenset({"late", "missed", "failing", "stuck", "crashed"})
 _STYLE = {"ok": "green", "running": "cyan", "paused": "dim", "late": "yellow"}
 
 

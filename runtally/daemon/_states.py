@@ -28,28 +28,14 @@ when the daemon first saw the pipeline.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
 from .._pipeline_config import PipelineConfig
+from ..states import BAD_STATES, STATES, State
 from ._schedule import next_slot
 
 __all__ = ["BAD_STATES", "STATES", "RunInfo", "Snapshot", "State", "Verdict", "evaluate"]
 
-State = Literal["ok", "running", "late", "missed", "failing", "stuck", "crashed", "paused"]
-STATES: tuple[State, ...] = (
-    "ok",
-    "running",
-    "late",
-    "missed",
-    "failing",
-    "stuck",
-    "crashed",
-    "paused",
-)
-#: States that alert (and make ``runtally status`` fail).
-BAD_STATES: frozenset[str] = frozenset({"late", "missed", "failing", "stuck", "crashed"})
 #: A run that starts this much before a slot counts for that slot (clock drift).
 _EARLY_MS = 30_000
 

@@ -29,11 +29,10 @@ from ..daemon._readonly import table_names
 from ..daemon._retention import PURGE_EVENT
 from ..daemon._timefmt import parse_iso
 from ..protocol import Status, StatusReply
+from ..states import STATES
 
 __all__ = ["STATES", "PipelineFacts", "Snapshot", "gather", "pipeline_states"]
 
-#: Every state a pipeline can be in; ``runtally_pipeline_state`` has one series per state.
-STATES = ("ok", "running", "late", "missed", "failing", "stuck", "crashed", "paused")
 #: A finished run's outcomes, the ``outcome`` label of ``runtally_runs_total``.
 OUTCOMES = ("success", "failure")
 _DERIVED = {"success": "ok", "failure": "failing", "running": "running"}

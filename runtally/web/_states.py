@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from ..states import BAD_STATES
+
 __all__ = ["BAD_STATES", "pipeline_states"]
 
-#: States shown as a problem (and that make ``runtally status`` fail).
-BAD_STATES = frozenset({"late", "missed", "failing", "stuck", "crashed"})
 
 
 def pipeline_states(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
