@@ -138,7 +138,7 @@ def collect(
     now = time.time()
     daemon = _daemon(socket_path, timeout)
     database, pipelines = _database(db_path, now)
-    spool = _spool(spool_dir, now, max_spool_age)
+    spool = spool_section(spool_dir, now, max_spool_age)
     problems: list[str] = []
     warnings: list[str] = []
     if not daemon.up:
@@ -354,7 +354,8 @@ def _name_ms(path: Path) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def _spool(spool_dir: Path, now: float, max_age: float) -> SpoolSection:
+def spool_section(spool_dir: Path, now: float, max_age: float) -> SpoolSection:
+    """What waits in the spool directory: files, bytes, the oldest event and its age (s)."""
     out = SpoolSection(path=str(spool_dir), max_age_s=max_age)
     try:
         entries = list(os.scandir(spool_dir))

@@ -23,7 +23,7 @@ import msgspec
 
 from ..cli._ask import ask
 from ..cli._errors import CliError
-from ..cli._health import _spool
+from ..cli._health import spool_section
 from ..cli._query import read
 from ..daemon._readonly import table_names
 from ..daemon._retention import PURGE_EVENT
@@ -196,7 +196,7 @@ def gather(db: Path, socket: Path, spool: Path, *, timeout: float = 1.0) -> Snap
             snap.daemon = reply
         else:
             snap.daemon_error = f"unexpected {type(reply).__name__} reply to status"
-    found = _spool(spool, now, max_age=float("inf"))
+    found = spool_section(spool, now, max_age=float("inf"))
     snap.spool_files = found.pending_files
     snap.spool_oldest_age_s = found.oldest_age_s or 0.0
     snap.spool_corrupt_files = found.corrupt_files
