@@ -46,6 +46,7 @@ __all__ = [
     "SpoolSection",
     "StatusReport",
     "collect",
+    "spool_section",
 ]
 
 DEFAULT_MAX_SPOOL_AGE_S = 60.0
