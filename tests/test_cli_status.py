@@ -6,6 +6,8 @@ import fcntl
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,17 +171,27 @@ class TestDaemonUp:
         assert out.rstrip().endswith("healthy")
         assert "\x1b[" not in out
 
-    def test_a_backed_up_spool_fails_the_check(
-        self, daemon_proc: DaemonProcess, held_spool_file: Path
-    ) -> None:
-        root = daemon_proc.root
-        header_only = root / "spool" / "1-testhost-2-idle.spool"
-        header_only.write_bytes(SPOOL_MAGIC)  # a live client with nothing spooled
-        with header_only.open("rb") as idle:
-            fcntl.flock(idle.fileno(), fcntl.LOCK_EX)  # alive: the daemon leaves it be
-            self._check_backed_up(root, held_spool_file)
+    def test_a_backed_up_spool_fails_the_check(self, short_root: Path) -> None:
+        """A spool whose writer is gone and that the daemon has not replayed is a backlog."""
+        config = short_root / "runtally.toml"
+        config.write_text("[runtally]\nreplay_interval_s = 3600\n")  # only at start
+        d = DaemonProcess(short_root, extra_env={"RUNTALLY_CONFIG": str(config)}).start()
+        try:
+            old = int(time.time() * 1000) - 120_000
+            waiting = write_spool(
+                d.spool,
+                [RunStart(id="w1", ts=old, run="waiting", pipeline="people")],
+                name=f"{old}-testhost-1-gone.spool",
+            )
+            header_only = d.spool / "1-testhost-2-idle.spool"
+            header_only.write_bytes(SPOOL_MAGIC)  # a live client with nothing spooled
+            with header_only.open("rb") as idle:
+                fcntl.flock(idle.fileno(), fcntl.LOCK_EX)  # alive: the daemon leaves it be
+                self._check_backed_up(short_root, waiting)
+        finally:
+            d.stop()
 
-    def _check_backed_up(self, root: Path, held_spool_file: Path) -> None:
+    def _check_backed_up(self, root: Path, waiting: Path) -> None:
         code, report = status_json(root)
         assert code == 1
         assert report["healthy"] is False
@@ -187,7 +199,8 @@ class TestDaemonUp:
         spool = report["spool"]
         assert spool["files"] == 2
         assert spool["pending_files"] == 1
-        assert spool["bytes"] == held_spool_file.stat().st_size + len(SPOOL_MAGIC)
+        assert spool["live_files"] == 0  # header-only files hold nothing either way
+        assert spool["bytes"] == waiting.stat().st_size + len(SPOOL_MAGIC)
         assert 115 < spool["oldest_age_s"] < 200
         assert spool["backing_up"] is True
         (problem,) = report["problems"]
@@ -202,6 +215,20 @@ class TestDaemonUp:
         assert human.exit_code == 1
         assert "BACKING UP (limit 60 s)" in human.output
         assert "problem: spool:" in human.output
+
+    def test_a_running_pipelines_write_ahead_spool_is_no_backlog(
+        self, daemon_proc: DaemonProcess, held_spool_file: Path
+    ) -> None:
+        """A file whose writer holds its flock is a live pipeline's write-ahead log
+        (events it has not yet seen acked, e.g. during a long step): not a backlog,
+        whatever the age of its first event."""
+        code, report = status_json(daemon_proc.root, "--max-spool-age", "1")
+        assert code == 0, report
+        spool = report["spool"]
+        assert (spool["files"], spool["pending_files"], spool["live_files"]) == (1, 0, 1)
+        assert spool["backing_up"] is False
+        assert spool["oldest_age_s"] is None
+        assert held_spool_file.exists()  # the daemon left it to its writer
 
     def test_replay_now(self, short_root: Path) -> None:
         config = short_root / "runtally.toml"
@@ -321,3 +348,35 @@ def test_status_waits_for_a_replay_to_land(daemon_proc: DaemonProcess) -> None:
     assert code == 0, report
     assert report["spool"]["pending_files"] == 0
     assert [p["pipeline"] for p in report["pipelines"]] == ["late"]
+
+
+def test_a_long_step_of_a_real_pipeline_keeps_status_healthy(daemon_proc: DaemonProcess) -> None:
+    """The user's case: a pipeline sits in one step (no tracking calls) longer than
+    --max-spool-age; its spool still holds events it has not read the acks of."""
+    ready, go = daemon_proc.root / "ready", daemon_proc.root / "go"
+    script = f"""
+import pathlib, time
+from runtally import RunTracker
+t = RunTracker("longstep", socket={str(daemon_proc.socket)!r}, spool={str(daemon_proc.spool)!r})
+t.start_run()
+sid = t.start_step("download")
+pathlib.Path({str(ready)!r}).touch()
+while not pathlib.Path({str(go)!r}).exists():
+    time.sleep(0.05)
+t.end_step(sid, "success", created=1)
+t.end_run(True)
+t.close()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        wait_until(ready.exists, 20, what="the pipeline inside its step")
+        wait_until(lambda: count(daemon_proc.db, "run_steps", "step_name = 'download'"), 10)
+        started = time.monotonic()
+        wait_until(lambda: time.monotonic() - started > 1.5, 5)  # older than the limit
+        code, report = status_json(daemon_proc.root, "--max-spool-age", "1")
+        assert code == 0, report["problems"]
+        assert report["spool"]["live_files"] == 1
+        assert report["spool"]["pending_files"] == 0
+    finally:
+        go.touch()
+        assert proc.wait(timeout=20) == 0

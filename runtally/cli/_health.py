@@ -10,6 +10,7 @@ section and a line in ``problems``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import stat
@@ -81,11 +82,17 @@ class DatabaseSection(msgspec.Struct):
 
 
 class SpoolSection(msgspec.Struct, kw_only=True):
-    """Spool files waiting for replay; a file beyond its 8-byte header holds events."""
+    """Spool files waiting for replay; a file beyond its 8-byte header holds events.
+
+    A file whose writer is still alive (it holds the file's flock) is the
+    write-ahead log of a running pipeline, not a backlog: it counts in
+    ``live_files``, never in ``pending_files`` or the oldest event's age.
+    """
 
     path: str
     files: int = 0
     pending_files: int = 0
+    live_files: int = 0  # held by a running pipeline (its write-ahead spool)
     bytes: int = 0
     oldest_at: str | None = None  # the oldest waiting event's ts
     oldest_age_s: float | None = None
@@ -329,14 +336,32 @@ def _moment(text: str | None) -> datetime | None:
 # -- spool -----------------------------------------------------------------------------
 
 
-def _oldest_event_ms(path: Path) -> int | None:
-    """The ``ts`` of a spool file's first record (None if it has none or is unreadable)."""
+#: What ``_waiting_since_ms`` answers for a file whose writer is alive.
+_LIVE = -1
+
+
+def _waiting_since_ms(path: Path, st: os.stat_result) -> int | None:
+    """The ``ts`` of a spool file's first record, ``_LIVE`` while its writer holds
+    it, or None (no record, unreadable, replaced since the directory listing).
+
+    The writer holds ``flock(LOCK_EX)`` for as long as it lives (DESIGN "Spool
+    format v1"); a shared lock that cannot be had means it is alive.  The
+    lock, when had, is let go at once, so the replayer misses at most a round.
+    """
     reader = SpoolReader()
     try:
         # O_NONBLOCK|O_NOFOLLOW: swapped for a FIFO or a symlink since the stat,
         # it neither blocks nor is followed.
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
         with os.fdopen(os.open(path, flags), "rb") as fh:
+            now = os.fstat(fh.fileno())
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                return None
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _LIVE
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             while not (records := reader.records()) and reader.corrupt is None:
                 chunk = fh.read(_READ_CHUNK)
                 if not chunk:
@@ -387,9 +412,13 @@ def spool_section(spool_dir: Path, now: float, max_age: float) -> SpoolSection:
         out.bytes += st.st_size
         if st.st_size <= len(SPOOL_MAGIC):
             continue  # only a header: a live client's empty spool
-        out.pending_files += 1
         path = Path(entry.path)
-        ms = _oldest_event_ms(path) or _name_ms(path) or int(st.st_mtime * 1000)
+        first = _waiting_since_ms(path, st)
+        if first is _LIVE:
+            out.live_files += 1
+            continue
+        out.pending_files += 1
+        ms = first or _name_ms(path) or int(st.st_mtime * 1000)
         oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
     if oldest_ms is not None:
         out.oldest_at = iso_from_ms(oldest_ms)

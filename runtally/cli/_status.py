@@ -174,6 +174,8 @@ def _print_spool(out: Console, sp: SpoolSection) -> None:
             summary.append(f" - BACKING UP (limit {sp.max_age_s:g} s)")
     else:
         summary = Text("nothing waiting", style="green")
+    if sp.live_files:
+        summary.append(f" ({plural(sp.live_files, 'running pipeline')} writing ahead)")
     _line(out, "spool", f"{sp.path}: ", summary)
 
 
