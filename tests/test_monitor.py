@@ -208,3 +208,14 @@ class TestAlertPolicy:
         await again.state_at("2026-05-01T00:00:04", "people")
         assert len(r.alerts()) == 1
         assert again.alerts() == []
+
+
+def test_the_monitors_event_ids_are_stable_and_within_the_uid_limit() -> None:
+    from runtally.daemon._monitor import derived_id
+    from runtally.protocol import MAX_UID
+
+    short, long = "r" * 20, "u" * MAX_UID
+    assert derived_id("crash", short) == f"runtally-crash:{short}"
+    assert len(derived_id("crash-step", long)) <= MAX_UID
+    assert derived_id("crash-step", long) == derived_id("crash-step", long)
+    assert derived_id("crash-step", long) != derived_id("crash-step", long[:-1] + "v")

@@ -64,6 +64,9 @@ def test_sigkilled_pipeline_becomes_crashed_and_status_fails() -> None:
         conn = ro_connect(d.db)
         try:
             assert conn.execute("SELECT outcome FROM runs").fetchall() == [("failure",)]
+            # Its open step ended with it: nothing is left "running" in a crashed run.
+            steps = conn.execute("SELECT outcome, finished_at IS NOT NULL FROM run_steps")
+            assert steps.fetchall() == [("failure", 1)]
             (message,) = conn.execute("SELECT error_message FROM run_errors").fetchone()
         finally:
             conn.close()

@@ -19,6 +19,7 @@ with the state, so a restarted daemon does not repeat itself.
 from __future__ import annotations
 
 import functools
+import hashlib
 import socket
 import sqlite3
 import time
@@ -27,7 +28,7 @@ from collections.abc import Callable
 import trio
 
 from ..config import Settings
-from ..protocol import ErrorEvent, Event, RunEnd
+from ..protocol import MAX_UID, ErrorEvent, Event, RunEnd, StepEnd
 from ._alert_message import AlertEvent, LastRun
 from ._alerts import Dispatcher
 from ._liveness import pending_spool, process_gone
@@ -53,6 +54,15 @@ __all__ = ["Monitor"]
 def _span(seconds: float) -> str:
     return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
+
+
+def derived_id(kind: str, uid: str) -> str:
+    """The id of an event the monitor makes for ``uid``: the same every time (so
+    closing a run twice is a no-op) and, like a client's, at most MAX_UID chars."""
+    plain = f"runtally-{kind}:{uid}"
+    if len(plain) <= MAX_UID:
+        return plain
+    return f"runtally-{kind}:#{hashlib.sha256(uid.encode()).hexdigest()}"
 
 class Monitor:
     """Judges every pipeline each ``settings.monitor_interval_s``; ``clock`` gives epoch seconds."""
@@ -169,9 +179,20 @@ class Monitor:
                 continue
             message = f"process {pid} ended without end_run (killed or crashed)"
             logger.warning("run #%d of %s: %s", run.id, run.pipeline, message)
+            # Its open steps end with it: a crashed run shows no step still running.
+            events.extend(
+                StepEnd(
+                    id=derived_id("crash-step", step),
+                    ts=now,
+                    run=run.uid,
+                    step=step,
+                    outcome="failure",
+                )
+                for step in run.open_steps
+            )
             events.append(
                 ErrorEvent(
-                    id=f"runtally-crash:{run.uid}",
+                    id=derived_id("crash", run.uid),
                     ts=now,
                     run=run.uid,
                     step_name="(run)",
@@ -180,7 +201,7 @@ class Monitor:
             )
             events.append(
                 RunEnd(
-                    id=f"runtally-crash-end:{run.uid}",
+                    id=derived_id("crash-end", run.uid),
                     ts=now,
                     run=run.uid,
                     outcome="failure",
@@ -202,7 +223,7 @@ class Monitor:
             self._stuck_reported.add(run.uid)
             events.append(
                 ErrorEvent(
-                    id=f"runtally-stuck:{run.uid}",
+                    id=derived_id("stuck", run.uid),
                     ts=now,
                     run=run.uid,
                     step_name="(run)",

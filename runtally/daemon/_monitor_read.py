@@ -32,6 +32,7 @@ class Running(msgspec.Struct, frozen=True):
     start: int | None  # the process's start time, clock ticks since boot
     meta_pid: int | None  # the pid the client put in meta (spooled run_start)
     meta_host: str | None
+    open_steps: tuple[str, ...] = ()  # uids of its steps with no end yet
 
 
 class Stored(msgspec.Struct):
@@ -104,7 +105,7 @@ def read_snapshot(conn: sqlite3.Connection, pipeline: str, streak_limit: int) ->
     streak = 0
     for (outcome,) in conn.execute(
         "SELECT outcome FROM runs WHERE pipeline = ? AND outcome IN ('success', 'failure')"
-        " ORDER BY started_at DESC LIMIT ?",
+        " ORDER BY id DESC LIMIT ?",
         (pipeline, streak_limit),
     ):
         if outcome != "failure":
@@ -124,9 +125,25 @@ def read_running(conn: sqlite3.Connection) -> list[Running]:
     ):
         meta_pid = row[6] if isinstance(row[6], int) else None
         meta_host = row[7] if isinstance(row[7], str) else None
+        steps = tuple(
+            uid
+            for (uid,) in conn.execute(
+                "SELECT uid FROM run_steps WHERE run_id = ? AND finished_at IS NULL"
+                " AND uid IS NOT NULL ORDER BY id",
+                (row[0],),
+            )
+        )
         out.append(
             Running(
-                row[0], row[1], row[2], ms_from_iso(row[3]), row[4], row[5], meta_pid, meta_host
+                row[0],
+                row[1],
+                row[2],
+                ms_from_iso(row[3]),
+                row[4],
+                row[5],
+                meta_pid,
+                meta_host,
+                steps,
             )
         )
     return out
