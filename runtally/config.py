@@ -34,6 +34,7 @@ __all__ = [
     "default_paths",
     "resolve",
     "resolve_or_defaults",
+    "user_config",
 ]
 
 SYSTEM_RUNTIME_DIR = Path("/run/runtally")
@@ -256,6 +257,16 @@ def _pipelines(tables: dict[str, Any], source: str) -> dict[str, PipelineConfig]
     return out
 
 
+def user_config(env: Mapping[str, str] | None = None) -> Path:
+    """The user's own config file: ``~/.config/runtally/runtally.toml``
+    (``$XDG_CONFIG_HOME`` if set).  Read before ``/etc/runtally/runtally.toml``
+    when it exists, so one user without root configures the daemon, cron jobs
+    and shells alike with no variable to export."""
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME") or Path.home())
+    return Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "runtally" / "runtally.toml"
+
+
 def _config_file(
     given: Mapping[str, Any], env: Mapping[str, str], sources: Mapping[str, str]
 ) -> Path | None:
@@ -268,6 +279,9 @@ def _config_file(
         if not config_file.exists():
             raise ConfigError(f"config file {config_file} does not exist (set by {named_by})")
         return config_file
+    mine = user_config(env)
+    if mine.exists():
+        return mine
     if SYSTEM_CONFIG.exists():
         return SYSTEM_CONFIG
     if LEGACY_CONFIG.exists():
@@ -284,6 +298,8 @@ def resolve(
 ) -> Settings:
     """Resolve settings: overrides > environment > config file > defaults.
 
+    The config file: ``--config``/``RUNTALLY_CONFIG`` if given, else the
+    user's own (``user_config``) if it exists, else ``/etc/runtally/runtally.toml``.
     ``None`` values in ``overrides`` mean "not given".  ``sources`` names
     where an override came from for error messages (``{"db": "option --db"}``;
     "argument <name>" otherwise).  Raises ConfigError, one sentence naming

@@ -83,6 +83,23 @@ class TestPrecedence:
         settings = resolve(env=env_for(tmp_path))
         assert (settings.max_connections, settings.config_file) == (9, system)
 
+    def test_the_users_own_file_comes_before_the_system_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        system = write(tmp_path / "system.toml", "[runtally]\nmax_connections = 9\n")
+        monkeypatch.setattr(config, "SYSTEM_CONFIG", system)
+        env = env_for(tmp_path)
+        mine = tmp_path / "home" / ".config" / "runtally" / "runtally.toml"
+        assert config.user_config(env) == mine
+        mine.parent.mkdir(parents=True)
+        write(mine, "[runtally]\nmax_connections = 7\n")
+        settings = resolve(env=env)
+        assert (settings.max_connections, settings.config_file) == (7, mine)
+        (tmp_path / "xdg" / "runtally").mkdir(parents=True)
+        xdg = write(tmp_path / "xdg" / "runtally" / "runtally.toml", "queue_events = 3\n")
+        settings = resolve(env={**env, "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+        assert (settings.queue_events, settings.config_file) == (3, xdg)
+
     def test_values_are_converted_to_their_types(self, tmp_path: Path) -> None:
         settings = resolve(
             {
