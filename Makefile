@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# make run needs the package, not the test extra (playwright, ruff, hypothesis...).
+RUN_STAMP := $(VENV)/.installed-run
 
 # make dist: where the wheel and sdist go.
 DIST ?= dist
@@ -18,6 +20,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 ## system-deps: Debian packages the tests use (systemd-analyze, systemd-socket-activate)
 system-deps:
 	@sh scripts/system-deps.sh
@@ -28,7 +36,7 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 ## run: start the daemon in the foreground on zero-config defaults
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/runtally daemon
 
 lint: $(STAMP)
