@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# make run needs the package, not the test extra (playwright, ruff, hypothesis...).
+# make run needs the package and its extras, not the test extra (playwright, ruff...).
 RUN_STAMP := $(VENV)/.installed-run
 
 # make dist: where the wheel and sdist go.
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[all]'
 	touch $(RUN_STAMP)
 
 ## system-deps: Debian packages the tests use (systemd-analyze, systemd-socket-activate)
@@ -62,7 +62,7 @@ install: dist
 	test -x '$(INSTALL_VENV)/bin/python' || $(PYTHON) -m venv '$(INSTALL_VENV)'
 	set -e; whl=$$(ls $(DIST)/runtally-*-py3-none-any.whl); \
 	  '$(INSTALL_VENV)/bin/python' -m pip install --quiet --force-reinstall --no-deps "$$whl"; \
-	  '$(INSTALL_VENV)/bin/python' -m pip install --quiet "$$whl"
+	  '$(INSTALL_VENV)/bin/python' -m pip install --quiet "$$whl[all]"
 	mkdir -p '$(INSTALL_BIN)'
 	ln -sfn '$(abspath $(INSTALL_VENV))/bin/runtally' '$(INSTALL_BIN)/runtally'
 	ln -sfn '$(abspath $(INSTALL_VENV))/bin/runtallyd' '$(INSTALL_BIN)/runtallyd'

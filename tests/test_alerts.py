@@ -155,3 +155,15 @@ def test_alert_test_reports_each_channel(tmp_path: Path, sink: Sink) -> None:
     result = CliRunner().invoke(main, ["alert", "test", "--config", str(failing)])
     assert result.exit_code == 1
     assert "FAILED: command false: exit status 1" in result.output
+
+
+def test_an_apprise_url_without_the_alerts_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runtally.daemon._alert_message import AlertEvent
+    from runtally.daemon._alerts import AlertError, AppriseChannel
+
+    monkeypatch.setitem(sys.modules, "apprise", None)  # as if not installed
+    event = AlertEvent("test", "people", "ok", None, "a test", "2026-11-30T00:00:00.000Z")
+    with pytest.raises(AlertError, match=r"pip install 'runtally\[alerts\]'"):
+        AppriseChannel("json://127.0.0.1:9/").send(event, 1.0)

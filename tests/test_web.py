@@ -11,6 +11,8 @@ import base64
 import json
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -455,3 +457,25 @@ class TestPipelineErrorPlans:
             assert [(g["error_message"], g["errors"]) for g in groups] == [
                 (f"{pipeline} failed", len(truth))
             ]
+
+
+def test_web_without_its_extra_is_one_line(tmp_path: Path) -> None:
+    """`pip install runtally` without [web]: `runtally web` says what to install."""
+    code = (
+        "import sys\n"
+        "sys.modules['starlette'] = None  # as if the web extra were not installed\n"
+        "from runtally.cli import main\n"
+        "main(['web', '--db', sys.argv[1]], prog_name='runtally')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "d.sqlite")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "Error: runtally web needs the web extra (starlette is not installed):"
+        " pip install 'runtally[web]'"
+    ]

@@ -50,7 +50,14 @@ def web(settings: Settings, *, token: str | None, insecure: bool, hash_only: boo
     Binds 127.0.0.1:8390 unless told otherwise.  A non-loopback address needs
     --token or the web_password_hash setting, or --insecure.
     """
-    from ..web import WebConfig, hash_password, is_loopback, serve
+    try:
+        from ..web import WebConfig, hash_password, is_loopback, serve
+    except ImportError as exc:
+        raise click.ClickException(
+            f"runtally web needs the web extra ({(exc.name or '?').split('.')[0]} is not"
+            " installed):"
+            " pip install 'runtally[web]'"
+        ) from None
 
     if hash_only:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)

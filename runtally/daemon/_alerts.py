@@ -63,7 +63,13 @@ class AppriseChannel(Channel):
         self.name = _redact(url)
 
     def send(self, event: AlertEvent, timeout_s: float) -> None:
-        import apprise  # only in the daemon's sender thread and `alert test`
+        try:
+            import apprise  # only in the daemon's sender thread and `alert test`
+        except ImportError:
+            raise AlertError(
+                f"{self.name}: Apprise is not installed; install runtally with the alerts"
+                " extra (pip install 'runtally[alerts]')"
+            ) from None
 
         url = self.url
         if "rto=" not in url and "cto=" not in url:
