@@ -15,7 +15,6 @@ from pathlib import Path
 import click
 
 from ..config import Settings
-from ..metrics import RuntallyCollector, render, write_textfile
 from ._common import uses_settings
 from ._errors import CliError
 
@@ -41,6 +40,9 @@ __all__ = ["metrics"]
 @uses_settings("socket", "db", "spool")
 def metrics(settings: Settings, textfile: Path | None, timeout: float) -> None:
     """Print runtally's Prometheus metrics, or write them to a node_exporter textfile."""
+    # Here, not at the top: every other command would pay for prometheus_client.
+    from ..metrics import RuntallyCollector, render, write_textfile
+
     collector = RuntallyCollector.for_paths(
         settings.db, settings.socket, settings.spool, timeout=timeout
     )

@@ -10,7 +10,19 @@ import msgspec
 
 from ._timefmt import iso_from_ms, now_ms
 
-__all__ = ["AuditEntry", "DeadLetter", "Origin", "Write", "write_audit", "write_dead_letters"]
+__all__ = [
+    "PURGE_EVENT",
+    "AuditEntry",
+    "DeadLetter",
+    "Origin",
+    "Write",
+    "write_audit",
+    "write_dead_letters",
+]
+
+#: The audit event of each retention batch; its data counts what was purged, so
+#: the Prometheus counters can add it back and never go down.
+PURGE_EVENT = "retention_purge"
 
 _json = msgspec.json.Encoder()
 

@@ -48,6 +48,7 @@ import trio
 
 from ..config import Retention
 from ._log import logger
+from ._records import PURGE_EVENT
 from ._store import Store, StoreBusy, is_transient
 from ._timefmt import iso_from_ms, now_ms
 from ._writer import Job, Writer
@@ -56,7 +57,6 @@ __all__ = ["PURGE_EVENT", "TARGET_S", "BatchResult", "RetentionTask", "purge_bat
 
 Table = Literal["runs", "audit_log", "dead_letters"]
 #: The audit event of a purge batch (spared by audit retention, read by the metrics).
-PURGE_EVENT = "retention_purge"
 #: Aim of a batch's duration (seconds): well under the 50 ms promise, for fsync jitter.
 TARGET_S = 0.01
 _FIRST_LIMIT = 200

@@ -26,7 +26,7 @@ from ..cli._errors import CliError
 from ..cli._health import spool_section
 from ..cli._query import read
 from ..daemon._readonly import table_names
-from ..daemon._retention import PURGE_EVENT
+from ..daemon._records import PURGE_EVENT
 from ..daemon._timefmt import parse_iso
 from ..protocol import Status, StatusReply
 from ..states import STATES
