@@ -59,6 +59,12 @@ const DEFAULTS = Object.freeze({
   daemonUser: 'runtally',
 });
 const MAX_NACK_WARNINGS = 20;
+/**
+ * Events the spool could not take while not connected are held in memory
+ * (for the connection being made, or the flush at exit) up to this many;
+ * past it, or when the process exits first, they are counted as lost.
+ */
+const MAX_HELD = 1000;
 
 /** The uid of `name` in /etc/passwd, or undefined. */
 function uidOf(name) {
@@ -90,6 +96,7 @@ class Client {
     this.resent = 0; // frames of the resend at connect (allowed beyond the window)
     this.unspooled = new Map(); // seq -> {record, run}: sent but not in the spool
     this.lost = new Map(); // run uid -> events lost (spool unusable, daemon unreachable)
+    this.held = []; // {frame, record, run}: not in the spool, not sent yet (MAX_HELD)
     this.nextAttempt = 0;
     this.backoffMs = this.options.backoffInitialMs;
     this.gotAck = false;
@@ -136,6 +143,10 @@ class Client {
     if (this.state === 'idle') this.connect();
     if (inSpool) {
       this.spool.syncSoon();
+      return true;
+    }
+    if (this.held.length < MAX_HELD) {
+      this.held.push({ frame, record, run });
       return true;
     }
     if (!marker) this.addLost(run, 1);
@@ -235,6 +246,13 @@ class Client {
       this.sock.write(frameOfRecord(payload));
     }
     this.resent = records.length;
+    // Then what neither the spool nor a socket took yet, in order.
+    const held = this.held;
+    this.held = [];
+    for (const { frame, record, run } of held) {
+      if (this.state === 'connected') this.send(frame, { record, run });
+      else if (!this.spool.append(record)) this.addLost(run, 1);
+    }
     this.settle();
   }
 
@@ -348,9 +366,9 @@ class Client {
   flush(timeoutMs = this.options.flushTimeoutMs) {
     return new Promise((resolve) => {
       try {
-        if (this.state === 'idle' && this.spool.records > 0) this.connect(true);
+        if (this.state === 'idle' && (this.spool.records > 0 || this.held.length > 0)) this.connect(true);
         if (this.state === 'idle') {
-          resolve(this.spool.records === 0);
+          resolve(this.spool.records === 0 && this.held.length === 0);
           return;
         }
         if (this.state === 'connected' && this.unacked === 0) {
@@ -378,13 +396,18 @@ class Client {
     this.waiters = [];
     for (const w of waiters) {
       clearTimeout(w.timer);
-      w.resolve(ok && this.spool.records === 0);
+      w.resolve(ok && this.spool.records === 0 && this.held.length === 0);
     }
   }
 
   /** True when `beforeExit` has something worth waiting for. */
   pending() {
-    return (this.state !== 'idle' && this.unacked > 0) || this.spool.records > 0 || this.lost.size > 0;
+    return (
+      (this.state !== 'idle' && this.unacked > 0) ||
+      this.spool.records > 0 ||
+      this.held.length > 0 ||
+      this.lost.size > 0
+    );
   }
 
   /** At process exit (synchronous only): drop the socket, leave unacked events to the daemon. */
@@ -394,9 +417,9 @@ class Client {
       this.sock = null;
       this.state = 'closed';
       this.spool.closeAtExit();
-      let lost = 0;
+      let lost = this.held.length;
+      this.held = [];
       for (const n of this.lost.values()) lost += n;
-      lost += 0;
       if (lost) warn(`${lost} events were lost: the spool was unusable and the daemon unreachable`);
     } catch (err) {
       warnOnce(`close-${err.name}`, `close failed: ${err.message}`);
