@@ -38,10 +38,14 @@ const SUCCESS = new Set(['success', 'succeeded', 'ok', 'passed', 'pass', 'done',
 const FAILURE = new Set(['failure', 'failed', 'fail', 'error', 'errored', 'false', 'no', 'crashed']);
 const SKIPPED = new Set(['skipped', 'skip', 'skipping']);
 
+// Node 18 (Debian bookworm's) has no isWellFormed/toWellFormed: the same by regex.
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
 /** `value` with lone surrogates replaced by U+FFFD; valid text is returned as is. */
-function cleanText(value) {
-  return value.isWellFormed() ? value : value.toWellFormed();
-}
+const cleanText =
+  typeof String.prototype.toWellFormed === 'function'
+    ? (value) => (value.isWellFormed() ? value : value.toWellFormed())
+    : (value) => value.replace(LONE_SURROGATE, '\ufffd');
 
 /** The first `limit` code points of `s` (never splits a surrogate pair). */
 function cut(s, limit) {
