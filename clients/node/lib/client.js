@@ -18,11 +18,12 @@
  *   connecting  | spool only                        | connected: resend the spool file's
  *               |                                   | records, then -> connected;
  *               |                                   | failed -> idle (backoff 0.25 s .. 5 s)
- *   connected   | spool, then send                  | replies: an ack/nack answers the
- *               |                                   | oldest unanswered frame; all answered:
- *               |                                   | cut the file back to its header
- *   (broken)    | the window overflows, the socket errs or ends, `error` reply, or a flush
- *               | times out: drop the socket -> idle; the unacked events are in the spool
+ *   connected   | spool, then send (window full:    | replies: an ack/nack answers the
+ *               | spool only, the "backlog")        | oldest unanswered frame; all answered:
+ *               |                                   | send the backlog from the file, or,
+ *               |                                   | none, cut the file back to its header
+ *   (broken)    | the socket errs or ends, an `error` reply, more than `maxOut` bytes unsent, or a
+ *               | flush times out: drop the socket -> idle; the unacked events are in the spool
  *
  * So the spool file always holds every event not seen acked, and a SIGKILL
  * loses nothing whose call returned: the daemon replays the file once this
@@ -41,7 +42,7 @@
 const fs = require('node:fs');
 const net = require('node:net');
 const path = require('node:path');
-const { ReplyDecoder, encodeEvent, frameOfRecord } = require('./codec');
+const { ReplyDecoder, encodeRecord, frameOf, frameOfRecord } = require('./codec');
 const { SpoolWriter } = require('./spool');
 const { warn, warnOnce } = require('./warn');
 
@@ -59,6 +60,18 @@ const DEFAULTS = Object.freeze({
   daemonUser: 'runtally',
 });
 const MAX_NACK_WARNINGS = 20;
+/** Bytes of frames held back (corked) before they are handed to the kernel anyway. */
+const CORK_BYTES = 64 * 1024;
+/** Bytes of spool read back at a time to catch up (a window's worth is sent of them). */
+const BACKLOG_BYTES = 4 << 20;
+const SPOOL_HEADER = 8;
+/**
+ * An acked spool file is cut back when it is this big or its first record
+ * this old (ms); always at flush.  An ftruncate at every empty window would
+ * cost more than the writes (and makes the next append wait on writeback).
+ */
+const TRUNCATE_BYTES = 64 * 1024;
+const TRUNCATE_AGE_MS = 1000;
 /**
  * Events the spool could not take while not connected are held in memory
  * (for the connection being made, or the flush at exit) up to this many;
@@ -93,13 +106,16 @@ class Client {
     this.decoder = null;
     this.sent = 0; // frames sent on this connection
     this.answered = 0; // replies received on it
-    this.resent = 0; // frames of the resend at connect (allowed beyond the window)
+    this.fileSent = 0; // bytes of the spool file (from its header) sent on this connection
+    this.backlog = false; // spooled events wait for the window to empty before they are sent
+    this.connectSoon = false;
     this.unspooled = new Map(); // seq -> {record, run}: sent but not in the spool
     this.lost = new Map(); // run uid -> events lost (spool unusable, daemon unreachable)
     this.held = []; // {frame, record, run}: not in the spool, not sent yet (MAX_HELD)
     this.nextAttempt = 0;
     this.backoffMs = this.options.backoffInitialMs;
     this.gotAck = false;
+    this.corked = false;
     this.waiters = [];
     this.emitted = 0;
     // counters, for tests and introspection
@@ -119,34 +135,50 @@ class Client {
   /** Record one event (a plain object); returns at once, never throws. */
   emit(event) {
     try {
-      let encoded;
+      let record;
       try {
-        encoded = encodeEvent(event);
+        record = encodeRecord(event);
       } catch (err) {
         warn(`dropping an event: ${err.message}`);
         return;
       }
       this.emitted += 1;
       if (this.lost.size) this.reportLost();
-      this.deliver(encoded, event.run);
+      this.deliver(record, event.run);
     } catch (err) {
       warnOnce(`emit-${err.name}`, `event not recorded: ${err.message}`);
     }
   }
 
-  deliver({ record, frame }, run, marker = false) {
+  deliver(record, run, marker = false) {
     const inSpool = this.spool.append(record);
     if (this.state === 'connected') {
-      this.send(frame, inSpool ? null : { record, run });
+      if (!inSpool) {
+        this.send(frameOf(record), { record, run });
+      } else if (this.backlog || this.unacked >= this.options.window) {
+        // The daemon is behind: the event waits in the spool, sent once the
+        // window has emptied (settle), rather than dropping a working connection.
+        this.backlog = true;
+      } else {
+        this.send(frameOf(record), null);
+        this.fileSent = this.spool.size;
+      }
       return true;
     }
-    if (this.state === 'idle') this.connect();
+    if (this.state === 'idle' && !this.connectSoon && Date.now() >= this.nextAttempt) {
+      // Connecting costs more than a call may: do it just after this one.
+      this.connectSoon = true;
+      setImmediate(() => {
+        this.connectSoon = false;
+        this.connect();
+      });
+    }
     if (inSpool) {
       this.spool.syncSoon();
       return true;
     }
     if (this.held.length < MAX_HELD) {
-      this.held.push({ frame, record, run });
+      this.held.push({ record, run });
       return true;
     }
     if (!marker) this.addLost(run, 1);
@@ -154,18 +186,28 @@ class Client {
   }
 
   send(frame, unspooled) {
-    if (this.unacked >= this.options.window + this.resent) {
-      if (unspooled) this.unspooled.set(this.sent + 1, unspooled);
-      this.sent += 1;
-      this.break('the daemon is not acknowledging (window full)', true);
-      return;
-    }
     this.sent += 1;
     if (unspooled) this.unspooled.set(this.sent, unspooled);
-    this.sock.write(frame);
-    if (this.sock.writableLength > this.options.maxOut) {
+    const sock = this.sock;
+    // The frames of one synchronous burst of calls go out in one writev, at
+    // the next tick (or once 64 KiB are waiting): a write syscall per call
+    // would cost more than the rest of the call.
+    if (!this.corked) {
+      this.corked = true;
+      sock.cork();
+      process.nextTick(() => this.uncork(sock));
+    }
+    sock.write(frame);
+    if (sock.writableLength > CORK_BYTES) this.uncork(sock);
+    if (sock.writableLength > this.options.maxOut) {
       this.break('the daemon is not reading (send buffer full)', true);
     }
+  }
+
+  uncork(sock) {
+    if (!this.corked) return;
+    this.corked = false;
+    if (!sock.destroyed) sock.uncork();
   }
 
   // -- connecting (on the event loop) -----------------------------------------------
@@ -237,20 +279,17 @@ class Client {
   onConnected() {
     this.state = 'connected';
     this.decoder = new ReplyDecoder();
-    this.sent = this.answered = this.resent = 0;
+    this.sent = this.answered = 0;
     this.gotAck = false;
+    this.backlog = false;
     // Own spooled events first, in order, then new ones.
-    const records = this.spool.readBack();
-    for (const payload of records) {
-      this.sent += 1;
-      this.sock.write(frameOfRecord(payload));
-    }
-    this.resent = records.length;
+    this.fileSent = 0;
+    this.sendBacklog();
     // Then what neither the spool nor a socket took yet, in order.
     const held = this.held;
     this.held = [];
-    for (const { frame, record, run } of held) {
-      if (this.state === 'connected') this.send(frame, { record, run });
+    for (const { record, run } of held) {
+      if (this.state === 'connected') this.send(frameOf(record), { record, run });
       else if (!this.spool.append(record)) this.addLost(run, 1);
     }
     this.settle();
@@ -306,12 +345,42 @@ class Client {
     return true;
   }
 
-  /** Everything sent is answered: the spool's records are all acked, cut it back. */
-  settle() {
+  /** Send the spool file's records not sent on this connection yet, a window's worth. */
+  sendBacklog() {
+    const from = Math.max(this.fileSent, SPOOL_HEADER);
+    const records = this.spool.readBack(from, BACKLOG_BYTES);
+    let at = from;
+    for (const payload of records.slice(0, this.options.window)) {
+      this.sent += 1;
+      this.sock.write(frameOfRecord(payload));
+      at += 8 + payload.length;
+    }
+    this.fileSent = at;
+    this.backlog = at < this.spool.size;
+  }
+
+  /**
+   * Everything sent is answered: send what waits in the spool if anything
+   * does, else every record in the file is acked: cut it back.
+   */
+  settle(lazy = true) {
     if (this.state !== 'connected' || this.unacked !== 0) return;
-    this.spool.truncate();
+    if (this.backlog || this.fileSent < this.spool.size) {
+      this.sendBacklog();
+      if (this.unacked !== 0) return;
+    }
     this.unspooled.clear();
-    this.wake(true);
+    const spool = this.spool;
+    if (
+      !lazy ||
+      this.waiters.length ||
+      spool.size > TRUNCATE_BYTES ||
+      Date.now() - spool.firstRecordAt >= TRUNCATE_AGE_MS
+    ) {
+      spool.truncate();
+      this.fileSent = 0;
+      this.wake(true);
+    }
   }
 
   // -- giving up on a connection ------------------------------------------------------
@@ -323,13 +392,15 @@ class Client {
     const useful = this.gotAck;
     this.sock = null;
     this.state = 'idle';
+    this.corked = false;
     if (sock !== null) sock.destroy();
     // Events the spool could not take when they were sent: try again, else lost.
     for (const [seq, { record, run }] of this.unspooled) {
       if (seq > this.answered && !this.spool.append(record)) this.addLost(run, 1);
     }
     this.unspooled.clear();
-    this.sent = this.answered = this.resent = 0;
+    this.sent = this.answered = this.fileSent = 0;
+    this.backlog = false;
     this.retryLater(useful);
     this.spool.syncSoon();
     this.wake(false);
@@ -347,7 +418,7 @@ class Client {
     for (const [run, events] of [...this.lost]) {
       this.lost.delete(run);
       const marker = { type: 'dropped', id: uuid7(), ts: Date.now(), run, events };
-      if (this.deliver(encodeEvent(marker), run, true)) {
+      if (this.deliver(encodeRecord(marker), run, true)) {
         warn(`${events} events of run ${run} were lost (the spool was unusable); the daemon is told`);
       } else {
         this.addLost(run, events);
@@ -372,8 +443,8 @@ class Client {
           return;
         }
         if (this.state === 'connected' && this.unacked === 0) {
-          this.settle();
-          resolve(true);
+          this.settle(false);
+          resolve(this.spool.records === 0);
           return;
         }
         const waiter = { resolve, timer: null };

@@ -36,10 +36,10 @@ const crc32 =
       };
 
 /**
- * `{record, frame}` for one message: the spool record and the socket frame,
- * both Buffers of their own.  Throws RangeError when the payload is over 1 MiB.
+ * The spool record of one message (a Buffer of its own: length, CRC, payload).
+ * Throws RangeError when the payload is over 1 MiB.
  */
-function encodeEvent(message) {
+function encodeRecord(message) {
   const payload = encoder.encodeSharedRef(message);
   const n = payload.length;
   if (n < 1 || n > MAX_FRAME) throw new RangeError(`a ${n}-byte event is over the 1 MiB frame limit`);
@@ -47,10 +47,26 @@ function encodeEvent(message) {
   record.writeUInt32BE(n, 0);
   record.writeUInt32BE(crc32(payload), 4);
   record.set(payload, 8);
-  const frame = Buffer.allocUnsafe(4 + n);
-  frame.writeUInt32BE(n, 0);
-  frame.set(payload, 4);
-  return { record, frame };
+  return record;
+}
+
+/** The socket frame of a spool record (the same payload behind a 4-byte length). */
+function frameOf(record) {
+  const frame = Buffer.allocUnsafe(record.length - 4);
+  record.copy(frame, 0, 0, 4);
+  record.copy(frame, 4, 8);
+  return frame;
+}
+
+/** `{record, frame}` for one message (tests, tools); see encodeRecord. */
+function encodeEvent(message) {
+  const record = encodeRecord(message);
+  return { record, frame: frameOf(record) };
+}
+
+/** The size of a value once encoded (bytes); throws what encoding throws. */
+function encodedSize(value) {
+  return encoder.encodeSharedRef(value).length;
 }
 
 /** The frame of a record read back from a spool file. */
@@ -62,13 +78,17 @@ function frameOfRecord(payload) {
 }
 
 /**
- * The complete, intact records of spool bytes (header included): payload
- * Buffers in order, stopping at a torn or corrupt one.
+ * The complete, intact records of spool bytes (the file from its header on,
+ * or, with `header` false, bytes starting at a record): payload Buffers in
+ * order, stopping at a torn or corrupt one.
  */
-function readRecords(data) {
+function readRecords(data, header = true) {
   const out = [];
-  if (data.length < 8 || !data.subarray(0, 8).equals(SPOOL_MAGIC)) return out;
-  let at = 8;
+  let at = 0;
+  if (header) {
+    if (data.length < 8 || !data.subarray(0, 8).equals(SPOOL_MAGIC)) return out;
+    at = 8;
+  }
   while (at + 8 <= data.length) {
     const n = data.readUInt32BE(at);
     if (n < 1 || n > MAX_FRAME || at + 8 + n > data.length) break;
@@ -103,4 +123,15 @@ class ReplyDecoder {
   }
 }
 
-module.exports = { MAX_FRAME, SPOOL_MAGIC, ReplyDecoder, crc32, encodeEvent, frameOfRecord, readRecords };
+module.exports = {
+  MAX_FRAME,
+  SPOOL_MAGIC,
+  ReplyDecoder,
+  crc32,
+  encodeEvent,
+  encodeRecord,
+  encodedSize,
+  frameOf,
+  frameOfRecord,
+  readRecords,
+};

@@ -15,8 +15,10 @@
  * `cleanText`, which replaces them by U+FFFD (`String.prototype.toWellFormed`).
  */
 
-const { encode } = require('@msgpack/msgpack');
 const { warnOnce } = require('./warn');
+
+// Loaded lazily: codec needs nothing from here, but keep the graph acyclic.
+let encodedSize;
 
 const MAX_NAME = 256;
 const MAX_UID = 128;
@@ -189,7 +191,8 @@ function plain(value) {
   let result;
   try {
     result = toPlain(value, 0, new Set(), '');
-    const size = encode(result, { ignoreUndefined: true }).length;
+    encodedSize ??= require('./codec').encodedSize;
+    const size = encodedSize(result);
     if (size > MAX_PLAIN_BYTES) {
       warnOnce('plain-size', `a ${size}-byte detail/summary was cut to a short repr`);
       return { truncated: true, bytes: size, repr: text(value, 4000) };

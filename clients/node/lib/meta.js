@@ -52,31 +52,47 @@ function redactArgv(argv) {
 
 let cachedUser;
 
+/** The user name, as the Python client finds it; looked up once (process.env reads cost). */
 function user() {
+  if (cachedUser !== undefined) return cachedUser;
   for (const name of ['LOGNAME', 'USER', 'LNAME', 'USERNAME']) {
-    if (process.env[name]) return process.env[name];
-  }
-  if (cachedUser === undefined) {
-    try {
-      cachedUser = os.userInfo().username;
-    } catch {
-      cachedUser = String(process.getuid ? process.getuid() : '');
+    if (process.env[name]) {
+      cachedUser = process.env[name];
+      return cachedUser;
     }
+  }
+  try {
+    cachedUser = os.userInfo().username;
+  } catch {
+    cachedUser = String(process.getuid ? process.getuid() : '');
   }
   return cachedUser;
 }
 
-/** The facts a `run_start` carries in `meta`; `argv` left out when `captureArgv` is false. */
+let cachedHost;
+let cachedArgv;
+
+/**
+ * The facts a `run_start` carries in `meta`; `argv` left out when
+ * `captureArgv` is false.  Host, user and the redacted argv are worked out
+ * once per process (tens of microseconds): a run start stays a cheap call.
+ */
 function runMeta({ captureArgv = true } = {}) {
   const meta = { pid: process.pid };
-  try {
-    meta.host = os.hostname();
-  } catch {
-    // no host name: leave it out
+  if (cachedHost === undefined) {
+    try {
+      cachedHost = os.hostname();
+    } catch {
+      cachedHost = null; // no host name: leave it out
+    }
   }
+  if (cachedHost) meta.host = cachedHost;
   const name = user();
   if (name) meta.user = name;
-  if (captureArgv) meta.argv = redactArgv(process.argv.slice(0, MAX_ARGV).map((a) => text(a, 1000)));
+  if (captureArgv) {
+    cachedArgv ??= redactArgv(process.argv.slice(0, MAX_ARGV).map((a) => text(a, 1000)));
+    meta.argv = cachedArgv;
+  }
   const sha = process.env[GIT_SHA_ENV];
   if (sha) meta.git_sha = sha.slice(0, 128);
   meta.node = process.version;

@@ -78,6 +78,7 @@ class SpoolWriter {
     this.retryAt = 0;
     this.syncTimer = null;
     this.syncing = false;
+    this.firstRecordAt = 0; // Date.now() when the first record since the header went in
     this.start = null; // this process's start time, read once
   }
 
@@ -98,6 +99,7 @@ class SpoolWriter {
       if (written) this.undoPartialWrite();
       return false;
     }
+    if (this.records === 0) this.firstRecordAt = Date.now();
     this.records += 1;
     this.size += written;
     this.dirty = true;
@@ -113,13 +115,18 @@ class SpoolWriter {
     }
   }
 
-  /** Every intact record (payload Buffers) in the open file, for a resend on reconnect. */
-  readBack() {
-    if (this.fd === null || this.records === 0) return [];
+  /**
+   * The intact records (payload Buffers) of the open file from byte `from` on
+   * (a record boundary; default: all of them), at most about `maxBytes` of
+   * them: for a resend on reconnect, or to catch up after a full window.
+   */
+  readBack(from = HEADER, maxBytes = Infinity) {
+    if (this.fd === null || this.records === 0 || from >= this.size) return [];
     try {
-      const data = Buffer.allocUnsafe(this.size);
-      const n = fs.readSync(this.fd, data, 0, this.size, 0);
-      return readRecords(data.subarray(0, n));
+      const length = Math.min(this.size - from, maxBytes);
+      const data = Buffer.allocUnsafe(length);
+      const n = fs.readSync(this.fd, data, 0, length, from);
+      return readRecords(data.subarray(0, n), false);
     } catch (err) {
       warnOnce('spool-read', `cannot read back spool file ${this.path}: ${err.message}`);
       return [];

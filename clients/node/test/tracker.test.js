@@ -21,6 +21,7 @@ test('daemon up: every call lands, the spool file is removed at exit', async (t)
     const r = await runPipeline(scenario, { socket: d.socket, spool: d.spool });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stderr, '', 'nothing on stderr');
+    assert.ok(r.ms < 5000, `an open connection does not keep it alive: exited in ${r.ms} ms`);
     assertPeopleRun(d.dump());
     assert.deepEqual(spoolFiles(d.spool), [], 'acked before exit: no spool file left');
   }
