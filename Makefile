@@ -26,14 +26,18 @@ $(RUN_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[all]'
 	touch $(RUN_STAMP)
 
-## system-deps: Debian packages the tests use (systemd-analyze, systemd-socket-activate)
+## system-deps: Debian packages the tests use (systemd-analyze, systemd-socket-activate,
+## chromium, nodejs + npm for the Node.js client)
 system-deps:
 	@sh scripts/system-deps.sh
 
-## test: the whole suite (unit, daemon processes, fault suite)
+## test: the whole suite (unit, daemon processes, fault suite), then the
+## Node.js client's tests (node --test) against a daemon from this venv
 test: $(STAMP) system-deps
 	$(BIN)/ruff check runtally tests benchmarks
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
 	$(BIN)/python -m pytest
+	cd clients/node && RUNTALLY_PYTHON='$(abspath $(BIN))/python' npm test
 
 ## run: start the daemon in the foreground on zero-config defaults
 run: $(RUN_STAMP)

@@ -6,11 +6,13 @@ Parts, each also runnable alone (each prints one JSON object):
   SQLite (synchronous FULL and NORMAL) vs. RunTracker + runtallyd;
 * ``spooling`` (bench_spooling.py): tracking calls with the daemon down;
 * ``replay`` (bench_replay.py): a 1M-event spool replayed by a fresh daemon;
-* ``apply`` (bench_apply.py): Store.apply alone, by batch size.
+* ``apply`` (bench_apply.py): Store.apply alone, by batch size;
+* ``node`` (bench_node.py): the Node.js client's call latency, daemon up and down.
 
 Targets (2 cores): >= 5x direct FULL and >= 1.5x direct NORMAL at 8
 processes; tracking call p99 <= 100 us with the daemon up and down; daemon
-peak RSS <= 64 MB at full load; replay >= 50k events/s.
+peak RSS <= 64 MB at full load; replay >= 50k events/s; Node.js client call
+p99 <= 50 us with the daemon up and down.
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--only pipelines replay ...]
 """
@@ -35,6 +37,7 @@ PARTS: dict[str, tuple[list[str], list[str]]] = {
     "spooling": (["--runs", "480"], ["--runs", "160"]),
     "replay": (["--events", "1000000"], ["--events", "100000"]),
     "apply": (["--events", "27000", "--repeat", "3"], ["--events", "5400", "--repeat", "1"]),
+    "node": (["--runs", "480"], ["--runs", "160"]),
 }
 TARGET_PROCS = "8"
 
@@ -96,6 +99,10 @@ def targets(parts: dict[str, Any]) -> dict[str, Any]:
     if "events_per_s" in replay:
         out["daemon_peak_rss_mb_replay"] = _check(replay.get("daemon_peak_rss_mb"), "<=", 64)
         out["replay_events_per_s"] = _check(replay.get("events_per_s"), ">=", 50_000)
+    node = parts.get("node", {})
+    for where in ("up", "down"):
+        if where in node:
+            out[f"node_p99_us_daemon_{where}"] = _check(node[where]["latency"]["p99_us"], "<=", 50)
     return out
 
 

@@ -82,6 +82,9 @@ class Settings(msgspec.Struct, frozen=True):
     idle_timeout_s: float = 300.0  # seconds before an idle connection is closed
     queue_events: int = 5000  # the writer's queue bound, events
     replay_interval_s: float = 1.0  # seconds between spool scans
+    #: Seconds unchanged after which a lockless (Node.js) spool file whose
+    #: writer the daemon cannot see (named with another host) is replayed.
+    spool_stale_s: float = 3600.0
     client_flush_timeout_s: float = 2.0  # seconds a client waits for acks on close
     web_host: str = "127.0.0.1"  # where `runtally web` binds
     web_port: int = 8390  # its TCP port

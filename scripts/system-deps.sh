@@ -3,7 +3,8 @@
 # systemd-analyze (unit verification) and systemd-socket-activate (socket
 # activation tests) both come from Debian's `systemd` package; the dashboard's
 # browser tests drive Debian's `chromium` (/usr/bin/chromium) with Playwright,
-# so no browser is ever downloaded by `playwright install`.
+# so no browser is ever downloaded by `playwright install`.  The Node.js
+# client (clients/node) is tested with Debian's `nodejs` and `npm`.
 set -eu
 packages=""
 for tool in systemd-analyze systemd-socket-activate; do
@@ -12,6 +13,8 @@ for tool in systemd-analyze systemd-socket-activate; do
     fi
 done
 [ -x /usr/bin/chromium ] || packages="$packages chromium"
+command -v node >/dev/null 2>&1 || packages="$packages nodejs"
+command -v npm >/dev/null 2>&1 || packages="$packages npm"
 [ -z "$packages" ] && exit 0
 echo "system-deps: installing Debian package(s):$packages" >&2
 if [ "$(id -u)" -ne 0 ]; then

@@ -56,6 +56,7 @@ class Daemon:
             self.writer,
             owner_allowed=lambda uid, gid: is_allowed(settings, uid, gid),
             interval_s=settings.replay_interval_s,
+            stale_s=settings.spool_stale_s,
         )
         self.retention = RetentionTask(
             settings.retention_days, self.writer, interval_s=settings.retention_interval_s

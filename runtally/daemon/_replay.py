@@ -2,10 +2,14 @@
 
 A file is taken only if ``flock(LOCK_EX|LOCK_NB)`` succeeds — its writer is
 gone — and the lock is held until the file is deleted or quarantined, so two
-replays never race.  Every complete record goes through the writer, the same
-idempotent path as the socket; the file is deleted only after the COMMIT of
-its last record, synced to disk.  Killed between that COMMIT and the delete,
-the next replay applies the file again and the uids make that a no-op.
+replays never race.  A lockless writer's file (the Node.js client's,
+``...-nolock.<start>.<random>.spool``) is taken only once that writer's
+process is gone as well (``_spooldir.lockless_writer_alive``).
+
+Every complete record goes through the writer, the same idempotent path as
+the socket; the file is deleted only after the COMMIT of its last record,
+synced to disk.  Killed between that COMMIT and the delete, the next replay
+applies the file again and the uids make that a no-op.
 
 A torn last record is normal (the writer died mid-append).  A CRC mismatch,
 a bad header or a file whose owner the socket would refuse is moved to
@@ -36,7 +40,16 @@ import trio
 
 from ..protocol import EVENT_TYPES, Refusal, SpoolReader, decode_client_message
 from ._log import logger
-from ._spooldir import CORRUPT, kind_of, open_dir, open_regular, quarantine, same_file
+from ._spooldir import (
+    CORRUPT,
+    kind_of,
+    lockless_writer_alive,
+    open_dir,
+    open_regular,
+    quarantine,
+    same_file,
+    spool_host,
+)
 from ._store import AuditEntry, DeadLetter, Origin
 from ._writer import Job, Writer
 
@@ -95,12 +108,17 @@ class Replayer:
         *,
         owner_allowed: Callable[[int, int], bool],
         interval_s: float = 1.0,
+        stale_s: float = 3600.0,
     ) -> None:
         self.spool_dir = spool_dir
         self.corrupt_dir = spool_dir / CORRUPT
         self.writer = writer
         self.owner_allowed = owner_allowed
         self.interval_s = interval_s
+        #: Seconds unchanged after which a lockless file whose writer this
+        #: daemon cannot see (another host's name) is taken as abandoned.
+        self.stale_s = stale_s
+        self._host = spool_host()
         self.problem: str | None = None
         self._lock = trio.Lock()
         #: File name -> the last failure reported for it (reported once per reason).
@@ -242,6 +260,11 @@ class Replayer:
                 return ReplayStats()  # its writer is alive
             if not _still_there(dir_fd, name, st):
                 return ReplayStats()  # replayed and deleted by someone before we locked
+            alive = lockless_writer_alive(
+                name, st, host=self._host, stale_s=self.stale_s, now=time.time()
+            )
+            if alive:
+                return ReplayStats()  # a lockless (Node.js) writer that is still running
             owner = st.st_uid
             if not self.owner_allowed(owner, st.st_gid):
                 await self._quarantine(dir_fd, name, f"owner uid {owner} is not allowed to emit", 0)

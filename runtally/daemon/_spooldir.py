@@ -18,20 +18,30 @@ directories, a ``corrupt`` that points somewhere else.  Hence:
 
 All functions are blocking system calls: the daemon calls them from a worker
 thread.  ``OSError`` (and ``UnsafeSpool``, a subclass) report what failed.
+
+Lockless writers (the Node.js client: no ``flock`` without a native addon)
+name their files ``<unix-ms>-<host>-<pid>-nolock.<start>.<random>.spool``;
+``lockless_writer_alive`` is the rule that stands in for the lock
+(docs/protocol.md, "Lockless writers").
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import stat
 from pathlib import Path
+
+from ._liveness import process_gone
 
 __all__ = [
     "CORRUPT",
     "UnsafeSpool",
     "check_dir",
     "kind_of",
+    "lockless_writer_alive",
     "open_dir",
     "open_regular",
     "quarantine",
@@ -127,6 +137,43 @@ def open_regular(dir_fd: int, name: str) -> tuple[int | None, os.stat_result]:
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
     """The same inode on the same device."""
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+#: A lockless writer's file name: its host, pid and start time (clock ticks, 0: unknown).
+_LOCKLESS = re.compile(
+    r"^[0-9]+-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>[0-9]+)-nolock\.(?P<start>[0-9]+)\.[0-9A-Za-z]+\.spool$"
+)
+_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
+
+
+def spool_host() -> str:
+    """This host's name as spool file names carry it (``[A-Za-z0-9_.]``, at most 64)."""
+    try:
+        host = socket.gethostname()
+    except OSError:
+        host = ""
+    return _HOST_UNSAFE.sub("_", host)[:64] or "localhost"
+
+
+def lockless_writer_alive(
+    name: str, st: os.stat_result, *, host: str, stale_s: float, now: float
+) -> bool:
+    """True while the lockless writer of spool file ``name`` may still append to it.
+
+    False for a file of a flock writer (its lock decides).  A file named with
+    this ``host`` belongs to a process this daemon can see: its writer is
+    alive until its pid is gone or runs another process (``/proc`` start
+    time, ``_liveness.process_gone``).  Where that cannot be seen (another
+    host's name: a shared spool, a container; no ``/proc``), the writer
+    counts as gone once the file's mtime is ``stale_s`` seconds old.
+    """
+    match = _LOCKLESS.match(name)
+    if match is None:
+        return False
+    if match["host"] == host and os.path.isdir(f"/proc/{os.getpid()}"):
+        start = int(match["start"]) or None
+        return not process_gone(int(match["pid"]), start)
+    return now - st.st_mtime < stale_s
 
 
 def _corrupt_fd(dir_fd: int, mode: int) -> int:
