@@ -53,6 +53,9 @@ async def test_at_normal_a_replayed_spool_file_goes_only_after_a_full_sync(
     settings = settings_for(short_root, synchronous="NORMAL", replay_interval_s=3600.0)
     d: Daemon = await nursery.start(serve, settings)
     try:
+        # The start-up pass runs after READY: let it end first, or it takes the file.
+        with trio.fail_after(10):
+            await d.replayer.first_pass_done.wait()
         path = settings.spool / "1770000000000-host-1-abc.spool"
         records = [encode_record(msgspec.msgpack.encode(e)) for e in run_events("spooled")]
         path.write_bytes(SPOOL_MAGIC + b"".join(records))

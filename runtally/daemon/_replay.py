@@ -126,10 +126,14 @@ class Replayer:
         #: Odd entries (name, inode) that could not be moved: audited once, then skipped.
         self._skipped: set[tuple[str, int]] = set()
         self.total = ReplayStats()
+        #: Set once the start-up pass is done (the daemon is READY before it is:
+        #: a big spool must not delay start-up).
+        self.first_pass_done = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Replay at start, then every ``interval_s`` (a gone writer's file within seconds)."""
         await self.replay_once()
+        self.first_pass_done.set()
         task_status.started()
         while True:
             await trio.sleep(self.interval_s)
