@@ -96,8 +96,8 @@ class TestOddEntries:
         (spool / spool_name("link")).symlink_to("/etc/passwd")
         os.mkfifo(spool / spool_name("fifo"))
         code = (
-            "import sys; from pathlib import Path; from runtally.cli._health import _spool;"
-            "s = _spool(Path(sys.argv[1]), 1e10, 1.0);"
+            "import sys; from pathlib import Path; from runtally.cli._health import spool_section;"
+            "s = spool_section(Path(sys.argv[1]), 1e10, 1.0);"
             "print(s.files, s.pending_files, s.backing_up)"
         )
         out = subprocess.run(
