@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import click
 import msgspec
+from rich.console import Console
 
 from .._pipeline_config import PipelineConfig
 from ..config import Settings
@@ -34,6 +35,7 @@ __all__ = [
     "pause",
     "pipeline_states",
     "pipelines",
+    "print_pipelines",
     "read_pipeline_states",
     "resume",
 ]
@@ -126,15 +128,27 @@ def pipelines(settings: Settings, wide: bool, as_json: bool) -> None:
     if not found:
         click.echo("no pipelines declared or seen yet")
         return
+    out = console()
+    print_pipelines(out, found, settings.pipelines, fit=fits(out, wide))
+
+
+def print_pipelines(
+    out: Console,
+    found: list[PipelineState],
+    declared: Mapping[str, PipelineConfig],
+    *,
+    fit: bool,
+    now: float | None = None,
+) -> int:
+    """One pipeline a line (``fit``: to ``out``'s width); next runs as of ``now`` (epoch s)."""
     rows = [
         {
             **msgspec.structs.asdict(p),
-            "next": next_run(p.next_expected_at, settings.pipelines.get(p.pipeline)),
+            "next": next_run(p.next_expected_at, declared.get(p.pipeline), now),
         }
         for p in found
     ]
-    out = console()
-    StreamTable(out, pipeline_columns(), fit=fits(out, wide)).print_rows([rows])
+    return StreamTable(out, pipeline_columns(), fit=fit).print_rows([rows])
 
 
 def _toggle(settings: Settings, pipeline: str, *, paused: bool) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 
 import click
 import msgspec
@@ -42,7 +43,7 @@ from ._state_view import next_run, state_style
 from ._table import Column, StreamTable
 from ._text import visible
 
-__all__ = ["status"]
+__all__ = ["print_report", "status"]
 
 EXIT_UNHEALTHY = 1
 
@@ -98,15 +99,25 @@ def status(
         click.echo(json.dumps(msgspec.to_builtins(report), indent=2, ensure_ascii=False))
     else:
         out = console()
-        _print_daemon(out, report.daemon)
-        _print_database(out, report.database)
-        _print_spool(out, report.spool)
-        _line(out, "club", f"{report.default_club} (runs started without one; default_club)")
-        rows = _pipeline_rows(report, settings.pipelines)
-        _print_pipelines(out, rows, fit=out.is_terminal and not wide)
-        _print_verdict(out, report)
+        print_report(out, report, settings.pipelines, fit=out.is_terminal and not wide)
     if report.problems:
         sys.exit(EXIT_UNHEALTHY)
+
+
+def print_report(
+    out: Console, report: StatusReport, declared: Mapping[str, PipelineConfig], *, fit: bool
+) -> None:
+    """The report for people: one section a line or more, the pipelines, the verdict.
+
+    ``declared``: the config's pipelines (shown even before their first run);
+    ``fit``: fit the pipelines table to ``out``'s width.
+    """
+    _print_daemon(out, report.daemon)
+    _print_database(out, report.database)
+    _print_spool(out, report.spool)
+    _line(out, "club", f"{report.default_club} (runs started without one; default_club)")
+    _print_pipelines(out, _pipeline_rows(report, declared), fit=fit)
+    _print_verdict(out, report)
 
 
 #: Width of the label column (``daemon``, ``database``...) and the space after it.
@@ -253,7 +264,7 @@ _NO_RUN = dict.fromkeys(("run_id", "started_at", "duration_ms", "outcome", "erro
 
 
 def _pipeline_rows(
-    report: StatusReport, declared: dict[str, PipelineConfig]
+    report: StatusReport, declared: Mapping[str, PipelineConfig]
 ) -> list[dict[str, object]]:
     """Each (pipeline, club)'s last run with its state, and the pipelines without a run.
 
