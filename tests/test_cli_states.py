@@ -233,7 +233,7 @@ class TestStatusAt80:
         assert f"slot {fmt_local(iso_from_ms(SLOT))}, 1m ago" in text
 
 
-def test_the_last_commit_is_one_piece_at_80(daemon_proc: DaemonProcess) -> None:
+def test_the_last_commit_and_write_are_one_piece_at_80(daemon_proc: DaemonProcess) -> None:
     events = run_events("r1")
     with RawClient(daemon_proc.socket) as client:
         client.send(*events)
@@ -243,8 +243,9 @@ def test_the_last_commit_is_one_piece_at_80(daemon_proc: DaemonProcess) -> None:
     out, buf = _console(80)
     print_report(out, report, {}, fit=True)
     lines = _plain_lines(buf.getvalue())
-    (last,) = [line for line in lines if "last commit" in line]
-    assert re.fullmatch(r" {11}last commit \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(.+\)", last), last
+    for what in ("last commit", "last write"):
+        (last,) = [line for line in lines if what in line]
+        assert re.fullmatch(rf" {{11}}{what} \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d \(.+\)", last), last
     assert all(cell_len(line) <= 80 for line in lines)
 
 

@@ -178,12 +178,9 @@ def _print_database(out: Console, db: DatabaseSection) -> None:
         _line(out, "", Text(visible(db.error), style="red"))
         return
     wal = f" (WAL {fmt_bytes(db.wal_bytes)})" if db.wal_bytes is not None else ""
-    _line(
-        out,
-        "",
-        f"schema {db.schema_version}, {fmt_bytes(db.size_bytes)}{wal}, "
-        f"last write {fmt_when(db.last_write) if db.last_write else 'never'}",
-    )
+    _line(out, "", f"schema {db.schema_version}, {fmt_bytes(db.size_bytes)}{wal}")
+    # A line of its own, as "last commit": a time and its age never broken apart.
+    _line(out, "", f"last write {fmt_when(db.last_write) if db.last_write else 'never'}")
     # As many "table count" pairs a line as fit, each line under the label column.
     pairs = [f"{t} {'-' if n is None else f'{n:,}'}" for t, n in db.row_counts.items()]
     room = max(20, out.width - _LABEL) if out.is_terminal else 10**6
