@@ -153,6 +153,39 @@ class TestFitted:
             if error["error_message"].startswith("word word"):
                 assert line.endswith("word…")  # cut at the width, never wrapped
 
+    @pytest.mark.parametrize(
+        ("width", "dropped"),
+        [(80, None), (72, "STEP")],  # the message is cut first; narrower, STEP goes first
+    )
+    def test_errors_cut_the_message_before_the_pipeline_goes(
+        self, tmp_path: Path, width: int, dropped: str | None
+    ) -> None:
+        db = tmp_path / "errors.sqlite"
+        store = Store.open(db)
+        try:
+            t = NOW - 10 * 24 * HOUR  # "10d ago"
+            store.apply(
+                [
+                    RunStart(id="s", ts=t, run="r", pipeline="nightly-export", club_slug="c"),
+                    ErrorEvent(id="e", ts=t + 1, run="r", step_name="sportlink-download",
+                               member="someone@example.org",
+                               message="the remote server refused the address " * 4),
+                ]
+            )  # fmt: skip
+            store.checkpoint()
+        finally:
+            store.close()
+        out, buf = _console(width)
+        print_errors(out, [_errors(db)], fit=True, with_run=True)
+        header, line = buf.getvalue().splitlines()
+        assert "PIPELINE" in header.split() and "nightly-export" in line.split()
+        assert header.split()[-1] == "MESSAGE"
+        assert cell_len(line) <= width and line.endswith("…")
+        assert line[header.index("MESSAGE") :].startswith("the remote")
+        assert width - header.index("MESSAGE") >= 16  # its column: cut, never to nothing
+        for column in ("STEP", "MEMBER"):
+            assert (column in header.split()) == (column != dropped)
+
     def test_control_characters_are_shown_not_obeyed(self, ledger: Path) -> None:
         out, buf = _console(200)
         print_runs(out, [_runs(ledger)], fit=True)

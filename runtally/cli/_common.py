@@ -16,13 +16,22 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import click
+from rich.console import Console
 
 from ..config import Settings, resolve, resolve_or_defaults
 from ..errors import RuntallyError
 from ._errors import DatabaseError
 from ._text import visible
 
-__all__ = ["command_errors", "setting_option", "source_note", "uses_settings", "warn"]
+__all__ = [
+    "command_errors",
+    "fits",
+    "setting_option",
+    "source_note",
+    "uses_settings",
+    "warn",
+    "wide_option",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 PathName = Literal["socket", "db", "spool"]
@@ -103,6 +112,20 @@ def source_note(settings: Settings, name: str) -> str:
     if source is None or source == "the defaults":
         return ""
     return f" ({name} from {source})"
+
+
+#: ``--wide``: the read commands' tables in full, as on a pipe.
+wide_option = click.option(
+    "--wide",
+    "-w",
+    is_flag=True,
+    help="Every column in full, nothing cut, even if lines wrap (as on a pipe).",
+)
+
+
+def fits(out: Console, wide: bool) -> bool:
+    """Fit a table to the terminal: on a terminal, unless --wide."""
+    return out.is_terminal and not wide
 
 
 def warn(message: str) -> None:

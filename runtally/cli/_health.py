@@ -36,8 +36,8 @@ from ..protocol import (
 from . import _query as q
 from ._ask import ask
 from ._errors import CliError
-from ._pipelines import BAD_STATES
 from ._render import clock_ahead_s, fmt_duration, plural
+from ._state_view import BAD_STATES, state_problem
 
 __all__ = [
     "DEFAULT_MAX_SPOOL_AGE_S",
@@ -171,11 +171,9 @@ def collect(
             f"in {spool_dir} (more than {max_spool_age:g} s): is the daemon replaying?"
         )
     states = _states(db_path) if database.error is None else []
-    problems += [
-        f"pipeline {s['pipeline']} is {s['state']}: {s['detail']}"
-        for s in states
-        if s["state"] in BAD_STATES
-    ]
+    problems += [state_problem(s, now) for s in states if s["state"] in BAD_STATES]
+    for s in states:
+        del s["expected_at"]  # read for the problem's slot age; not in --json's shape
     if daemon.status is not None:
         warnings += [
             f"alert channel {c}: {e}"
@@ -210,8 +208,8 @@ def _states(db_path: Path) -> list[dict[str, Any]]:
     def gather(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         try:
             rows = conn.execute(
-                "SELECT pipeline, state, since, detail, last_run_id, next_expected_at"
-                " FROM pipeline_states ORDER BY pipeline"
+                "SELECT pipeline, state, since, detail, last_run_id, next_expected_at,"
+                " expected_at FROM pipeline_states ORDER BY pipeline"
             ).fetchall()
         except sqlite3.OperationalError:
             return []  # a database from before the monitor

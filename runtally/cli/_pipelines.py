@@ -11,25 +11,34 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-from typing import Any
+from collections.abc import Mapping
 
 import click
 import msgspec
-from rich.text import Text
+from rich.console import Console
 
+from .._pipeline_config import PipelineConfig
 from ..config import Settings
 from ..daemon._timefmt import now_iso
 from ..protocol import ErrorReply, Pause, PipelinePaused, Resume
-from ..states import BAD_STATES
 from . import _query as q
 from ._ask import DaemonUnavailable, ask
-from ._common import uses_settings
+from ._common import fits, uses_settings, wide_option
 from ._errors import CliError
-from ._render import console, fmt_when, table
+from ._render import console
+from ._state_view import next_run, pipeline_columns
+from ._table import StreamTable
 
-__all__ = ["PipelineState", "alert", "pause", "pipeline_states", "pipelines", "resume"]
-
-_STYLE = {"ok": "green", "running": "cyan", "paused": "dim", "late": "yellow"}
+__all__ = [
+    "PipelineState",
+    "alert",
+    "pause",
+    "pipeline_states",
+    "pipelines",
+    "print_pipelines",
+    "read_pipeline_states",
+    "resume",
+]
 
 
 class PipelineState(msgspec.Struct, kw_only=True):
@@ -51,28 +60,31 @@ class PipelineState(msgspec.Struct, kw_only=True):
     updated_at: str | None = None
 
 
-def pipeline_states(settings: Settings) -> list[PipelineState]:
-    """Declared and judged pipelines, by name; raises DatabaseError when unreadable."""
+def read_pipeline_states(
+    conn: sqlite3.Connection, declared: Mapping[str, PipelineConfig]
+) -> list[PipelineState]:
+    """Declared and judged pipelines, by name, from a read-only connection.
 
-    def gather(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-        try:
-            return [
-                dict(r)
-                for r in conn.execute(
-                    "SELECT s.pipeline, s.state, s.since, s.detail, s.club_slug,"
-                    " s.last_run_id, r.outcome AS last_outcome, r.started_at AS last_started_at,"
-                    " s.next_expected_at, s.expected_at, s.updated_at"
-                    " FROM pipeline_states s LEFT JOIN runs r ON r.id = s.last_run_id"
-                )
-            ]
-        except sqlite3.OperationalError:
-            return []  # a database from before the monitor (schema < 5)
-
-    rows = {r["pipeline"]: r for r in q.read(settings.db, gather)}
+    ``declared``: the ``[pipelines.<name>]`` tables of the config.  The rows of
+    ``runtally pipelines --json`` and the dashboard's ``/api/pipelines``.
+    """
+    try:
+        found = [
+            dict(r)
+            for r in conn.execute(
+                "SELECT s.pipeline, s.state, s.since, s.detail, s.club_slug,"
+                " s.last_run_id, r.outcome AS last_outcome, r.started_at AS last_started_at,"
+                " s.next_expected_at, s.expected_at, s.updated_at"
+                " FROM pipeline_states s LEFT JOIN runs r ON r.id = s.last_run_id"
+            )
+        ]
+    except sqlite3.OperationalError:
+        found = []  # a database from before the monitor (schema < 5)
+    rows = {r["pipeline"]: r for r in found}
     out = []
-    for name in sorted(set(rows) | set(settings.pipelines)):
+    for name in sorted(set(rows) | set(declared)):
         row = rows.get(name, {})
-        config = settings.pipelines.get(name)
+        config = declared.get(name)
         out.append(
             PipelineState(
                 pipeline=name,
@@ -94,18 +106,21 @@ def pipeline_states(settings: Settings) -> list[PipelineState]:
     return out
 
 
-def state_text(state: str | None) -> Text:
-    """A state, coloured: red for the bad ones."""
-    if state is None:
-        return Text("-", style="dim")
-    return Text(state, style="bold red" if state in BAD_STATES else _STYLE.get(state, ""))
+def pipeline_states(settings: Settings) -> list[PipelineState]:
+    """Declared and judged pipelines, by name; raises DatabaseError when unreadable."""
+    return q.read(settings.db, lambda conn: read_pipeline_states(conn, settings.pipelines))
 
 
 @click.command()
+@wide_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @uses_settings("db")
-def pipelines(settings: Settings, as_json: bool) -> None:
-    """Each pipeline's state, last run and next expected run, as the daemon judged them."""
+def pipelines(settings: Settings, wide: bool, as_json: bool) -> None:
+    """Each pipeline's state, last run and next expected run, as the daemon judged them.
+
+    On a terminal the table fits its width, one pipeline per line; --wide or
+    a pipe shows every column in full.
+    """
     found = pipeline_states(settings)
     if as_json:
         click.echo(json.dumps(msgspec.to_builtins(found), indent=2, ensure_ascii=False))
@@ -113,19 +128,27 @@ def pipelines(settings: Settings, as_json: bool) -> None:
     if not found:
         click.echo("no pipelines declared or seen yet")
         return
-    t = table("PIPELINE", "CLUB", "STATE", "SINCE", "LAST RUN", "NEXT EXPECTED", "SCHEDULE")
-    for p in found:
-        last = f"#{p.last_run_id} {p.last_outcome}" if p.last_run_id else "-"
-        t.add_row(
-            p.pipeline,
-            p.club or "-",
-            state_text(p.state),
-            fmt_when(p.since) if p.since else "-",
-            last,
-            fmt_when(p.next_expected_at) if p.next_expected_at else "-",
-            p.schedule or "-",
-        )
-    console().print(t)
+    out = console()
+    print_pipelines(out, found, settings.pipelines, fit=fits(out, wide))
+
+
+def print_pipelines(
+    out: Console,
+    found: list[PipelineState],
+    declared: Mapping[str, PipelineConfig],
+    *,
+    fit: bool,
+    now: float | None = None,
+) -> int:
+    """One pipeline a line (``fit``: to ``out``'s width); next runs as of ``now`` (epoch s)."""
+    rows = [
+        {
+            **msgspec.structs.asdict(p),
+            "next": next_run(p.next_expected_at, declared.get(p.pipeline), now),
+        }
+        for p in found
+    ]
+    return StreamTable(out, pipeline_columns(), fit=fit).print_rows([rows])
 
 
 def _toggle(settings: Settings, pipeline: str, *, paused: bool) -> None:
@@ -145,7 +168,7 @@ def _toggle(settings: Settings, pipeline: str, *, paused: bool) -> None:
 @click.argument("pipeline")
 @uses_settings("socket")
 def pause(settings: Settings, pipeline: str) -> None:
-    """Pause PIPELINE: state ``paused``, no alerts until ``runtally resume`` (admin)."""
+    """Pause PIPELINE: state `paused`, no alerts until `runtally resume` (admin)."""
     _toggle(settings, pipeline, paused=True)
 
 
@@ -153,13 +176,13 @@ def pause(settings: Settings, pipeline: str) -> None:
 @click.argument("pipeline")
 @uses_settings("socket")
 def resume(settings: Settings, pipeline: str) -> None:
-    """Judge PIPELINE again after ``runtally pause`` (admin)."""
+    """Judge PIPELINE again after `runtally pause` (admin)."""
     _toggle(settings, pipeline, paused=False)
 
 
 @click.group()
 def alert() -> None:
-    """Alert channels (``alert_urls``, ``alert_command``)."""
+    """Alert channels (settings alert_urls, alert_command)."""
 
 
 @alert.command("test")

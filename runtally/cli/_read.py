@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ..config import Settings
 from . import _query as q
-from ._common import uses_settings, warn
+from ._common import fits, uses_settings, warn, wide_option
 from ._render import SinceType, console, loads_or_text, plural
 from ._views import print_error_blocks, print_errors, print_run, print_runs, print_steps
 
@@ -45,12 +45,6 @@ _json_option = click.option(
 )
 _pipeline_option = click.option("--pipeline", "-p", default=None, help="Only this pipeline.")
 _club_option = click.option("--club", "-c", default=None, help="Only this club (club_slug).")
-_wide_option = click.option(
-    "--wide",
-    "-w",
-    is_flag=True,
-    help="Every column in full, nothing cut, even if lines wrap (as on a pipe).",
-)
 
 
 def _limit_option(default: int) -> Callable[[F], F]:
@@ -80,11 +74,6 @@ def _pick(row: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
 def _more_note(out: Console, shown: int, limit: int, noun: str) -> None:
     if limit and shown >= limit:
         out.print(Text(f"(the newest {plural(shown, noun)}; --limit to see more)", style="dim"))
-
-
-def _fits(out: Console, wide: bool) -> bool:
-    """Fit the table to the terminal: on a terminal, unless --wide."""
-    return out.is_terminal and not wide
 
 
 def _note_cut_names(**names: str | None) -> None:
@@ -137,7 +126,7 @@ def _pages(
 )
 @_since_option
 @_limit_option(50)
-@_wide_option
+@wide_option
 @_json_option
 @uses_settings("db")
 def runs(
@@ -181,7 +170,7 @@ def runs(
     if first is None:
         out.print("no runs match")
         return
-    shown = print_runs(out, itertools.chain([first], pages), fit=_fits(out, wide))
+    shown = print_runs(out, itertools.chain([first], pages), fit=fits(out, wide))
     _more_note(out, shown, limit, "run")
 
 
@@ -193,7 +182,7 @@ def runs(
 @click.option("--pipeline", "-p", default=None, help="With RUN `latest`: of this pipeline.")
 @click.option("--club", "-c", default=None, help="With RUN `latest`: of this club.")
 @click.option("--stack", is_flag=True, help="Print each error's stack (or stderr tail) in full.")
-@_wide_option
+@wide_option
 @_json_option
 @uses_settings("db")
 def show(
@@ -244,7 +233,7 @@ def show(
         )
         return
     out = console()
-    fit = _fits(out, wide)
+    fit = fits(out, wide)
     print_run(out, found, parent)
     if steps:
         out.print()
@@ -285,7 +274,7 @@ def show(
 @_since_option
 @_limit_option(100)
 @click.option("--stack", is_flag=True, help="Print each error in full with its stack.")
-@_wide_option
+@wide_option
 @_json_option
 @uses_settings("db")
 def errors(
@@ -344,6 +333,6 @@ def errors(
         shown = len(everything)
     else:
         shown = print_errors(
-            out, itertools.chain([first], pages), fit=_fits(out, wide), with_run=True
+            out, itertools.chain([first], pages), fit=fits(out, wide), with_run=True
         )
     _more_note(out, shown, limit, "error")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 
 import click
 import msgspec
 from rich.console import Console
 from rich.text import Text
 
+from .._pipeline_config import PipelineConfig
 from ..config import Settings
 from ..daemon._timefmt import iso_from_ms
 from ._common import source_note, uses_settings
@@ -24,12 +26,10 @@ from ._health import (
     DEFAULT_MAX_SPOOL_AGE_S,
     DaemonSection,
     DatabaseSection,
-    PipelineRow,
     SpoolSection,
     StatusReport,
     collect,
 )
-from ._pipelines import state_text
 from ._render import (
     OUTCOME_STYLES,
     console,
@@ -39,10 +39,11 @@ from ._render import (
     fmt_when,
     plural,
 )
+from ._state_view import next_run, state_style
 from ._table import Column, StreamTable
 from ._text import visible
 
-__all__ = ["status"]
+__all__ = ["print_report", "status"]
 
 EXIT_UNHEALTHY = 1
 
@@ -98,22 +99,54 @@ def status(
         click.echo(json.dumps(msgspec.to_builtins(report), indent=2, ensure_ascii=False))
     else:
         out = console()
-        _print_daemon(out, report.daemon)
-        _print_database(out, report.database)
-        _print_spool(out, report.spool)
-        _line(out, "club", f"{report.default_club} (runs started without one; default_club)")
-        _print_pipelines(out, report.pipelines, fit=out.is_terminal and not wide)
-        _print_states(out, report.states)
-        _print_verdict(out, report)
+        print_report(out, report, settings.pipelines, fit=out.is_terminal and not wide)
     if report.problems:
         sys.exit(EXIT_UNHEALTHY)
 
 
-def _line(out: Console, label: str, *parts: Text | str) -> None:
-    text = Text(f"{label:<10} ", style="bold")
+def print_report(
+    out: Console, report: StatusReport, declared: Mapping[str, PipelineConfig], *, fit: bool
+) -> None:
+    """The report for people: one section a line or more, the pipelines, the verdict.
+
+    ``declared``: the config's pipelines (shown even before their first run);
+    ``fit``: fit the pipelines table to ``out``'s width.
+    """
+    _print_daemon(out, report.daemon)
+    _print_database(out, report.database)
+    _print_spool(out, report.spool)
+    _line(out, "club", f"{report.default_club} (runs started without one; default_club)")
+    _print_pipelines(out, _pipeline_rows(report, declared), fit=fit)
+    _print_verdict(out, report)
+
+
+#: Width of the label column (``daemon``, ``database``...) and the space after it.
+_LABEL = 11
+
+
+def _line(out: Console, label: str, *parts: Text | str, style: str = "") -> None:
+    """``label`` then ``parts``; on a terminal, wrapped lines stay under the parts."""
+    _hanging(out, Text(f"{label:<{_LABEL - 1}} ", style="bold"), parts, style=style)
+
+
+def _hanging(out: Console, head: Text, parts: tuple[Text | str, ...], *, style: str = "") -> None:
+    """``head`` and ``parts`` as one line; wrapped on a terminal with a hanging indent.
+
+    A pipe gets one line whatever its length (for grep).  On a terminal the
+    parts are wrapped at spaces to the width left after ``head``, each further
+    line indented by ``head``'s width, no line with trailing spaces.
+    """
+    body = Text(style=style)
     for part in parts:
-        text.append(part if isinstance(part, Text) else Text(visible(part)))
-    out.print(text)
+        body.append(part if isinstance(part, Text) else Text(visible(part)))
+    if not out.is_terminal:
+        out.print(head + body, soft_wrap=True)
+        return
+    indent = head.cell_len
+    lines = body.wrap(out, max(20, out.width - indent), overflow="fold") if body else [body]
+    for n, line in enumerate(lines):
+        line.rstrip()
+        out.print((head if n == 0 else Text(" " * indent)) + line, soft_wrap=True)
 
 
 def _print_daemon(out: Console, d: DaemonSection) -> None:
@@ -131,8 +164,9 @@ def _print_daemon(out: Console, d: DaemonSection) -> None:
             out,
             "",
             f"{plural(s['events_committed'], 'event')} committed, queue {s['queue_depth']:,}, "
-            f"{plural(s['connections'], 'connection')}, last commit {last}",
+            f"{plural(s['connections'], 'connection')}",
         )
+        _line(out, "", f"last commit {last}")
     else:
         _line(out, "daemon", Text("DOWN", style="bold red"), f": {d.error}")
     _line(out, "socket", d.socket)
@@ -144,15 +178,12 @@ def _print_database(out: Console, db: DatabaseSection) -> None:
         _line(out, "", Text(visible(db.error), style="red"))
         return
     wal = f" (WAL {fmt_bytes(db.wal_bytes)})" if db.wal_bytes is not None else ""
-    _line(
-        out,
-        "",
-        f"schema {db.schema_version}, {fmt_bytes(db.size_bytes)}{wal}, "
-        f"last write {fmt_when(db.last_write) if db.last_write else 'never'}",
-    )
+    _line(out, "", f"schema {db.schema_version}, {fmt_bytes(db.size_bytes)}{wal}")
+    # A line of its own, as "last commit": a time and its age never broken apart.
+    _line(out, "", f"last write {fmt_when(db.last_write) if db.last_write else 'never'}")
     # As many "table count" pairs a line as fit, each line under the label column.
     pairs = [f"{t} {'-' if n is None else f'{n:,}'}" for t, n in db.row_counts.items()]
-    room = max(20, out.width - 11) if out.is_terminal else 10**6
+    room = max(20, out.width - _LABEL) if out.is_terminal else 10**6
     line: list[str] = []
     for pair in pairs:
         if line and len("  ".join([*line, pair])) > room:
@@ -179,16 +210,32 @@ def _print_spool(out: Console, sp: SpoolSection) -> None:
     _line(out, "spool", f"{sp.path}: ", summary)
 
 
+def _when_compact(key: str) -> Column:
+    """A time column: ``2026-11-30 10:18:17 (11s ago)``, or only the age when narrow."""
+    return Column(
+        key.upper(),
+        lambda p: fmt_when(p[key]),
+        keep=85,
+        compact=lambda p: fmt_ago(p[key]) or "-",
+    )
+
+
 #: The pipelines table: its columns as _table gives way at narrow widths.
 PIPELINE_COLUMNS = [
     Column("PIPELINE", lambda p: p["pipeline"], keep=100, flex=True, min_width=10),
-    Column("CLUB", lambda p: p["club_slug"], keep=40, max_width=12),
-    Column("LAST RUN", lambda p: f"#{p['run_id']}", right=True, keep=90),
+    Column("CLUB", lambda p: p["club_slug"] or "-", keep=40, max_width=12),
+    Column("STATE", lambda p: p["state"] or "-", keep=100, style=lambda p: state_style(p["state"])),
+    Column(
+        "LAST RUN",
+        lambda p: "-" if p["run_id"] is None else f"#{p['run_id']}",
+        right=True,
+        keep=90,
+    ),
     Column(
         "STARTED",
         lambda p: fmt_when(p["started_at"]),
         keep=85,
-        compact=lambda p: fmt_ago(p["started_at"]),
+        compact=lambda p: fmt_ago(p["started_at"]) or "-",
     ),
     Column("DURATION", lambda p: fmt_duration(p["duration_ms"]), right=True, keep=60),
     Column(
@@ -199,32 +246,59 @@ PIPELINE_COLUMNS = [
     ),
     Column(
         "ERRORS",
-        lambda p: f"{p['error_count']:,}",
+        lambda p: "-" if p["error_count"] is None else f"{p['error_count']:,}",
         right=True,
         keep=80,
         style=lambda p: "red" if p["error_count"] else None,
     ),
+    Column(
+        "NEXT RUN",
+        lambda p: fmt_when(p["next"]),
+        keep=65,
+        compact=lambda p: fmt_ago(p["next"]) or "-",
+    ),
 ]
 
+_NO_RUN = dict.fromkeys(("run_id", "started_at", "duration_ms", "outcome", "error_count"), None)
 
-def _print_pipelines(out: Console, pipelines: list[PipelineRow], *, fit: bool) -> None:
-    if not pipelines:
+
+def _pipeline_rows(
+    report: StatusReport, declared: Mapping[str, PipelineConfig]
+) -> list[dict[str, object]]:
+    """Each (pipeline, club)'s last run with its state, and the pipelines without a run.
+
+    A pipeline declared in the config or judged by the monitor that never ran
+    is a row of its own (state, next run, no run), so none is left out.
+    """
+    states = {s["pipeline"]: s for s in report.states}
+    rows: list[dict[str, object]] = []
+    for p in report.pipelines:
+        rows.append({**msgspec.structs.asdict(p), "state": None, "next": None})
+    ran = {p.pipeline for p in report.pipelines}
+    for name in (set(states) | set(declared)) - ran:
+        club = declared[name].club if name in declared else None
+        rows.append({"pipeline": name, "club_slug": club, **_NO_RUN, "state": None, "next": None})
+    for row in rows:
+        name = str(row["pipeline"])
+        state = states.get(name, {})
+        row["state"] = state.get("state")
+        row["next"] = next_run(state.get("next_expected_at"), declared.get(name))
+    rows.sort(key=lambda r: (str(r["pipeline"]), str(r["club_slug"] or "")))
+    return rows
+
+
+def _print_pipelines(out: Console, rows: list[dict[str, object]], *, fit: bool) -> None:
+    if not rows:
         return
     out.print()
-    rows = [msgspec.structs.asdict(p) for p in pipelines]
     StreamTable(out, PIPELINE_COLUMNS, fit=fit, title="Pipelines").print_rows([rows])
 
 
-def _print_states(out: Console, states: list[dict]) -> None:
-    for s in states:
-        nxt = f", next {fmt_when(s['next_expected_at'])}" if s["next_expected_at"] else ""
-        _line(out, "state", f"{s['pipeline']}: ", state_text(s["state"]), f" - {s['detail']}{nxt}")
-
-
 def _print_verdict(out: Console, report: StatusReport) -> None:
+    """Problems (a bad pipeline state is one of them), warnings, or ``healthy``."""
     for problem in report.problems:
-        out.print(Text(f"problem: {visible(problem)}", style="bold red"))
+        _hanging(out, Text("problem: ", style="bold red"), (problem,), style="bold red")
     for warning in report.warnings:
-        out.print(Text(f"warning: {visible(warning)}", style="yellow"))
+        _hanging(out, Text("warning: ", style="yellow"), (warning,), style="yellow")
     if not report.problems:
         out.print(Text("healthy", style="green"))

@@ -211,11 +211,14 @@ def error_columns(*, with_run: bool) -> list[Column]:
     if with_run:
         columns += [
             Column("RUN", lambda e: str(e["run_id"]), right=True, keep=100),
-            Column("PIPELINE", lambda e: e["pipeline"], keep=60, max_width=16),
+            # Above STEP and MEMBER: a listing across pipelines is read by pipeline first.
+            Column("PIPELINE", lambda e: e["pipeline"], keep=80, max_width=14),
         ]
     columns += [
-        Column("STEP", lambda e: e["step_name"], keep=70, max_width=18),
+        Column("STEP", lambda e: e["step_name"], keep=70, max_width=16),
         Column("MEMBER", lambda e: e["member_identifier"] or "-", keep=75, max_width=14),
+        # The flex column: cut to what is left before any column goes, down to
+        # min_width; below that a column goes (STEP first, PIPELINE last).
         Column(
             "MESSAGE",
             lambda e: _message_cell(e["error_message"]),

@@ -76,6 +76,7 @@ def web(settings: Settings, *, token: str | None, insecure: bool, hash_only: boo
         spool=settings.spool,
         token=token,
         password_hash=settings.web_password_hash,
+        pipelines=settings.pipelines,
     )
     click.echo(
         f"runtally web: http://{settings.web_host}:{settings.web_port}/ reading {settings.db}"

@@ -18,7 +18,7 @@ from cronsim import CronSim
 
 from .._pipeline_config import PipelineConfig
 
-__all__ = ["host_zone", "next_slot", "zone_of"]
+__all__ = ["host_zone", "next_expected", "next_slot", "zone_of"]
 
 
 @functools.cache
@@ -49,3 +49,20 @@ def next_slot(config: PipelineConfig, after_ms: int) -> int | None:
     start = datetime.fromtimestamp(after_ms / 1000, zone_of(config))
     slot = next(CronSim(config.schedule, start))
     return int(slot.timestamp() * 1000)
+
+
+def next_expected(config: PipelineConfig | None, stored_ms: int | None, now_ms: int) -> int | None:
+    """When a pipeline's next run is expected, as shown to people at ``now_ms`` (epoch ms).
+
+    The monitor's ``next_expected_at`` (``stored_ms``) while it is still ahead.
+    The monitor rewrites it once a tick (``monitor_interval_s``), so between a
+    slot and the next tick it is in the past: then the schedule's first slot
+    after ``now_ms``, as the next tick will store.  ``runtally pipelines``,
+    ``runtally status`` and the dashboard all show this one figure.  None
+    without a stored value or a schedule.
+    """
+    if stored_ms is not None and stored_ms > now_ms:
+        return stored_ms
+    if config is not None and config.schedule is not None:
+        return next_slot(config, now_ms)
+    return stored_ms

@@ -64,7 +64,11 @@ class Snapshot(msgspec.Struct, frozen=True):
 
 
 class Verdict(msgspec.Struct, frozen=True):
-    """A pipeline's state and why (``detail``, one sentence), with its schedule's slots."""
+    """A pipeline's state and why (``detail``, one sentence), with its schedule's slots.
+
+    ``detail`` holds no relative age ("11 s ago"): it is stored and shown
+    later; readers show ages from ``expected_ms``/``next_expected_ms``.
+    """
 
     state: State
     detail: str
@@ -101,11 +105,10 @@ def evaluate(
         if limit is not None and ran > limit * 1000:
             return Verdict(
                 "stuck",
-                f"run #{last.id} has been running for {_span(ran)}, "
-                f"longer than max_runtime {_span(limit * 1000)}",
+                f"run #{last.id} has been running longer than max_runtime {_span(limit * 1000)}",
                 next_expected_ms=upcoming,
             )
-        return Verdict("running", f"run #{last.id} running for {_span(ran)}", None, upcoming)
+        return Verdict("running", f"run #{last.id} running", None, upcoming)
     if config.schedule is not None:
         base = last.started_ms + _EARLY_MS if last is not None else first_seen_ms
         expected = next_slot(config, base)
@@ -116,14 +119,14 @@ def evaluate(
         if now_ms >= max(following, expected + grace_ms):
             return Verdict(
                 "missed",
-                f"no run for the slot {_span(now_ms - expected)} ago, nor for the one after",
+                "no run for its slot, nor for the one after",
                 expected,
                 upcoming,
             )
         if now_ms >= expected + grace_ms:
             return Verdict(
                 "late",
-                f"no run since the slot {_span(now_ms - expected)} ago (grace {_span(grace_ms)})",
+                f"no run since its slot (grace {_span(grace_ms)})",
                 expected,
                 upcoming,
             )

@@ -1,42 +1,55 @@
-"""The Starlette application: five pages, their JSON under ``/api``, static files.
+"""The Starlette application: six pages, their JSON under ``/api``, static files.
 
 Every route is a GET.  HTML pages render one template; with the header
 ``X-Runtally-Live: 1`` (sent by ``static/live.js``) only the page's ``live``
 block is rendered, which the script swaps in when ``/api/stamp`` changes.
-The JSON of runs, a run and errors is exactly ``runtally runs|show|errors
---json``; ``/api/status`` is ``runtally status --json``.
+The JSON of runs, a run, errors and pipelines is exactly ``runtally
+runs|show|errors|pipelines --json``; ``/api/status`` is ``runtally status --json``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import anyio
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .._pipeline_config import PipelineConfig
 from ..cli._errors import RunNotFound
-from ..cli._render import parse_since
+from ..cli._pipelines import read_pipeline_states
+from ..cli._state_view import next_run, state_detail
 from ..daemon._timefmt import iso_from_datetime
 from ..metrics import CONTENT_TYPE, RuntallyCollector, render
 from . import _charts as charts
 from . import _errors as we
 from . import _queries as wq
 from ._data import DatabaseUnavailable, Health, NotFound, read, stamp
+from ._params import (
+    OUTCOMES,
+    BadRequest,
+    error_filter,
+    json_response,
+    limit_of,
+    link_header,
+    number,
+    run_filter,
+    text,
+)
 from ._security import Guard
-from ._states import pipeline_states
+from ._states import BAD_STATES, pipeline_states
 from ._templates import environment
 
 __all__ = ["WebConfig", "create_app"]
@@ -44,10 +57,8 @@ __all__ = ["WebConfig", "create_app"]
 LIVE_HEADER = "x-runtally-live"
 PAGE_RUNS = 50
 PAGE_ERRORS = 100
-MAX_LIMIT = 500
 #: Errors listed on a run page (the run's errors page and ``/api/runs/RUN`` have all).
 RUN_PAGE_ERRORS = 200
-OUTCOMES = ("success", "failure", "running")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,81 +72,8 @@ class WebConfig:
     password_hash: str | None = None
     poll_ms: int = 2000
     health_ttl_s: float = 10.0
-
-
-class BadRequest(ValueError):
-    """A query parameter that cannot be used; the message says which and why."""
-
-
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(payload, indent=2, ensure_ascii=False).encode()
-    return Response(body, status, headers=headers, media_type="application/json")
-
-
-def _text(params: Any, name: str) -> str | None:
-    value = params.get(name)
-    return value.strip() or None if isinstance(value, str) else None
-
-
-def _int(params: Any, name: str) -> int | None:
-    value = _text(params, name)
-    if value is None:
-        return None
-    if not (value.isascii() and value.isdigit()):
-        raise BadRequest(f"{name} must be a whole number, not {value!r}")
-    return int(value)
-
-
-def _when(params: Any, name: str) -> str | None:
-    value = _text(params, name)
-    if value is None:
-        return None
-    try:
-        return parse_since(value)
-    except ValueError as exc:
-        raise BadRequest(f"{name}: {exc}") from None
-
-
-def _limit(params: Any, default: int) -> int:
-    value = _int(params, "limit")
-    return default if value is None else max(1, min(value, MAX_LIMIT))
-
-
-def _run_filter(params: Any) -> wq.RunFilter:
-    outcome = _text(params, "outcome")
-    if outcome is not None and outcome not in OUTCOMES:
-        raise BadRequest(f"outcome must be one of {', '.join(OUTCOMES)}")
-    return wq.RunFilter(
-        pipeline=_text(params, "pipeline"),
-        club=_text(params, "club"),
-        outcome=outcome,
-        since=_when(params, "since"),
-        until=_when(params, "until"),
-    )
-
-
-def _error_filter(params: Any) -> we.ErrorFilter:
-    return we.ErrorFilter(
-        run_id=_int(params, "run"),
-        pipeline=_text(params, "pipeline"),
-        club=_text(params, "club"),
-        step=_text(params, "step"),
-        member=_text(params, "member"),
-        since=_when(params, "since"),
-        until=_when(params, "until"),
-        text=_text(params, "q"),
-    )
-
-
-def _link_header(request: Request, page: wq.Page) -> dict[str, str]:
-    """RFC 8288 ``Link`` to the next/previous page: the JSON body keeps the CLI's shape."""
-    links = []
-    base = {k: v for k, v in request.query_params.items() if k not in ("before", "after")}
-    for rel, key, cursor in (("next", "before", page.older), ("prev", "after", page.newer)):
-        if cursor is not None:
-            query = urlencode({**base, key: cursor})
-            links.append(f'<{request.url.path}?{query}>; rel="{rel}"')
-    return {"link": ", ".join(links)} if links else {}
+    #: The ``[pipelines.<name>]`` tables: declared pipelines, their schedules.
+    pipelines: Mapping[str, PipelineConfig] = field(default_factory=dict)
 
 
 def create_app(config: WebConfig) -> Guard:
@@ -172,7 +110,7 @@ def create_app(config: WebConfig) -> Guard:
     def failed(request: Request, name: str, exc: Exception, **ctx: Any) -> Response:
         status = 400 if isinstance(exc, BadRequest) else 404 if isinstance(exc, NotFound) else 503
         if request.url.path.startswith("/api/"):
-            return _json({"error": str(exc)}, status)
+            return json_response({"error": str(exc)}, status)
         return page(request, name, status, error=str(exc), **ctx)
 
     # -- overview ------------------------------------------------------------------
@@ -199,23 +137,33 @@ def create_app(config: WebConfig) -> Guard:
             p["state"] = states.get(p["pipeline"])
         return {"health": report, "pipelines": pipelines}
 
+    def shown_state(name: str, state: dict[str, Any] | None, now: float) -> None:
+        """Add to ``state`` what is computed when shown: the next run, the slot's age."""
+        if state is not None:
+            state["next"] = next_run(state["next_expected_at"], config.pipelines.get(name), now)
+            state["shown_detail"] = state_detail(
+                state["state"], state["detail"], state["expected_at"], now
+            )
+
     async def overview(request: Request) -> Response:
         data = await overview_data()
         clubs = sorted({p["club_slug"] for p in data["pipelines"]})
+        now = time.time()
         for p in data["pipelines"]:
             p["strip"] = charts.strip(p["recent"])
             p["spark"] = charts.sparkline(p["recent"])
+            shown_state(p["pipeline"], p["state"], now)
         return page(request, "overview.html", clubs=clubs, **data)
 
     async def api_overview(request: Request) -> Response:
-        return _json(await overview_data())
+        return json_response(await overview_data())
 
     async def api_status(request: Request) -> Response:
-        return _json(await health.get(spawner.get("spawn")))
+        return json_response(await health.get(spawner.get("spawn")))
 
     async def api_stamp(request: Request) -> Response:
         value = await anyio.to_thread.run_sync(stamp, config.db, config.spool)
-        return _json({"stamp": f"{value}:{health.generation}"})
+        return json_response({"stamp": f"{value}:{health.generation}"})
 
     collector = RuntallyCollector.for_paths(config.db, config.socket, config.spool)
 
@@ -227,11 +175,11 @@ def create_app(config: WebConfig) -> Guard:
 
     async def runs_data(request: Request) -> tuple[wq.RunFilter, wq.Page]:
         params = request.query_params
-        f = _run_filter(params)
+        f = run_filter(params)
         before, after, limit = (
-            _int(params, "before"),
-            _int(params, "after"),
-            _limit(params, PAGE_RUNS),
+            number(params, "before"),
+            number(params, "after"),
+            limit_of(params, PAGE_RUNS),
         )
         found = await read(
             config.db, lambda c: wq.runs_page(c, f, before=before, after=after, limit=limit)
@@ -250,7 +198,7 @@ def create_app(config: WebConfig) -> Guard:
             _f, found = await runs_data(request)
         except (BadRequest, DatabaseUnavailable) as exc:
             return failed(request, "", exc)
-        return _json({"runs": found.rows}, headers=_link_header(request, found))
+        return json_response({"runs": found.rows}, headers=link_header(request, found))
 
     # -- run -----------------------------------------------------------------------
 
@@ -281,7 +229,7 @@ def create_app(config: WebConfig) -> Guard:
 
     async def api_run(request: Request) -> Response:
         try:
-            return _json(await run_data(request))
+            return json_response(await run_data(request))
         except (NotFound, DatabaseUnavailable) as exc:
             return failed(request, "", exc)
 
@@ -289,12 +237,12 @@ def create_app(config: WebConfig) -> Guard:
 
     async def errors_data(request: Request) -> dict[str, Any]:
         params = request.query_params
-        f = _error_filter(params)
-        if _text(params, "group") == "message":
+        f = error_filter(params)
+        if text(params, "group") == "message":
             groups = await read(config.db, lambda c: we.error_groups(c, f))
             return {"groups": groups, "page_": None}
-        before, after = _int(params, "before"), _int(params, "after")
-        limit = _limit(params, PAGE_ERRORS)
+        before, after = number(params, "before"), number(params, "after")
+        limit = limit_of(params, PAGE_ERRORS)
         found = await read(
             config.db, lambda c: we.errors_page(c, f, before=before, after=after, limit=limit)
         )
@@ -313,15 +261,38 @@ def create_app(config: WebConfig) -> Guard:
         except (BadRequest, DatabaseUnavailable) as exc:
             return failed(request, "", exc)
         if data["groups"] is not None:
-            return _json({"groups": data["groups"]})
+            return json_response({"groups": data["groups"]})
         found = data["page_"]
-        return _json({"errors": found.rows}, headers=_link_header(request, found))
+        return json_response({"errors": found.rows}, headers=link_header(request, found))
+
+    # -- pipelines -----------------------------------------------------------------
+
+    async def pipelines_data() -> list[dict[str, Any]]:
+        found = await read(config.db, lambda c: read_pipeline_states(c, config.pipelines))
+        return msgspec.to_builtins(found)
+
+    async def pipelines(request: Request) -> Response:
+        try:
+            rows = await pipelines_data()
+        except DatabaseUnavailable as exc:
+            return failed(request, "pipelines.html", exc, rows=[])
+        now = time.time()
+        for row in rows:
+            shown_state(row["pipeline"], row, now)
+            row["bad"] = row["state"] in BAD_STATES
+        return page(request, "pipelines.html", rows=rows)
+
+    async def api_pipelines(request: Request) -> Response:
+        try:
+            return json_response(await pipelines_data())
+        except DatabaseUnavailable as exc:
+            return failed(request, "", exc)
 
     # -- pipeline ------------------------------------------------------------------
 
     async def pipeline_data(request: Request) -> dict[str, Any]:
         name = request.path_params["name"]
-        club = _text(request.query_params, "club")
+        club = text(request.query_params, "club")
         since_day = iso_from_datetime(datetime.now(UTC) - timedelta(days=30))[:10]
         history = await read(
             config.db,
@@ -337,6 +308,7 @@ def create_app(config: WebConfig) -> Guard:
             history = await pipeline_data(request)
         except (NotFound, DatabaseUnavailable) as exc:
             return failed(request, "pipeline.html", exc, history=None)
+        shown_state(history["pipeline"], history["state"], time.time())
         return page(
             request,
             "pipeline.html",
@@ -349,7 +321,7 @@ def create_app(config: WebConfig) -> Guard:
 
     async def api_pipeline(request: Request) -> Response:
         try:
-            return _json(await pipeline_data(request))
+            return json_response(await pipeline_data(request))
         except (NotFound, DatabaseUnavailable) as exc:
             return failed(request, "", exc)
 
@@ -360,6 +332,7 @@ def create_app(config: WebConfig) -> Guard:
             Route("/runs", runs),
             Route("/runs/{ref}", run),
             Route("/errors", errors),
+            Route("/pipelines", pipelines),
             Route("/pipelines/{name}", pipeline),
             Route("/api/overview", api_overview),
             Route("/api/status", api_status),
@@ -367,6 +340,7 @@ def create_app(config: WebConfig) -> Guard:
             Route("/api/runs", api_runs),
             Route("/api/runs/{ref}", api_run),
             Route("/api/errors", api_errors),
+            Route("/api/pipelines", api_pipelines),
             Route("/api/pipelines/{name}", api_pipeline),
             Route("/metrics", metrics),
             Mount("/static", static, name="static"),

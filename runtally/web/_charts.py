@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 from markupsafe import Markup, escape
 
-from ..cli._render import fmt_duration, fmt_local, parse_iso
+from ..cli._render import fmt_duration, fmt_local, parse_iso, plural
 from ._templates import visible
 
 __all__ = [
     "Bar",
     "Chart",
+    "Label",
+    "Rule",
     "durations",
     "rate_per_day",
     "sparkline",
@@ -45,12 +47,35 @@ class Bar:
 
 
 @dataclass(frozen=True, slots=True)
+class Label:
+    """An axis label: text at (x, y), anchored ``start``, ``middle`` or ``end``."""
+
+    x: float
+    y: float
+    text: str
+    anchor: str = "start"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A horizontal grid line at ``y`` from ``x1`` to ``x2``."""
+
+    x1: float
+    x2: float
+    y: float
+
+
+@dataclass(frozen=True, slots=True)
 class Chart:
+    """Marks in a ``width`` x ``height`` viewBox; ``caption``: what it shows, or why empty."""
+
     width: int
     height: int
     bars: list[Bar]
     points: str = ""
     caption: str = ""
+    labels: list[Label] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
 
 
 #: Chart titles name runs by local time; the same runs are drawn on every refresh.
@@ -144,8 +169,8 @@ def timeline(run: dict[str, Any], steps: Sequence[dict[str, Any]], *, now: datet
 
 def durations(runs: Sequence[dict[str, Any]], *, width: int = 720, height: int = 120) -> Chart:
     """Duration of each run as a bar, coloured by outcome, oldest left."""
-    if not runs:
-        return Chart(width, height, [])
+    if not any(r["duration_ms"] for r in runs):
+        return Chart(width, height, [], caption="no durations recorded")
     top = max((r["duration_ms"] or 0) for r in runs) or 1
     slot = width / len(runs)
     bars = []
@@ -175,10 +200,10 @@ _COUNT_KEYS = (
 
 def stacked_counts(runs: Sequence[dict[str, Any]], *, width: int = 720, height: int = 120) -> Chart:
     """Created/updated/skipped/failed of each run stacked in one bar, oldest left."""
-    if not runs:
-        return Chart(width, height, [])
     totals = [sum((r[k] or 0) for k, _ in _COUNT_KEYS) for r in runs]
-    top = max(totals) or 1
+    if not any(totals):
+        return Chart(width, height, [], caption="no rows recorded")
+    top = max(totals)
     slot = width / len(runs)
     bars = []
     for i, r in enumerate(runs):
@@ -197,19 +222,51 @@ def stacked_counts(runs: Sequence[dict[str, Any]], *, width: int = 720, height: 
     return Chart(width, height, bars, caption=f"max {top:,} rows")
 
 
-def rate_per_day(days: Sequence[dict[str, Any]], *, width: int = 720, height: int = 80) -> Chart:
-    """Share of successful runs per day as bars (100 % = full height)."""
+#: Room of the success-rate chart's axes: percent labels left, dates below.
+_AXIS_LEFT, _AXIS_BOTTOM, _AXIS_TOP = 40, 16, 6
+#: Date labels under the success-rate chart, at most (the first and last always).
+_DATE_LABELS = 6
+
+
+def _day_label(day: str) -> str:
+    """``2026-11-30`` -> ``30 Nov`` (the stored UTC day; unchanged if unreadable)."""
+    try:
+        return date.fromisoformat(day).strftime("%d %b").lstrip("0")
+    except ValueError:
+        return day
+
+
+def rate_per_day(days: Sequence[dict[str, Any]], *, width: int = 720, height: int = 120) -> Chart:
+    """Share of successful runs per day as bars, with a percent axis and dates below.
+
+    0, 50 and 100 % are grid lines labelled on the left; the first and last
+    day, and some between, are labelled under their bars.
+    """
     if not days:
-        return Chart(width, height, [])
-    slot = width / len(days)
+        return Chart(width, height, [], caption="no runs in these days")
+    left, bottom = _AXIS_LEFT, height - _AXIS_BOTTOM
+    plot_h = bottom - _AXIS_TOP
+    slot = (width - left) / len(days)
+    rules, labels = [], []
+    for share in (0, 50, 100):
+        y = _r(bottom - share / 100 * plot_h)
+        rules.append(Rule(left, width, y))
+        labels.append(Label(left - 4, _r(y + 3), f"{share} %", "end"))
+    every = max(1, -(-len(days) // _DATE_LABELS))  # ceil: at most _DATE_LABELS labels
     bars = []
     for i, d in enumerate(days):
         rate = (d["successes"] or 0) / d["runs"] if d["runs"] else 0.0
-        h = max(rate * (height - 2), 1.0)
+        h = max(rate * plot_h, 1.0)
         cls = "o-success" if rate >= 0.999 else ("o-failure" if rate < 0.5 else "o-partial")
-        title = f"{d['day']}: {rate:.0%} of {d['runs']} run(s) succeeded, {d['failures']} failed"
-        bars.append(Bar(_r(i * slot), _r(height - h), _r(max(slot - 2, 1)), _r(h), cls, title))
-    return Chart(width, height, bars)
+        title = (
+            f"{d['day']}: {rate:.0%} of {plural(d['runs'], 'run')} succeeded, "
+            f"{d['failures']} failed"
+        )
+        x = left + i * slot
+        bars.append(Bar(_r(x + 1), _r(bottom - h), _r(max(slot - 2, 1)), _r(h), cls, title))
+        if i % every == 0 or i == len(days) - 1:
+            labels.append(Label(_r(x + slot / 2), height - 3, _day_label(d["day"]), "middle"))
+    return Chart(width, height, bars, labels=labels, rules=rules)
 
 
 def svg(chart: Chart, cls: str = "chart", label: str = "") -> Markup:
@@ -225,6 +282,11 @@ def svg(chart: Chart, cls: str = "chart", label: str = "") -> Markup:
         f' width="{chart.width}" height="{chart.height}" role="img"'
         f' aria-label="{escape(label)}" preserveAspectRatio="none">'
     ]
+    # Grid lines first: the bars are drawn over them.
+    for rule in chart.rules:
+        parts.append(
+            f'<line x1="{rule.x1}" y1="{rule.y}" x2="{rule.x2}" y2="{rule.y}" class="axis"/>'
+        )
     for b in chart.bars:
         mark = (
             f'<rect x="{b.x}" y="{b.y}" width="{b.w}" height="{b.h}" class="{escape(b.cls)}">'
@@ -236,6 +298,12 @@ def svg(chart: Chart, cls: str = "chart", label: str = "") -> Markup:
                 f'<text x="{_r(b.x + 4)}" y="{_r(b.y + b.h - 4)}" class="bar-label">'
                 f"{escape(visible(b.label))}</text>"
             )
+    for mark in chart.labels:
+        anchor = escape(mark.anchor)
+        parts.append(
+            f'<text x="{mark.x}" y="{mark.y}" text-anchor="{anchor}" class="axis-label">'
+            f"{escape(visible(mark.text))}</text>"
+        )
     if chart.points:
         parts.append(
             f'<polyline points="{escape(chart.points)}" class="spark">'

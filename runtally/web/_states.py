@@ -10,7 +10,6 @@ from ..states import BAD_STATES
 __all__ = ["BAD_STATES", "pipeline_states"]
 
 
-
 def pipeline_states(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     """``{pipeline: {state, since, detail, next_expected_at, expected_at, bad}}``.
 

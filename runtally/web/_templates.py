@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import jinja2
 from markupsafe import Markup
 
-from ..cli._render import fmt_ago, fmt_bytes, fmt_duration, fmt_local
+from ..cli._render import fmt_ago, fmt_bytes, fmt_duration, fmt_local, plural
 
 __all__ = ["environment", "visible"]
 
@@ -32,6 +32,11 @@ def visible(value: Any) -> Any:
 
 def _count(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
+
+
+def _plural(n: int | None, noun: str, nouns: str | None = None) -> str:
+    """``{{ n|plural("run") }}``: ``1 run``, ``2 runs``, ``1,200 runs``; ``-`` when unknown."""
+    return "-" if n is None else plural(n, noun, nouns)
 
 
 def _query(params: dict[str, Any], **changes: Any) -> str:
@@ -56,6 +61,7 @@ def environment() -> jinja2.Environment:
         ago=fmt_ago,
         bytes=fmt_bytes,
         count=_count,
+        plural=_plural,
     )
     env.globals["query"] = _query
     from ._charts import svg  # _charts imports visible from here
