@@ -290,6 +290,9 @@ async def test_non_admin_replay_refused(short_root: Path, nursery: trio.Nursery)
         err, pong = await c.recv(2)
     assert isinstance(err, ErrorReply) and "admin" in err.error
     assert pong == Pong()
+    # Refused, and kept: an audit row says who asked (a control message has no
+    # data for dead_letters).
+    assert count(d.settings.db, "audit_log", "event = 'admin_refused'") == 1
     d.request_stop()
 
 

@@ -149,12 +149,27 @@ class Daemon:
         """The ``status`` reply, encoded."""
         return encode_frame(self.status())
 
+    async def refuse_non_admin(self, origin: Origin, verb: str) -> bytes | None:
+        """The encoded ``error`` for a non-admin ``origin`` (audited), None for an admin."""
+        if is_admin(self.settings, origin.uid):
+            return None
+        why = f"{verb} is an admin message; uid {origin.uid} is not an admin"
+        entry = AuditEntry(
+            "admin_refused",
+            why,
+            level="warning",
+            scope="socket",
+            data={"message": verb, "uid": origin.uid, "pid": origin.pid},
+        )
+        job = Job(audit=[entry])
+        await self.writer.submit(job)
+        await job.done.wait()  # the refusal is on record before it is answered
+        return encode_frame(ErrorReply(why))
+
     async def run_replay(self, origin: Origin) -> bytes:
         """Replay the spool now if ``origin`` is an admin; the encoded reply either way."""
-        if not is_admin(self.settings, origin.uid):
-            return encode_frame(
-                ErrorReply(f"replay is an admin message; uid {origin.uid} is not an admin")
-            )
+        if (refused := await self.refuse_non_admin(origin, "replay")) is not None:
+            return refused
         stats = await self.replayer.replay_once()
         if self.replayer.problem is not None:
             return encode_frame(ErrorReply(f"nothing replayed: {self.replayer.problem}"))
@@ -173,10 +188,8 @@ class Daemon:
     async def run_pause(self, origin: Origin, pipeline: str, paused: bool) -> bytes:
         """Pause or resume ``pipeline`` if ``origin`` is an admin; the encoded reply either way."""
         verb = "pause" if paused else "resume"
-        if not is_admin(self.settings, origin.uid):
-            return encode_frame(
-                ErrorReply(f"{verb} is an admin message; uid {origin.uid} is not an admin")
-            )
+        if (refused := await self.refuse_non_admin(origin, verb)) is not None:
+            return refused
         await self.monitor.set_paused(pipeline, paused)
         audit = AuditEntry(f"pipeline_{verb}d", f"{pipeline} {verb}d by uid {origin.uid}")
         job = Job(audit=[audit])
@@ -186,10 +199,8 @@ class Daemon:
 
     async def run_vacuum(self, origin: Origin) -> bytes:
         """Compact the database through the writer if ``origin`` is an admin; the encoded reply."""
-        if not is_admin(self.settings, origin.uid):
-            return encode_frame(
-                ErrorReply(f"vacuum is an admin message; uid {origin.uid} is not an admin")
-            )
+        if (refused := await self.refuse_non_admin(origin, "vacuum")) is not None:
+            return refused
         job = Job(task=vacuum)
         await self.writer.submit(job)
         await job.done.wait()
