@@ -139,3 +139,23 @@ async def test_no_checkpoint_inside_a_commit_and_the_wal_is_folded_back_under_lo
         assert store.query("PRAGMA wal_autocheckpoint") == [(0,)]
     finally:
         writer.close()
+
+
+async def test_a_lock_held_elsewhere_never_blocks_the_event_loop(running: Running) -> None:
+    """Small batches commit in the event loop's thread, but never wait in SQLite's
+    busy handler there (busy_timeout is 5 s): they go to a worker thread instead."""
+    running.other.execute("BEGIN IMMEDIATE")  # an operator's shell holding the write lock
+    job = job_of("R1")
+    await running.writer.submit(job)
+    longest, last = 0.0, trio.current_time()
+    for _ in range(30):
+        await trio.sleep(0.01)
+        now = trio.current_time()
+        longest, last = max(longest, now - last), now
+    assert not job.done.is_set()
+    assert longest < 2.5  # half the busy timeout: the loop was never held by the lock
+    running.other.execute("COMMIT")
+    with trio.fail_after(10):
+        await job.done.wait()
+    assert job.results == [None] * len(run_events("R1", steps=1, errors=1))
+    assert running.rows("runs") == 1

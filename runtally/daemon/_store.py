@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,6 +156,20 @@ class Store:
         self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.autocheckpoint_pages)}")
         self._applier = self._new_applier()
         self._identity = files.identity(self.path)
+
+    @contextlib.contextmanager
+    def no_busy_wait(self) -> Iterator[None]:
+        """Within: a lock held by another connection is SQLITE_BUSY at once (StoreBusy).
+
+        For the writer's commits in the event loop's own thread, which must
+        never sleep in SQLite's busy handler; it retries such a batch in a
+        worker thread, with the busy timeout back at ``busy_timeout_ms``.
+        """
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
 
     def set_autocheckpoint(self, pages: int) -> None:
         """SQLite's automatic checkpoint after a COMMIT that leaves the WAL over ``pages``.

@@ -76,6 +76,8 @@ _BUSY_UPKEEP_S = 60.0
 #: Under continuous load: a PASSIVE checkpoint between batches at most this
 #: often (seconds), so that the WAL stays small without the automatic one.
 _BUSY_CHECKPOINT_S = 1.0
+#: A batch this small is committed in the event loop's thread (``_commit_inline``).
+_INLINE_MAX_EVENTS = 256
 
 
 class _DatabaseBroken(Exception):
@@ -222,8 +224,35 @@ class Writer:
             if now - self._last_upkeep >= _BUSY_UPKEEP_S:
                 await self._upkeep(idle=False)
 
+    def _commit_inline(self, jobs: list[Job]) -> bool:
+        """Try a small batch right here in the event loop's thread; True if committed.
+
+        A worker thread costs a handoff each way (two wake-ups, ~0.1-0.2 ms on
+        a busy 2-core machine, more than applying a few dozen events), so a
+        batch of at most ``_INLINE_MAX_EVENTS`` events, with no chore, is
+        applied and committed here, with the busy timeout at 0: a lock held by
+        another process fails it at once instead of blocking the loop, and
+        then (or on any other failure) ``_commit`` retries it in a worker
+        thread as before.  The COMMIT's fsync (synchronous=FULL) is the one
+        wait left in the loop: ~0.05-0.2 ms on this disk.
+        """
+        if sum(len(job.events) for job in jobs) > _INLINE_MAX_EVENTS or any(
+            job.task is not None for job in jobs
+        ):
+            return False
+        self.attempts += 1
+        try:
+            with self.store.no_busy_wait():
+                self._apply_all(jobs)
+        except (StoreBusy, _DatabaseBroken, sqlite3.Error, RuntallyError):
+            return False
+        return True
+
     async def _commit(self, jobs: list[Job]) -> None:
         started = time.perf_counter()
+        if self.busy_since is None and self._commit_inline(jobs):
+            self._committed(jobs, started)
+            return
         with trio.CancelScope(shield=True):
             delay = _BACKOFF_FIRST_S
             broken_logged = False
@@ -259,6 +288,10 @@ class Writer:
                 logger.info("database writable again")
                 self.busy_since = None
                 self.busy_reason = ""
+        self._committed(jobs, started)
+
+    def _committed(self, jobs: list[Job], started: float) -> None:
+        """After COMMIT: count, give the budget back, and let the connections ack."""
         self.commit_latency.observe(time.perf_counter() - started)
         self.last_commit_ms = time.time_ns() // 1_000_000
         freed = freed_bytes = 0
