@@ -266,6 +266,7 @@ class Store:
             if sync_now:
                 conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
+            applier.plan(events)
             for index, event in enumerate(events):
                 applier.peer_uid = origins[index].uid if origins is not None else None
                 try:
