@@ -17,12 +17,14 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ._ids import now_ms, uuid7
 from ._warn import warn, warn_once
 
+TYPE_CHECKING = False  # not typing's: msgspec loads typing later, with the first tracker
 if TYPE_CHECKING:
+    from typing import Any, ClassVar, TypeVar
+
     from runtally.protocol import (
         MAX_MESSAGE,
         MAX_NAME,
@@ -47,7 +49,8 @@ __all__ = ["PARENT_ENV", "RunTracker"]
 PARENT_ENV = "RUNTALLY_PARENT_RUN"
 MAX_MEMBER = 512
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _safe(method: _F) -> _F:
