@@ -83,6 +83,16 @@ def _check(value: float | None, op: str, limit: float, why: str = "") -> dict[st
 WHY = {
     "import": "msgspec's own import (typing_extensions, inspect) is most of it:"
     " see import.msgspec_ms; runtally's share is import.ours_ms",
+    "b": "CPU-bound on 2 shared cores, not fsync-bound (see floor): a client spends"
+    " about a direct NORMAL writer's CPU per run (process_cpu_ms_per_run) and the"
+    " daemon adds daemon_cpu_us_per_event per event on top (README Performance)",
+    "c": "a runtally process pays msgspec's import (import.msgspec_ms) and the first"
+    " tracker call (import.first_call_ms) on top of what direct tracking costs",
+    "latency": "p99 includes preemption on 2 shared cores; every call also appends"
+    " to the write-ahead spool (issue 11)",
+    "rss": "the queue holds up to queue_events (5,000) decoded events at full load;"
+    " not lowered here (it trades memory for throughput)",
+    "replay": "CPU-bound; shares 2 cores with other work",
 }
 
 
@@ -92,14 +102,18 @@ def _shape_targets(shapes: dict[str, Any]) -> dict[str, Any]:
     if b8:
         rl, normal = b8["runtally"], b8["direct_normal"]
         out["b_x_direct_normal_at_8"] = _check(
-            round(rl["events_per_s"] / normal["events_per_s"], 2), ">=", 2
+            round(rl["events_per_s"] / normal["events_per_s"], 2), ">=", 2, WHY["b"]
         )
-        out["b_end_run_close_p50_ms_at_8"] = _check(rl["end_run_close_ms"]["p50"], "<=", 2)
-        out["b_end_run_close_p99_ms_at_8"] = _check(rl["end_run_close_ms"]["p99"], "<=", 6)
+        close = rl["end_run_close_ms"]
+        out["b_end_run_close_p50_ms_at_8"] = _check(close["p50"], "<=", 2, WHY["b"])
+        out["b_end_run_close_p99_ms_at_8"] = _check(close["p99"], "<=", 6, WHY["b"])
     c = shapes.get("c", {})
     if c:
         out["c_runs_per_s_vs_direct_normal"] = _check(
-            round(c["runtally"]["runs_per_s"] / c["direct_normal"]["runs_per_s"], 2), ">=", 1
+            round(c["runtally"]["runs_per_s"] / c["direct_normal"]["runs_per_s"], 2),
+            ">=",
+            1,
+            WHY["c"],
         )
     imp = shapes.get("import")
     if imp:
@@ -108,7 +122,9 @@ def _shape_targets(shapes: dict[str, Any]) -> dict[str, Any]:
     for procs, limit in (("1", 50), ("8", 100)):
         rl = shapes.get("a", {}).get(procs, {}).get("runtally")
         if rl:
-            out[f"call_p99_us_daemon_up_P{procs}"] = _check(rl["latency"]["p99_us"], "<=", limit)
+            out[f"call_p99_us_daemon_up_P{procs}"] = _check(
+                rl["latency"]["p99_us"], "<=", limit, WHY["latency"]
+            )
     rss = [
         v["runtally"]["daemon_peak_rss_mb"]
         for shape in ("a", "b")
@@ -116,7 +132,7 @@ def _shape_targets(shapes: dict[str, Any]) -> dict[str, Any]:
         if v.get("runtally", {}).get("daemon_peak_rss_mb")
     ]
     if rss:
-        out["daemon_peak_rss_mb_shapes"] = _check(max(rss), "<=", MAX_RSS_MB)
+        out["daemon_peak_rss_mb_shapes"] = _check(max(rss), "<=", MAX_RSS_MB, WHY["rss"])
     return out
 
 
@@ -127,17 +143,19 @@ def targets(parts: dict[str, Any]) -> dict[str, Any]:
     if sustained:
         p = sustained["procs"]
         out[f"daemon_peak_rss_mb_sustained_P{p}"] = _check(
-            sustained.get("daemon_peak_rss_mb"), "<=", MAX_RSS_MB
+            sustained.get("daemon_peak_rss_mb"), "<=", MAX_RSS_MB, WHY["rss"]
         )
     for procs, r in parts.get("spooling", {}).get("results", {}).items():
         limit = 50 if procs == "1" else 100
-        out[f"call_p99_us_daemon_down_P{procs}"] = _check(r["latency"]["p99_us"], "<=", limit)
+        out[f"call_p99_us_daemon_down_P{procs}"] = _check(
+            r["latency"]["p99_us"], "<=", limit, WHY["latency"]
+        )
     replay = parts.get("replay", {})
     if "events_per_s" in replay:
         out["daemon_peak_rss_mb_replay"] = _check(
-            replay.get("daemon_peak_rss_mb"), "<=", MAX_RSS_MB
+            replay.get("daemon_peak_rss_mb"), "<=", MAX_RSS_MB, WHY["rss"]
         )
-        out["replay_events_per_s"] = _check(replay.get("events_per_s"), ">=", 50_000)
+        out["replay_events_per_s"] = _check(replay.get("events_per_s"), ">=", 50_000, WHY["replay"])
     return out
 
 
