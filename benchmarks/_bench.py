@@ -239,3 +239,35 @@ def expected_counts(runs: int) -> dict[str, int]:
         "steps_finished": runs * STEPS_PER_RUN,
         "errors": runs * ERRORS_PER_RUN,
     }
+
+
+# -- the daemon's own figures --------------------------------------------------------------
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a live process (/proc/<pid>/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def daemon_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """The daemon's ``status`` reply as a dict (events_committed, commit_seconds, ...)."""
+    import msgspec
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(_frame(msgspec.msgpack.encode({"type": "status"})))
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("daemon closed the connection before its status reply")
+            data += chunk
+    return msgspec.msgpack.decode(data[4 : 4 + int.from_bytes(data[:4], "big")])
+
+
+def commits(status: dict[str, Any]) -> int:
+    """Commits the daemon made since it started (its commit histogram's count)."""
+    histogram = status.get("commit_seconds") or {}
+    return sum(histogram.get("counts", []))

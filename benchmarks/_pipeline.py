@@ -2,6 +2,7 @@
 
     python benchmarks/_pipeline.py --mode direct --db D --synchronous FULL --runs N --out F
     python benchmarks/_pipeline.py --mode runtally --socket S --spool P --runs N --out F
+    ... --close-each-run     shape (b): ``close()`` after every run, as a pipeline's exit does
 
 Imports and connects nothing until told: it prints ``ready``, waits for a line
 on stdin (the go signal, sent to every process at once), then does ``--runs``
@@ -48,6 +49,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, required=True)
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--close-each-run",
+        action="store_true",
+        help="close() after each run's end_run (shape b); end_run+close timed apart",
+    )
     args = parser.parse_args()
 
     counters = Counters()
@@ -66,6 +72,7 @@ def main() -> None:
 
     clock = time.perf_counter_ns
     lat: list[int] = []
+    exits: list[int] = []  # end_run + close, per run (shape b)
     add = lat.append
     detail_of = [{"batches": k, "source": "sportlink"} for k in range(STEPS_PER_RUN)]
     members = [f"KNVB{args.index:03d}{k:03d}" for k in range(STEPS_PER_RUN)]
@@ -95,7 +102,11 @@ def main() -> None:
                 add(clock() - t0)
         t0 = clock()
         tracker.end_run(True, {"steps": STEPS_PER_RUN, "errors": STEPS_PER_RUN // 2})
-        add(clock() - t0)
+        t1 = clock()
+        add(t1 - t0)
+        if args.close_each_run:
+            tracker.close()  # runtally: wait for this run's acks; direct: close the db
+            exits.append(clock() - t0)
     calls_done = clock()
     result: dict[str, Any] = {
         "latencies_ns": lat,
@@ -103,6 +114,7 @@ def main() -> None:
         "other_errors": counters.other_errors,
         "stalls": sum(1 for v in lat if v > STALL_NS),
         "calls_s": (calls_done - began) / 1e9,
+        "exit_ns": exits,
     }
     if args.mode == "runtally" and tracker is not None:
         t0 = clock()

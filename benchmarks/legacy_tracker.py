@@ -27,7 +27,6 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,9 @@ MEMBER_KEYS = ("knvb_id", "email", "dossier_id", "team_name", "commissie_name")
 
 def seed_schema() -> str:
     """The old ``initDb`` schema, exactly as runtally adopts it."""
-    migrations = resources.files("runtally.daemon") / "migrations"
+    # Read by path, not through ``importlib.resources``: that would import
+    # runtally.daemon (and trio) into every direct pipeline of bench_shapes (c).
+    migrations = Path(__file__).resolve().parent.parent / "runtally" / "daemon" / "migrations"
     return (migrations / "0001_seed_schema.sql").read_text()
 
 

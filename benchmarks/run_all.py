@@ -2,19 +2,26 @@
 
 Parts, each also runnable alone (each prints one JSON object):
 
-* ``pipelines`` (bench_pipelines.py): P = 1, 8, 32 pipeline processes, direct
-  SQLite (synchronous FULL and NORMAL) vs. RunTracker + runtallyd;
+* ``shapes`` (bench_shapes.py), the headline: (a) many runs per process, one
+  flush at the end (a backlog draining), (b) ``close()`` after every run, (c)
+  a fresh Python process per run, 8 at a time - each vs. direct SQLite FULL
+  and NORMAL, (c) also vs. no tracking; the physical floor; the import;
+* ``pipelines`` (bench_pipelines.py): 32 processes and a sustained full load
+  (the daemon's peak RSS at full load);
 * ``spooling`` (bench_spooling.py): tracking calls with the daemon down;
 * ``replay`` (bench_replay.py): a 1M-event spool replayed by a fresh daemon;
 * ``apply`` (bench_apply.py): Store.apply alone, by batch size;
 * ``node`` (bench_node.py): the Node.js client's call latency, daemon up and down.
 
-Targets (2 cores): >= 5x direct FULL and >= 1.5x direct NORMAL at 8
-processes; tracking call p99 <= 100 us with the daemon up and down; daemon
-peak RSS <= 64 MB at full load; replay >= 50k events/s; Node.js client call
-p99 <= 50 us with the daemon up and down.
+Targets (2 cores, issue 17), at the FULL default: in (b) at 8 processes >= 2x
+direct NORMAL's events/s, end_run+close p50 <= 2 ms and p99 <= 6 ms; in (c)
+>= direct NORMAL's runs/s; ``from runtally import RunTracker`` plus the first
+tracker call <= 8 ms (bytecode compiled); tracking call p99 <= 50 us at 1
+process and <= 100 us at 8, daemon up and down; daemon peak RSS <= 48 MB at
+full load; replay >= 50k events/s; Node.js client call p99 <= 50 us with
+the daemon up and down.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--only pipelines replay ...]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--only shapes replay ...]
 """
 
 from __future__ import annotations
@@ -30,16 +37,20 @@ from _bench import HERE, PYTHON, machine
 
 PARTS: dict[str, tuple[list[str], list[str]]] = {
     # name: (full arguments, --quick arguments)
+    "shapes": (
+        ["--procs", "1", "8", "--runs", "480", "--cron-runs", "96", "--repeat", "3"],
+        ["--procs", "8", "--runs", "160", "--cron-runs", "24", "--repeat", "1"],
+    ),
     "pipelines": (
-        ["--runs", "480", "--repeat", "3"],
-        ["--runs", "160", "--repeat", "1", "--sustained", "32", "640"],
+        ["--procs", "32", "--variants", "runtally", "--runs", "480", "--sustained", "32", "2400"],
+        ["--procs", "32", "--variants", "runtally", "--runs", "160", "--sustained", "32", "640"],
     ),
     "spooling": (["--runs", "480"], ["--runs", "160"]),
     "replay": (["--events", "1000000"], ["--events", "100000"]),
     "apply": (["--events", "27000", "--repeat", "3"], ["--events", "5400", "--repeat", "1"]),
     "node": (["--runs", "480"], ["--runs", "160"]),
 }
-TARGET_PROCS = "8"
+MAX_RSS_MB = 48
 
 
 def run_part(name: str, quick: bool) -> dict[str, Any]:
@@ -61,48 +72,99 @@ def run_part(name: str, quick: bool) -> dict[str, Any]:
     return result
 
 
-def _check(value: float | None, op: str, limit: float) -> dict[str, Any]:
+def _check(value: float | None, op: str, limit: float, why: str = "") -> dict[str, Any]:
     if value is None:
         return {"value": None, "target": f"{op} {limit}", "holds": False}
     holds = value >= limit if op == ">=" else value <= limit
-    return {"value": value, "target": f"{op} {limit}", "holds": holds}
+    out = {"value": value, "target": f"{op} {limit}", "holds": holds}
+    if why and not holds:
+        out["why_not"] = why
+    return out
+
+
+#: Why a target does not hold when it does not (measured, see README Performance).
+WHY = {
+    "import": "msgspec's own import (typing_extensions, inspect) is most of it:"
+    " see import.msgspec_ms; runtally's share is import.ours_ms",
+    "b": "CPU-bound on 2 shared cores, not fsync-bound (see floor): a client spends"
+    " about a direct NORMAL writer's CPU per run (process_cpu_ms_per_run) and the"
+    " daemon adds daemon_cpu_us_per_event per event on top (README Performance)",
+    "c": "a runtally process pays msgspec's import (import.msgspec_ms) and the first"
+    " tracker call (import.first_call_ms) on top of what direct tracking costs",
+    "latency": "p99 includes preemption on 2 shared cores; every call also appends"
+    " to the write-ahead spool (issue 11)",
+    "rss": "the queue holds up to queue_events (5,000) decoded events at full load;"
+    " not lowered here (it trades memory for throughput)",
+    "replay": "CPU-bound; shares 2 cores with other work",
+}
+
+
+def _shape_targets(shapes: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    b8 = shapes.get("b", {}).get("8", {})
+    if b8:
+        rl, normal = b8["runtally"], b8["direct_normal"]
+        out["b_x_direct_normal_at_8"] = _check(
+            round(rl["events_per_s"] / normal["events_per_s"], 2), ">=", 2, WHY["b"]
+        )
+        close = rl["end_run_close_ms"]
+        out["b_end_run_close_p50_ms_at_8"] = _check(close["p50"], "<=", 2, WHY["b"])
+        out["b_end_run_close_p99_ms_at_8"] = _check(close["p99"], "<=", 6, WHY["b"])
+    c = shapes.get("c", {})
+    if c:
+        out["c_runs_per_s_vs_direct_normal"] = _check(
+            round(c["runtally"]["runs_per_s"] / c["direct_normal"]["runs_per_s"], 2),
+            ">=",
+            1,
+            WHY["c"],
+        )
+    imp = shapes.get("import")
+    if imp:
+        total = round(imp["msgspec_ms"] + imp["ours_ms"], 2)
+        out["import_and_first_call_ms"] = _check(total, "<=", 8, WHY["import"])
+    for procs, limit in (("1", 50), ("8", 100)):
+        rl = shapes.get("a", {}).get(procs, {}).get("runtally")
+        if rl:
+            out[f"call_p99_us_daemon_up_P{procs}"] = _check(
+                rl["latency"]["p99_us"], "<=", limit, WHY["latency"]
+            )
+    rss = [
+        v["runtally"]["daemon_peak_rss_mb"]
+        for shape in ("a", "b")
+        for v in shapes.get(shape, {}).values()
+        if v.get("runtally", {}).get("daemon_peak_rss_mb")
+    ]
+    if rss:
+        out["daemon_peak_rss_mb_shapes"] = _check(max(rss), "<=", MAX_RSS_MB, WHY["rss"])
+    return out
 
 
 def targets(parts: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    pipelines = parts.get("pipelines", {}).get("results", {})
-    rl8 = pipelines.get(TARGET_PROCS, {}).get("runtally", {})
-    if rl8:
-        out["x_direct_full_at_8"] = _check(rl8.get("x_direct_full"), ">=", 5)
-        out["x_direct_normal_at_8"] = _check(rl8.get("x_direct_normal"), ">=", 1.5)
-    for procs, by_variant in pipelines.items():
-        rl = by_variant.get("runtally")
-        if rl:
-            out[f"p99_us_daemon_up_P{procs}"] = _check(rl["latency"]["p99_us"], "<=", 100)
-    for procs, r in parts.get("spooling", {}).get("results", {}).items():
-        out[f"p99_us_daemon_down_P{procs}"] = _check(r["latency"]["p99_us"], "<=", 100)
-    rss = [
-        v["runtally"]["daemon_peak_rss_mb"]
-        for v in pipelines.values()
-        if v.get("runtally", {}).get("daemon_peak_rss_mb") is not None
-    ]
-    if rss:
-        out["daemon_peak_rss_mb_pipelines"] = _check(max(rss), "<=", 64)
-    sustained = parts.get("pipelines", {}).get("sustained")
+    out = _shape_targets(parts.get("shapes", {}))
+    pipelines = parts.get("pipelines", {})
+    sustained = pipelines.get("sustained")
     if sustained:
         p = sustained["procs"]
         out[f"daemon_peak_rss_mb_sustained_P{p}"] = _check(
-            sustained.get("daemon_peak_rss_mb"), "<=", 64
+            sustained.get("daemon_peak_rss_mb"), "<=", MAX_RSS_MB, WHY["rss"]
         )
-        out[f"p99_us_daemon_up_sustained_P{p}"] = _check(sustained["latency"]["p99_us"], "<=", 100)
+    for procs, r in parts.get("spooling", {}).get("results", {}).items():
+        limit = 50 if procs == "1" else 100
+        out[f"call_p99_us_daemon_down_P{procs}"] = _check(
+            r["latency"]["p99_us"], "<=", limit, WHY["latency"]
+        )
     replay = parts.get("replay", {})
     if "events_per_s" in replay:
-        out["daemon_peak_rss_mb_replay"] = _check(replay.get("daemon_peak_rss_mb"), "<=", 64)
-        out["replay_events_per_s"] = _check(replay.get("events_per_s"), ">=", 50_000)
+        out["daemon_peak_rss_mb_replay"] = _check(
+            replay.get("daemon_peak_rss_mb"), "<=", MAX_RSS_MB, WHY["rss"]
+        )
+        out["replay_events_per_s"] = _check(replay.get("events_per_s"), ">=", 50_000, WHY["replay"])
     node = parts.get("node", {})
     for where in ("up", "down"):
         if where in node:
-            out[f"node_p99_us_daemon_{where}"] = _check(node[where]["latency"]["p99_us"], "<=", 50)
+            out[f"node_p99_us_daemon_{where}"] = _check(
+                node[where]["latency"]["p99_us"], "<=", 50, WHY["latency"]
+            )
     return out
 
 

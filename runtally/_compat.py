@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import MutableMapping
-from pathlib import Path
 
 __all__ = ["LEGACY_CONFIG", "LEGACY_SECTION", "adopt_legacy_env", "deprecated"]
 
 LEGACY_PREFIX = "RUNLEDGER_"
-LEGACY_CONFIG = Path("/etc/runledger/runledger.toml")
+#: A str, not a Path: pathlib costs a cron process a few ms (config makes it one).
+LEGACY_CONFIG = "/etc/runledger/runledger.toml"
 LEGACY_SECTION = "runledger"
 
 _said: set[str] = set()

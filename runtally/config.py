@@ -23,7 +23,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from runtally._compat import LEGACY_CONFIG, LEGACY_SECTION, deprecated
+from runtally._compat import LEGACY_CONFIG as _LEGACY_CONFIG
+from runtally._compat import LEGACY_SECTION, deprecated
 from runtally._pipeline_config import PipelineConfig
 from runtally.errors import RuntallyError
 
@@ -43,6 +44,7 @@ RUN_USER = Path("/run/user")
 #: The system account the packaged daemon runs as (systemd/sysusers.d).
 DAEMON_USER = "runtally"
 SYSTEM_CONFIG = Path("/etc/runtally/runtally.toml")
+LEGACY_CONFIG = Path(_LEGACY_CONFIG)
 
 
 class ConfigError(RuntallyError):

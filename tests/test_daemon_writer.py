@@ -112,3 +112,50 @@ async def test_a_database_that_refuses_even_dead_letters_is_retried_acking_nothi
     err = capsys.readouterr().err
     assert err.count("database cannot be written") == 1, err  # logged once, not per attempt
     assert "runtallyd: database writable again" in err
+
+
+async def test_no_checkpoint_inside_a_commit_and_the_wal_is_folded_back_under_load(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """SQLite's automatic checkpoint is off (it ran inside the COMMIT a client
+    waits on); under load that never leaves the queue idle, the writer folds
+    the WAL back into the database between batches itself."""
+    store = Store.open(tmp_path / "dashboard.sqlite")
+    writer = Writer(store, tick_s=30.0, checkpoint_interval_s=3600.0)
+    assert store.query("PRAGMA wal_autocheckpoint") == [(0,)]
+    await nursery.start(writer.run)
+    main_file = tmp_path / "dashboard.sqlite"
+    size_before = main_file.stat().st_size
+    try:
+        with trio.fail_after(20):
+            n = 0
+            while main_file.stat().st_size <= size_before:
+                n += 1
+                job = job_of(f"R{n}")
+                await writer.submit(job)
+                await job.done.wait()
+                await trio.sleep(0.02)  # never idle for tick_s
+        store.reopen()  # the setting survives a reopen
+        assert store.query("PRAGMA wal_autocheckpoint") == [(0,)]
+    finally:
+        writer.close()
+
+
+async def test_a_lock_held_elsewhere_never_blocks_the_event_loop(running: Running) -> None:
+    """Small batches commit in the event loop's thread, but never wait in SQLite's
+    busy handler there (busy_timeout is 5 s): they go to a worker thread instead."""
+    running.other.execute("BEGIN IMMEDIATE")  # an operator's shell holding the write lock
+    job = job_of("R1")
+    await running.writer.submit(job)
+    longest, last = 0.0, trio.current_time()
+    for _ in range(30):
+        await trio.sleep(0.01)
+        now = trio.current_time()
+        longest, last = max(longest, now - last), now
+    assert not job.done.is_set()
+    assert longest < 2.5  # half the busy timeout: the loop was never held by the lock
+    running.other.execute("COMMIT")
+    with trio.fail_after(10):
+        await job.done.wait()
+    assert job.results == [None] * len(run_events("R1", steps=1, errors=1))
+    assert running.rows("runs") == 1

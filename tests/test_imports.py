@@ -8,9 +8,11 @@ registers its hooks with its first Client, not at import.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 def run_fresh(code: str) -> dict:
@@ -72,3 +74,67 @@ def test_client_hooks_come_with_the_first_client(tmp_path: object) -> None:
         """
     )
     assert got == {"imported": 0, "clients": 1}
+
+
+#: What a pipeline that imports the tracker must never load (issue 17).
+HEAVY = ("trio", "click", "rich", "sqlite3", "tomllib", "runtally.daemon", "runtally.cli")
+
+
+def _heavy_loaded(code: str, tmp_path: Path, **env: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter with no config file; the HEAVY modules it loaded."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "HOME": str(tmp_path),
+            "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+            "RUNTALLY_CONFIG": "",
+            "RUNTALLY_SOCKET": str(tmp_path / "absent.sock"),
+            "RUNTALLY_SPOOL": str(tmp_path / "spool"),
+            **env,
+        },
+    )
+    return json.loads(out.stdout)
+
+
+def test_import_runtally_and_runtracker_load_nothing_heavy(tmp_path: Path) -> None:
+    got = _heavy_loaded(
+        f"""
+        import json, sys
+        import runtally
+        from runtally import RunTracker
+        heavy = {HEAVY!r}
+        print(json.dumps(sorted(
+            m for m in sys.modules if m in heavy or m.startswith(tuple(h + "." for h in heavy))
+            or m.startswith("msgspec") or m in ("socket", "runtally.protocol", "runtally.config")
+        )))
+        """,
+        tmp_path,
+    )
+    # Not even msgspec, the protocol or the config resolver: they come with the first tracker.
+    assert got == []
+
+
+def test_a_tracked_run_loads_nothing_heavy(tmp_path: Path) -> None:
+    """The whole cron shape: import, a run with a step, close (daemon absent: spooled)."""
+    got = _heavy_loaded(
+        f"""
+        import json, sys
+        from runtally import RunTracker
+        t = RunTracker("imports")
+        t.start_run()
+        t.end_step(t.start_step("s"), created=1)
+        t.end_run()
+        t.close(0.1)
+        heavy = {HEAVY!r}
+        print(json.dumps(sorted(
+            m for m in sys.modules if m in heavy or m.startswith(tuple(h + "." for h in heavy))
+        )))
+        """,
+        tmp_path,
+    )
+    assert got == []

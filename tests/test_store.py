@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from daemon_helpers import run_events as helper_run_events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -283,6 +284,30 @@ def test_in_order_application_gives_the_expected_rows(reference: dict[str, Any])
 
 def test_one_batch_in_order_equals_one_by_one(dbs: Databases, reference) -> None:
     assert _final_state(dbs, [EVENTS]) == reference
+
+
+def test_a_step_started_and_ended_in_one_batch_is_inserted_finished(dbs: Databases) -> None:
+    """One INSERT per such step, no UPDATE (issue 17); a later second end in the
+    same batch still wins by end_key, and the run's totals add up."""
+    store = dbs.open()
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    run = helper_run_events("M1", steps=2, errors=0, ts=T)
+    later = msgspec.structs.replace(run[2], id="M1-s0-late", ts=T + 100, created=40)
+    store.apply([*run, later])
+    store._conn.set_trace_callback(None)
+    # Two merged INSERTs; the one UPDATE is the late second end's.
+    assert sum(sql.startswith("INSERT INTO run_steps") for sql in statements) == 2
+    assert sum(sql.startswith("UPDATE run_steps") for sql in statements) == 1
+    steps = store.query(
+        "SELECT uid, finished_at IS NOT NULL, outcome, created_count, end_key FROM run_steps"
+        " ORDER BY uid"
+    )
+    assert steps == [
+        ("M1-s0", 1, "success", 40, f"{T + 100:015d}:M1-s0-late"),
+        ("M1-s1", 1, "success", 2, f"{T + 15:015d}:M1-s1-e"),
+    ]
+    assert store.query("SELECT total_created FROM runs") == [(42,)]
 
 
 # -- arrival order does not matter ----------------------------------------------------

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: socket.py costs a cron process ~2-3 ms of enum set-up
 import functools
 import os
 import pwd
-import socket
 import sys
 from typing import Any
 

@@ -31,11 +31,11 @@ Not thread-safe on its own: the Client's lock serialises every call.
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: socket.py costs a cron process ~2-3 ms of enum set-up
 import errno
 import fcntl
 import os
 import re
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable

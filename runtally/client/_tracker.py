@@ -16,31 +16,32 @@ from __future__ import annotations
 import functools
 import os
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, TypeVar
 
-import msgspec
-
-from runtally.protocol import (
-    MAX_MESSAGE,
-    MAX_NAME,
-    MAX_STACK,
-    ErrorEvent,
-    Event,
-    RunEnd,
-    RunStart,
-    StepEnd,
-    StepStart,
-    stack_tail,
-)
-
-from . import _coerce
-from ._connection import Client
 from ._ids import now_ms, uuid7
-from ._meta import run_meta
-from ._registry import get_client
 from ._warn import warn, warn_once
+
+TYPE_CHECKING = False  # not typing's: msgspec loads typing later, with the first tracker
+if TYPE_CHECKING:
+    from typing import Any, ClassVar, TypeVar
+
+    from runtally.protocol import (
+        MAX_MESSAGE,
+        MAX_NAME,
+        MAX_STACK,
+        ErrorEvent,
+        Event,
+        RunEnd,
+        RunStart,
+        StepEnd,
+        StepStart,
+        stack_tail,
+    )
+
+    from . import _coerce
+    from ._connection import Client
+    from ._meta import run_meta
+    from ._registry import get_client
 
 __all__ = ["PARENT_ENV", "RunTracker"]
 
@@ -48,7 +49,8 @@ __all__ = ["PARENT_ENV", "RunTracker"]
 PARENT_ENV = "RUNTALLY_PARENT_RUN"
 MAX_MEMBER = 512
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _safe(method: _F) -> _F:
@@ -68,9 +70,38 @@ def _safe(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-class _Step(msgspec.Struct):
-    name: str
-    started: float  # time.monotonic()
+def _load() -> None:
+    """Bind what events are built with, on the first RunTracker rather than at import.
+
+    msgspec, the protocol, the socket and the config resolver are most of a
+    cron process's tracking cost; ``from runtally import RunTracker`` must not
+    pay it (nor a module that imports the tracker and never tracks).
+    """
+    global MAX_MESSAGE, MAX_NAME, MAX_STACK, ErrorEvent, RunEnd, RunStart  # noqa: PLW0603
+    global StepEnd, StepStart, stack_tail, _coerce, run_meta, get_client  # noqa: PLW0603
+    from runtally.protocol import (
+        MAX_MESSAGE,
+        MAX_NAME,
+        MAX_STACK,
+        ErrorEvent,
+        RunEnd,
+        RunStart,
+        StepEnd,
+        StepStart,
+        stack_tail,
+    )
+
+    from . import _coerce
+    from ._meta import run_meta
+    from ._registry import get_client
+
+
+class _Step:
+    __slots__ = ("name", "started")
+
+    def __init__(self, name: str, started: float) -> None:
+        self.name = name
+        self.started = started  # time.monotonic()
 
 
 class RunTracker:
@@ -107,6 +138,7 @@ class RunTracker:
         self._env_token: tuple[str, str | None] | None = None
         self._noop_warned = False
         try:
+            _load()
             self.pipeline = _coerce.name(pipeline, "pipeline", "unknown")
             self.club_slug = _coerce.text(club_slug, MAX_NAME).strip() or None
             if member_keys is not None:
@@ -398,6 +430,8 @@ def _exception_text(exc: BaseException) -> str:
 def _format_traceback(exc: BaseException) -> str | None:
     if exc.__traceback__ is None:
         return None
+    import traceback  # only when an exception is recorded
+
     lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
     text = "".join(lines)
     return stack_tail(text)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import _socket as socket  # the C module: socket.py costs a cron process ~2-3 ms of enum set-up
 import errno
 import os
 import pwd
 import select
-import socket
 import struct
 
 from ._warn import warn_once

@@ -33,6 +33,12 @@ parked step ends cannot double-count.  ``end_key`` (``ts:id``) makes two
 different ends of the same step or run resolve to the same winner whatever
 order they arrive in.
 
+Within one batch, a step whose ``step_end`` follows its ``step_start`` (the
+common case: a short step) is inserted finished, in one INSERT, and that
+``step_end`` is then skipped (``plan``): the row is the one the UPDATE would
+have left, and any other end of the step in the batch is still compared by
+``end_key`` as usual.
+
 The Applier keeps uid -> id caches; they are only valid because the daemon is
 the one writer.  ``forget()`` must be called whenever a transaction rolls back.
 """
@@ -40,7 +46,7 @@ the one writer.  ``forget()`` must be called whenever a transaction rolls back.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -113,6 +119,10 @@ class Applier:
         self.peer_uid: int | None = None
         #: Milliseconds since the epoch, for ``parked_at`` (tests inject their own).
         self.clock = clock
+        #: This batch's first step_end per step uid, where it follows the step's
+        #: start in the batch (``plan``); and those already merged into an INSERT.
+        self._ends: dict[str, StepEnd] = {}
+        self._merged: set[int] = set()
 
     def forget(self) -> None:
         """Drop cached ids and pending work (after a rollback)."""
@@ -120,6 +130,8 @@ class Applier:
         self._steps.clear()
         self._dirty_runs.clear()
         self.refused.clear()
+        self._ends.clear()
+        self._merged.clear()
         self.parking.load()
 
     @property
@@ -128,6 +140,16 @@ class Applier:
         return self.parking.count
 
     # -- public ---------------------------------------------------------------
+
+    def plan(self, events: Sequence[Event]) -> None:
+        """Before a batch: note each step_end that follows its step's start in ``events``."""
+        ends, started = self._ends, set()
+        for event in events:
+            kind = type(event)
+            if kind is StepStart:
+                started.add(event.step)
+            elif kind is StepEnd and event.step in started and event.step not in ends:
+                ends[event.step] = event
 
     def apply(self, event: Event) -> None:
         """Apply one event: insert or update its rows, park it, or (a duplicate) nothing.
@@ -153,6 +175,8 @@ class Applier:
             [(run_id,) for run_id in self._dirty_runs],
         )
         self._dirty_runs.clear()
+        self._ends.clear()
+        self._merged.clear()
         if len(self._runs) > _CACHE_LIMIT or len(self._steps) > _CACHE_LIMIT:
             self._runs.clear()
             self._steps.clear()
@@ -266,20 +290,57 @@ class Applier:
         if e.step in self._steps:
             self._step_of(run, e.step, e)  # Rejected if it is another run's
             return  # a duplicate
-        cur = self._conn.execute(
-            "INSERT INTO run_steps (uid, run_id, club_slug, step_name, started_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
-            (e.step, run.id, run.club_slug, e.name, iso_from_ms(e.ts)),
-        )
+        end = self._ends.get(e.step)
+        if end is not None and end.run == e.run:
+            cur = self._insert_finished(e, run, end)
+        else:
+            end = None
+            cur = self._conn.execute(
+                "INSERT INTO run_steps (uid, run_id, club_slug, step_name, started_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
+                (e.step, run.id, run.club_slug, e.name, iso_from_ms(e.ts)),
+            )
         if not cur.rowcount:
             self._step_of(run, e.step, e)  # already there: Rejected if it is another run's
             return  # a duplicate
         step_id = cur.lastrowid
         assert step_id is not None
         self._steps[e.step] = _Step(step_id, run.id, e.ts)
+        if end is not None:
+            self._merged.add(id(end))
+            self._dirty_runs.add(run.id)
         self._release("step:" + e.step)
 
+    def _insert_finished(self, e: StepStart, run: _Run, end: StepEnd) -> sqlite3.Cursor:
+        """The step's row as its start and then ``end`` would leave it, in one INSERT."""
+        duration = end.duration_ms if end.duration_ms is not None else max(0, end.ts - e.ts)
+        return self._conn.execute(
+            "INSERT INTO run_steps (uid, run_id, club_slug, step_name, started_at,"
+            " finished_at, duration_ms, outcome, created_count, updated_count, skipped_count,"
+            " failed_count, detail_json, end_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
+            (
+                e.step,
+                run.id,
+                run.club_slug,
+                e.name,
+                iso_from_ms(e.ts),
+                iso_from_ms(end.ts),
+                duration,
+                end.outcome,
+                end.created,
+                end.updated,
+                end.skipped,
+                end.failed,
+                _json_or_none(end.detail),
+                _end_key(end.ts, end.id),
+            ),
+        )
+
     def _step_end(self, e: StepEnd) -> None:
+        if self._merged and id(e) in self._merged:
+            self._merged.discard(id(e))
+            return  # inserted with its step's start
         run = self._run(e.run)
         if run is None:
             self._park(e, "run:" + e.run)

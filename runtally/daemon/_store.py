@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -97,6 +97,8 @@ class Store:
         self.busy_timeout_ms = busy_timeout_ms
         self.clock = clock
         self._limits = (parked_max_bytes, parked_max_bytes_per_peer)
+        #: PRAGMA wal_autocheckpoint (pages; 0: off), kept across ``reopen``.
+        self.autocheckpoint_pages = 1000
         self._applier = self._new_applier()
         #: (st_dev, st_ino) of the database file and its WAL when opened.
         self._identity = files.identity(path)
@@ -151,8 +153,33 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
         self._conn = _open_migrated(self.path, self.synchronous, self.busy_timeout_ms)
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.autocheckpoint_pages)}")
         self._applier = self._new_applier()
         self._identity = files.identity(self.path)
+
+    @contextlib.contextmanager
+    def no_busy_wait(self) -> Iterator[None]:
+        """Within: a lock held by another connection is SQLITE_BUSY at once (StoreBusy).
+
+        For the writer's commits in the event loop's own thread, which must
+        never sleep in SQLite's busy handler; it retries such a batch in a
+        worker thread, with the busy timeout back at ``busy_timeout_ms``.
+        """
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+
+    def set_autocheckpoint(self, pages: int) -> None:
+        """SQLite's automatic checkpoint after a COMMIT that leaves the WAL over ``pages``.
+
+        0 turns it off: the daemon's writer does (it would run inside the
+        COMMIT a client waits on, the tail of its latency) and checkpoints
+        between batches itself (``checkpoint_passive``, ``checkpoint_idle``).
+        """
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+        self.autocheckpoint_pages = pages
 
     def changed_underneath(self) -> str | None:
         """Why the open connection no longer writes the file at ``path``, or None.
@@ -239,6 +266,7 @@ class Store:
             if sync_now:
                 conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
+            applier.plan(events)
             for index, event in enumerate(events):
                 applier.peer_uid = origins[index].uid if origins is not None else None
                 try:
@@ -306,6 +334,15 @@ class Store:
     def checkpoint(self) -> None:
         """Fold the WAL back into the database (on clean shutdown)."""
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def checkpoint_passive(self) -> None:
+        """Copy what the WAL holds back into the database without waiting for anyone.
+
+        PASSIVE never takes the busy handler: a reader pinning part of the WAL
+        leaves that part for the next one.  Errors are left to the next commit.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def checkpoint_idle(self) -> bool:
         """Checkpoint between batches; True when the WAL was truncated to 0 bytes.

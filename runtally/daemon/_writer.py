@@ -31,9 +31,13 @@ Bounds, so that the daemon never stops serving without saying so:
   ``stop_timeout_s``, then given up: unacked events stay with the clients.
 
 Between batches (``_upkeep``), at most every ``checkpoint_interval_s``: the
-WAL is checkpointed (PASSIVE, then TRUNCATE when nothing pins it: never inside
-a commit a client waits on), parked events older than ``parked_max_age_s`` go
-to ``dead_letters``, and the figures ``status`` reports are refreshed.
+WAL is checkpointed (PASSIVE, then TRUNCATE when nothing pins it), parked
+events older than ``parked_max_age_s`` go to ``dead_letters``, and the figures
+``status`` reports are refreshed.  SQLite's own automatic checkpoint is off:
+it would run inside the COMMIT a client waits on (the p99 of its flush).
+Under continuous load, where the queue is never idle, the writer runs a
+PASSIVE checkpoint after a batch's acks are released, at most every
+``_BUSY_CHECKPOINT_S``.
 """
 
 from __future__ import annotations
@@ -69,6 +73,11 @@ _BROKEN_BACKOFF_MAX_S = 30.0
 #: Under continuous load the queue is never idle: upkeep without the
 #: checkpoint (expiry, figures) still runs this often.
 _BUSY_UPKEEP_S = 60.0
+#: Under continuous load: a PASSIVE checkpoint between batches at most this
+#: often (seconds), so that the WAL stays small without the automatic one.
+_BUSY_CHECKPOINT_S = 1.0
+#: A batch this small is committed in the event loop's thread (``_commit_inline``).
+_INLINE_MAX_EVENTS = 256
 
 
 class _DatabaseBroken(Exception):
@@ -102,6 +111,8 @@ class Writer:
         parked_max_age_s: float = 7 * 86400.0,
     ):
         self.store = store
+        store.set_autocheckpoint(0)  # never inside a commit: see the module docstring
+        self._last_checkpoint = -math.inf
         self._budget = max_queue_events
         self._max_bytes = max_queue_bytes
         self._tick_s = tick_s
@@ -204,12 +215,44 @@ class Writer:
             except _GiveUp:
                 self.gave_up = True
                 return
-            self.heartbeat = trio.current_time()
-            if trio.current_time() - self._last_upkeep >= _BUSY_UPKEEP_S:
+            self.heartbeat = now = trio.current_time()
+            if now - self._last_checkpoint >= _BUSY_CHECKPOINT_S:
+                # The batch's acks are on their way (``done`` is set); the next
+                # batch gathers meanwhile.
+                self._last_checkpoint = now
+                await trio.to_thread.run_sync(self.store.checkpoint_passive)
+            if now - self._last_upkeep >= _BUSY_UPKEEP_S:
                 await self._upkeep(idle=False)
+
+    def _commit_inline(self, jobs: list[Job]) -> bool:
+        """Try a small batch right here in the event loop's thread; True if committed.
+
+        A worker thread costs a handoff each way (two wake-ups, ~0.1-0.2 ms on
+        a busy 2-core machine, more than applying a few dozen events), so a
+        batch of at most ``_INLINE_MAX_EVENTS`` events, with no chore, is
+        applied and committed here, with the busy timeout at 0: a lock held by
+        another process fails it at once instead of blocking the loop, and
+        then (or on any other failure) ``_commit`` retries it in a worker
+        thread as before.  The COMMIT's fsync (synchronous=FULL) is the one
+        wait left in the loop: ~0.05-0.2 ms on this disk.
+        """
+        if sum(len(job.events) for job in jobs) > _INLINE_MAX_EVENTS or any(
+            job.task is not None for job in jobs
+        ):
+            return False
+        self.attempts += 1
+        try:
+            with self.store.no_busy_wait():
+                self._apply_all(jobs)
+        except (StoreBusy, _DatabaseBroken, sqlite3.Error, RuntallyError):
+            return False
+        return True
 
     async def _commit(self, jobs: list[Job]) -> None:
         started = time.perf_counter()
+        if self.busy_since is None and self._commit_inline(jobs):
+            self._committed(jobs, started)
+            return
         with trio.CancelScope(shield=True):
             delay = _BACKOFF_FIRST_S
             broken_logged = False
@@ -245,6 +288,10 @@ class Writer:
                 logger.info("database writable again")
                 self.busy_since = None
                 self.busy_reason = ""
+        self._committed(jobs, started)
+
+    def _committed(self, jobs: list[Job], started: float) -> None:
+        """After COMMIT: count, give the budget back, and let the connections ack."""
         self.commit_latency.observe(time.perf_counter() - started)
         self.last_commit_ms = time.time_ns() // 1_000_000
         freed = freed_bytes = 0
