@@ -184,3 +184,30 @@ class TestErrorRows:
         (error,) = [e for e in _spooled(spool) if e["type"] == "error"]
         assert error["message"] == message
         assert error["step_name"] == "s"
+
+
+@pytest.mark.parametrize(
+    ("closing", "pipeline"),
+    [("1>&-", "closed-out"), ("0<&- 1>&- 2>&-", "closed-all"), ("2>&-", "closed-err")],
+)
+def test_closed_standard_streams_stay_closed_and_change_nothing(
+    daemon_proc: DaemonProcess, closing: str, pipeline: str
+) -> None:
+    """A cron line run with a stream closed: the command sees it closed, as without
+    exec, and neither its exit status nor the run's outcome changes (it was 141,
+    SIGPIPE, when exec's own pipe took the free fd 1)."""
+    command = "echo out; echo err >&2; exit 0"
+    argv = " ".join(
+        f"'{a}'" for a in exec_argv(daemon_proc, "bash", "-c", command, pipeline=pipeline)
+    )
+    plain = subprocess.run(["bash", "-c", f"bash -c '{command}' {closing}"], check=False)
+    wrapped = subprocess.run(
+        ["bash", "-c", f"{argv} {closing}"],
+        env=daemon_proc.env(),
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert wrapped.returncode == plain.returncode == 0, wrapped.stderr
+    run = finished_run(daemon_proc.db, pipeline)
+    assert run["outcome"] == "success"

@@ -297,13 +297,14 @@ def exec_command(
     # Blocked from the start: a SIGTERM before the command starts is passed on
     # once it has, instead of killing us with the run left open.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    closed = _hold_closed_std_fds()
     try:
         # The relay first: forked while we have no thread, socket or spool file.
         relay = start_relay(capture_stdout=capture_stdout, tail_bytes=_TAIL_BYTES)
         tracking = _Tracking(pipeline, club or settings.default_club, settings)
         tracking.start(step_name)
         clock = _Clock(timeout_s, kill_after_s)
-        end, cannot_start = _run(tracking, argv, relay, waited, old_mask, clock)
+        end, cannot_start = _run(tracking, argv, relay, waited, old_mask, clock, closed)
         end.stderr = tail_text(end.stderr_bytes, tail_lines)
         if capture_stdout:
             end.stdout = tail_text(end.stdout_bytes, tail_lines)
@@ -320,6 +321,27 @@ def exec_command(
     raise SystemExit(end.code)
 
 
+def _hold_closed_std_fds() -> frozenset[int]:
+    """Which of stdin, stdout and stderr were closed when exec started.
+
+    Each is held open on /dev/null while exec runs: otherwise the first pipe
+    or file exec opens lands on fd 1, and a command writing to "its" stdout
+    writes into our pipe and dies of SIGPIPE (141 where it would exit 0).
+    The command gets them closed again (``_run``), exactly as without exec.
+    """
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free fd: this one
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            closed.add(fd)
+    return frozenset(closed)
+
+
 def _run(  # noqa: PLR0917 - private helper of one command
     tracking: _Tracking,
     argv: list[str],
@@ -327,6 +349,7 @@ def _run(  # noqa: PLR0917 - private helper of one command
     waited: set[signal.Signals],
     old_mask: set[signal.Signals],
     clock: _Clock,
+    closed: frozenset[int] = frozenset(),
 ) -> tuple[Outcome, str | None]:
     """Start and wait for the command: how it ended, and why it could not start (or None)."""
     env = dict(os.environ)
@@ -337,11 +360,15 @@ def _run(  # noqa: PLR0917 - private helper of one command
 
     def child_mask() -> None:  # runs in the child between fork and exec
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for fd in closed:  # closed for the command, as they were for us
+            os.close(fd)
 
     streams: dict[str, Any] = {}
     if relay is not None:
-        streams = {"stderr": relay.stderr_w}
-        if relay.stdout_w is not None:
+        # A stream that was closed stays closed: nothing of it to tee or keep.
+        if 2 not in closed:
+            streams["stderr"] = relay.stderr_w
+        if relay.stdout_w is not None and 1 not in closed:
             streams["stdout"] = relay.stdout_w
     try:
         proc = subprocess.Popen(argv, env=env, preexec_fn=child_mask, **streams)  # noqa: PLW1509 - no other thread exists yet
