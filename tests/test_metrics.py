@@ -184,3 +184,41 @@ async def test_daemon_health_comes_from_its_status_reply(daemon: Daemon) -> None
     )
     assert m["runtally_daemon_commit_duration_seconds_sum", ()] == pytest.approx(hist.sum_s)
     assert m["runtally_errors_total", pc("people", "rondo")] == 1
+
+
+def test_metrics_on_a_terminal_show_control_characters_escaped(tmp_path: Path) -> None:
+    """A pipeline named with terminal escapes: shown as ``\\x1b`` on a terminal,
+    exact in a pipe (Prometheus reads the file or pipe, people read the terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "d.sqlite"
+    store = Store.open(path)
+    try:
+        store.apply([RunStart(id="e1", ts=1_770_000_000_000, run="r1", pipeline="\x1b[2Jevil\x07")])
+    finally:
+        store.close()
+    args = [sys.executable, "-m", "runtally.cli", "metrics", "--db", str(path)]
+    args += ["--socket", str(tmp_path / "none.sock"), "--spool", str(tmp_path / "spool")]
+    env = {**os.environ, "RUNTALLY_CONFIG": ""}
+    piped = subprocess.run(args, capture_output=True, env=env, timeout=60, check=True)
+    assert b"\x1b[2Jevil\x07" in piped.stdout
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(args, stdout=slave, stderr=subprocess.PIPE, env=env)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the writer is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+    assert b"\x1b" not in out and b"\x07" not in out
+    assert b"\\x1b[2Jevil\\x07" in out

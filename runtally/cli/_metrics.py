@@ -10,6 +10,7 @@ while the daemon is down, which is when ``runtally_daemon_up 0`` matters.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -17,6 +18,7 @@ import click
 from ..config import Settings
 from ._common import uses_settings
 from ._errors import CliError
+from ._text import visible
 
 __all__ = ["metrics"]
 
@@ -49,7 +51,15 @@ def metrics(settings: Settings, textfile: Path | None, timeout: float) -> None:
     body = render(collector)
     target = textfile or settings.metrics_textfile
     if target is None:
-        click.echo(body.decode(), nl=False)
+        # On a terminal, label values (pipeline names: user input) must not be
+        # able to clear the screen; a pipe keeps the exposition exact (bytes
+        # as they are: click.echo would strip what looks like ANSI codes).
+        if sys.stdout.isatty():
+            click.echo(visible(body.decode()), nl=False)
+        else:
+            out = click.get_binary_stream("stdout")
+            out.write(body)
+            out.flush()
         return
     try:
         write_textfile(target, body)
