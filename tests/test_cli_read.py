@@ -665,3 +665,51 @@ def _no_colour_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("FORCE_COLOR", raising=False)
     monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
     yield
+
+
+class TestHostileArguments:
+    """Arguments as an attacker or an odd shell gives them: one line, never a traceback."""
+
+    def test_an_id_past_sqlite_integers_is_not_found(self, db: Path) -> None:
+        big = "9" * 23
+        line = one_line_error(cli("show", big, "--db", str(db)))
+        assert line == f"Error: no run with id or uid '{big}'"
+        one_line_error(cli("errors", "--run", big, "--db", str(db)))
+
+    def test_non_utf8_arguments_match_what_the_client_recorded(self, tmp_path: Path) -> None:
+        # argv bytes that are not UTF-8 reach Python as lone surrogates (PEP 383);
+        # the client records them as \xNN, and so the filter must read them.
+        path = tmp_path / "d.sqlite"
+        store = Store.open(path)
+        try:
+            store.apply([RunStart(id="e", ts=1, run="r", pipeline="report-\\xe9")])
+        finally:
+            store.close()
+        shown = json.loads(ok("runs", "-p", "report-\udce9", "--db", str(path), "--json"))
+        assert [r["pipeline"] for r in shown["runs"]] == ["report-\\xe9"]
+        line = one_line_error(cli("show", "\udcff", "--db", str(path)))
+        assert line == "Error: no run with id or uid '\\\\xff'"
+        ok("errors", "-m", "\udcc3", "--db", str(path))
+
+    @pytest.mark.parametrize("value", ["nan", "1e308", "-1"])
+    def test_timeouts_must_be_a_sane_number_of_seconds(self, value: str, tmp_path: Path) -> None:
+        result = cli("status", "--timeout", value, "--db", str(tmp_path / "d.sqlite"))
+        assert result.exit_code == 2
+        assert "Traceback" not in result.output
+        assert "Invalid value for '--timeout'" in result.output
+
+    def test_blobs_in_an_adopted_database_are_shown_as_text(self, tmp_path: Path) -> None:
+        path = tmp_path / "d.sqlite"
+        Store.open(path).close()
+        conn = sqlite3.connect(path)
+        conn.execute(  # what an old writer may have left: bytes in TEXT columns
+            "INSERT INTO runs (pipeline, club_slug, started_at, outcome)"
+            " VALUES (?, ?, '2026-01-01T00:00:00.000Z', 'running')",
+            (b"blob-\xff", b"rondo"),
+        )
+        conn.commit()
+        conn.close()
+        shown = json.loads(ok("runs", "--db", str(path), "--json"))
+        assert [r["pipeline"] for r in shown["runs"]] == ["blob-\\xff"]
+        assert "blob-" in ok("runs", "--db", str(path))
+        assert "Traceback" not in cli("status", "--db", str(path)).output

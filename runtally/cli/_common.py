@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -24,6 +25,7 @@ from ._errors import DatabaseError
 from ._text import visible
 
 __all__ = [
+    "Seconds",
     "command_errors",
     "fits",
     "setting_option",
@@ -62,6 +64,22 @@ _OPTIONS: dict[str, tuple[str, click.ParamType, str, str]] = {
     "spool": ("--spool", _dir, "RUNTALLY_SPOOL", "Spool directory"),
     "config_file": ("--config", _file, "RUNTALLY_CONFIG", "TOML config file"),
 }
+
+
+class Seconds(click.FloatRange):
+    """A duration option in seconds: finite, from ``min`` to ``max`` (a day by
+    default); ``nan`` and ``1e308`` are one clear error, not a hang or a traceback."""
+
+    name = "seconds"
+
+    def __init__(self, min: float = 0.0, max: float = 86400.0) -> None:
+        super().__init__(min=min, max=max)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):  # nan compares unequal to every bound, so it passed them
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
@@ -136,6 +154,24 @@ def warn(message: str) -> None:
         pass
 
 
+#: Arguments passed on as given: the command ``runtally exec`` runs, byte for byte.
+_VERBATIM = frozenset({"command"})
+
+
+def _as_text(value: Any) -> Any:
+    """An argument's text as a recorded name would be: bytes that are not UTF-8
+    (a Latin-1 file name in ``$1``) written ``\\xNN``, as the client stores them,
+    so ``runs -p "$name"`` finds what the pipeline recorded and SQLite and the
+    socket never see a lone surrogate."""
+    from ..client._coerce import clean_text
+
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, tuple):
+        return tuple(_as_text(v) for v in value)
+    return value
+
+
 def uses_settings(*paths: PathName, fallback: bool = False) -> Callable[[F], F]:
     """Add the ``paths`` options and ``--config``; pass the resolved Settings first.
 
@@ -148,6 +184,7 @@ def uses_settings(*paths: PathName, fallback: bool = False) -> Callable[[F], F]:
         @functools.wraps(f)
         def command(*args: Any, **kwargs: Any) -> Any:
             ctx = click.get_current_context()
+            kwargs = {k: v if k in _VERBATIM else _as_text(v) for k, v in kwargs.items()}
             with command_errors():
                 settings = _settings(ctx, fallback=fallback)
                 try:

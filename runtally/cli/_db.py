@@ -26,7 +26,7 @@ from ..daemon._readonly import CannotOpen, read_only
 from ..daemon._store import Store, StoreBusy
 from ..protocol import ErrorReply, Vacuum, Vacuumed
 from ._ask import ask
-from ._common import uses_settings
+from ._common import Seconds, uses_settings
 from ._errors import DaemonIsWriter, DatabaseError
 
 __all__ = ["db"]
@@ -160,7 +160,7 @@ def doctor_command(settings: Settings, as_json: bool, quick: bool) -> None:
 @db.command()
 @click.option(
     "--timeout",
-    type=float,
+    type=Seconds(min=0.1),
     default=3600.0,
     show_default=True,
     help="Seconds to wait for a running daemon's answer.",

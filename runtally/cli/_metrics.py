@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from ..config import Settings
-from ._common import uses_settings
+from ._common import Seconds, uses_settings
 from ._errors import CliError
 from ._text import visible
 
@@ -33,7 +33,7 @@ __all__ = ["metrics"]
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(min=0.1, max=3600),
     default=2.0,
     show_default=True,
     metavar="SECONDS",

@@ -120,6 +120,17 @@ def _explain(path: Path, exc: sqlite3.Error) -> str:
     return f"{path}: {text}"
 
 
+def _text_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> sqlite3.Row:
+    """A row with any BLOB shown as text: an adopted old database may hold bytes
+    where the seed schema says TEXT (SQLite types values, not columns), and no
+    reader (table, JSON, web page, metric label) can take bytes."""
+    if any(type(v) is bytes for v in row):
+        row = tuple(
+            v.decode("utf-8", "backslashreplace") if type(v) is bytes else v for v in row
+        )
+    return sqlite3.Row(cursor, row)
+
+
 def read(path: Path, fn: Callable[[sqlite3.Connection], T]) -> T:
     """``fn(conn)`` on a read-only connection to ``path`` (rows as ``sqlite3.Row``).
 
@@ -136,7 +147,7 @@ def read(path: Path, fn: Callable[[sqlite3.Connection], T]) -> T:
         raise DatabaseError(f"{path} is a directory, not a database file")
 
     def with_rows(conn: sqlite3.Connection) -> T:
-        conn.row_factory = sqlite3.Row
+        conn.row_factory = _text_row
         return fn(conn)
 
     try:
@@ -254,7 +265,8 @@ def find_run(
             raise RunNotFound(f"no runs{' for ' + scope if scope else ''} yet")
         return found[0]
     run = None
-    if ref.isascii() and ref.isdigit():  # "²".isdigit() too, and int() refuses it
+    # "²".isdigit() too, and int() refuses it; past 2**63 it is no SQLite rowid.
+    if ref.isascii() and ref.isdigit() and int(ref) < 2**63:
         run = _run_by(conn, "id", int(ref))
     if run is None:
         run = _run_by(conn, "uid", ref)

@@ -14,7 +14,7 @@ import msgspec
 from ..config import Settings
 from ..protocol import ErrorReply, Replay, Replayed
 from ._ask import DaemonUnavailable, ask
-from ._common import uses_settings
+from ._common import Seconds, uses_settings
 from ._errors import CliError
 from ._render import plural
 
@@ -24,7 +24,7 @@ __all__ = ["replay"]
 @click.command()
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(min=0.1),
     default=60.0,
     show_default=True,
     metavar="SECONDS",

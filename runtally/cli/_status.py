@@ -21,7 +21,7 @@ from rich.text import Text
 from .._pipeline_config import PipelineConfig
 from ..config import Settings
 from ..daemon._timefmt import iso_from_ms
-from ._common import source_note, uses_settings
+from ._common import Seconds, source_note, uses_settings
 from ._health import (
     DEFAULT_MAX_SPOOL_AGE_S,
     DaemonSection,
@@ -51,7 +51,7 @@ EXIT_UNHEALTHY = 1
 @click.command()
 @click.option(
     "--max-spool-age",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0, max=30 * 86400),
     default=DEFAULT_MAX_SPOOL_AGE_S,
     show_default=True,
     metavar="SECONDS",
@@ -61,7 +61,7 @@ EXIT_UNHEALTHY = 1
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(min=0.05, max=3600),
     default=1.0,
     show_default=True,
     metavar="SECONDS",
