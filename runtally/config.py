@@ -141,6 +141,8 @@ class Settings(msgspec.Struct, frozen=True):
     #: Where each resolved value came from, for messages: ``(("db", "environment
     #: variable RUNTALLY_DB"), ...)``; empty for settings not made by ``resolve``.
     sources: tuple[tuple[str, str], ...] = ()
+    #: Host names `runtally web` answers besides its bind address (a reverse proxy's); "*": any
+    web_allowed_hosts: tuple[str, ...] = ()
 
     def source_of(self, name: str) -> str | None:
         """Where setting ``name`` came from (``option --db``, ...); None when unknown."""

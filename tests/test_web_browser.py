@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import REPO, DaemonProcess
-from web_helpers import EVIL_PIPELINE, build, web_process
+from web_helpers import EVIL_PIPELINE, build, printed_url, web_process
 
 from runtally import RunTracker
 
@@ -68,7 +68,10 @@ def site(short_root_module: Path) -> Iterator[dict[str, Any]]:
             str(daemon.spool),
         )
         with web_process(root, *args) as (base, _proc):
-            yield {"base": base, "ids": ids, "daemon": daemon}
+            # The daemon made the database 0640: runtally web made a one-time token.
+            url = printed_url(root)
+            assert "?token=" in url
+            yield {"base": base, "ids": ids, "daemon": daemon, "login": url}
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.proc.kill()
@@ -110,10 +113,20 @@ class Watched:
         self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def log_in(context: Any, site: dict) -> None:
+    """Open the printed token URL once, as a person would: the cookie keeps the session."""
+    page = context.new_page()
+    response = page.goto(site["login"])
+    assert response is not None and response.status == 200
+    assert page.url == site["base"] + "/"  # redirected: the token left the address bar
+    page.close()
+
+
 @pytest.fixture
-def watched(browser: Any) -> Iterator[Watched]:
+def watched(browser: Any, site: dict) -> Iterator[Watched]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
+        log_in(context, site)
         w = Watched(context.new_page())
         yield w
         assert w.problems == []
@@ -207,9 +220,21 @@ def test_a_new_run_appears_and_finishes_on_the_open_overview(site: dict, watched
         tracker.close()
 
 
+def test_without_the_token_nothing_shows(site: dict, browser: Any) -> None:
+    context = browser.new_context()
+    try:
+        # the browser context's own HTTP client: same cookie jar, no login yet
+        assert context.request.get(site["base"] + "/api/runs").status == 401
+        log_in(context, site)
+        assert context.request.get(site["base"] + "/api/runs").status == 200
+    finally:
+        context.close()
+
+
 def test_pages_work_with_javascript_off(site: dict, browser: Any) -> None:
     context = browser.new_context(java_script_enabled=False)
     try:
+        log_in(context, site)
         page = context.new_page()
         base, ids = site["base"], site["ids"]
         page.goto(base + "/runs?limit=5&pipeline=bulk")

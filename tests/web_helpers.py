@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -114,11 +115,19 @@ def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 
 @contextlib.contextmanager
-def web_process(root: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``runtally web`` as a real child process on a free loopback port; yields its base URL."""
+def web_process(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``runtally web`` as a real child process on a free loopback port; yields its base URL.
+
+    ``env`` adds environment variables; the process's output is in ``root/web.log``.
+    """
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNTALLY_")}
-    env["PYTHONPATH"] = str(REPO)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RUNTALLY_")},
+        **(env or {}),
+        "PYTHONPATH": str(REPO),
+    }
     argv = [sys.executable, "-m", "runtally.cli", "web", "--port", str(port), *args]
     with (root / "web.log").open("ab") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -128,7 +137,8 @@ def web_process(root: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen]
         if proc.poll() is not None:
             raise AssertionError(f"runtally web exited: {(root / 'web.log').read_text()}")
         try:
-            return get(base + "/api/stamp", timeout=1)[0] == 200
+            get(base + "/api/stamp", timeout=1)  # any HTTP answer: 401 under a token too
+            return True
         except OSError:
             return False
 
@@ -143,3 +153,10 @@ def web_process(root: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen]
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def printed_url(root: Path) -> str:
+    """The URL ``runtally web`` printed at start-up (with ``?token=`` when it made one)."""
+    match = re.search(r"runtally web: (http://\S+)", (root / "web.log").read_text())
+    assert match, (root / "web.log").read_text()
+    return match.group(1)

@@ -265,8 +265,9 @@ def find_run(
             raise RunNotFound(f"no runs{' for ' + scope if scope else ''} yet")
         return found[0]
     run = None
-    # "²".isdigit() too, and int() refuses it; past 2**63 it is no SQLite rowid.
-    if ref.isascii() and ref.isdigit() and int(ref) < 2**63:
+    # "²".isdigit() too, and int() refuses it; past 2**63-1 it is no SQLite INTEGER
+    # (binding it raises OverflowError), so only a uid.
+    if ref.isascii() and ref.isdigit() and len(ref) <= 19 and int(ref) < 2**63:
         run = _run_by(conn, "id", int(ref))
     if run is None:
         run = _run_by(conn, "uid", ref)

@@ -7,7 +7,15 @@ JSON under ``/api``.
 """
 
 from ._app import WebConfig, create_app
-from ._security import hash_password, is_loopback, verify_password
+from ._security import allowed_hosts, hash_password, is_loopback, verify_password
 from ._serve import serve
 
-__all__ = ["WebConfig", "create_app", "hash_password", "is_loopback", "serve", "verify_password"]
+__all__ = [
+    "WebConfig",
+    "allowed_hosts",
+    "create_app",
+    "hash_password",
+    "is_loopback",
+    "serve",
+    "verify_password",
+]

@@ -74,6 +74,8 @@ class WebConfig:
     health_ttl_s: float = 10.0
     #: The ``[pipelines.<name>]`` tables: declared pipelines, their schedules.
     pipelines: Mapping[str, PipelineConfig] = field(default_factory=dict)
+    #: Host names a request may carry (``_security.allowed_hosts``); None: any.
+    allowed_hosts: frozenset[str] | None = None
 
 
 def create_app(config: WebConfig) -> Guard:
@@ -291,7 +293,11 @@ def create_app(config: WebConfig) -> Guard:
     # -- pipeline ------------------------------------------------------------------
 
     async def pipeline_data(request: Request) -> dict[str, Any]:
-        name = request.path_params["name"]
+        # /pipelines/<quoted name> (slashes inside arrive decoded: the route takes a
+        # path); /pipeline?name= for the names a browser would resolve (".", "..").
+        name = request.path_params.get("name", request.query_params.get("name", ""))
+        if not name:
+            raise NotFound("no pipeline named")
         club = text(request.query_params, "club")
         since_day = iso_from_datetime(datetime.now(UTC) - timedelta(days=30))[:10]
         history = await read(
@@ -333,7 +339,8 @@ def create_app(config: WebConfig) -> Guard:
             Route("/runs/{ref}", run),
             Route("/errors", errors),
             Route("/pipelines", pipelines),
-            Route("/pipelines/{name}", pipeline),
+            Route("/pipelines/{name:path}", pipeline),
+            Route("/pipeline", pipeline),
             Route("/api/overview", api_overview),
             Route("/api/status", api_status),
             Route("/api/stamp", api_stamp),
@@ -341,10 +348,16 @@ def create_app(config: WebConfig) -> Guard:
             Route("/api/runs/{ref}", api_run),
             Route("/api/errors", api_errors),
             Route("/api/pipelines", api_pipelines),
-            Route("/api/pipelines/{name}", api_pipeline),
+            Route("/api/pipelines/{name:path}", api_pipeline),
+            Route("/api/pipeline", api_pipeline),
             Route("/metrics", metrics),
             Mount("/static", static, name="static"),
         ],
         lifespan=lifespan,
     )
-    return Guard(app, token=config.token, password_hash=config.password_hash)
+    return Guard(
+        app,
+        token=config.token,
+        password_hash=config.password_hash,
+        allowed_hosts=config.allowed_hosts,
+    )

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 MAX_LIMIT = 500
+#: SQLite's INTEGER is 64-bit: a larger number cannot name a row (and would overflow).
+MAX_ID = 2**63 - 1
 OUTCOMES = ("success", "failure", "running")
 
 
@@ -50,11 +52,14 @@ def text(params: Any, name: str) -> str | None:
 
 
 def number(params: Any, name: str) -> int | None:
+    """A whole number 0..MAX_ID; BadRequest for anything else (never an OverflowError)."""
     value = text(params, name)
     if value is None:
         return None
     if not (value.isascii() and value.isdigit()):
         raise BadRequest(f"{name} must be a whole number, not {value!r}")
+    if len(value) > 19 or int(value) > MAX_ID:  # length first: int() of a huge text is slow
+        raise BadRequest(f"{name} is too large (at most {MAX_ID})")
     return int(value)
 
 
@@ -64,7 +69,7 @@ def _when(params: Any, name: str) -> str | None:
         return None
     try:
         return parse_since(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # a year past 9999 in UTC overflows
         raise BadRequest(f"{name}: {exc}") from None
 
 

@@ -1,9 +1,16 @@
-"""Safe on a LAN: security headers on every response, read-only methods, optional auth.
+"""Safe on a LAN: Host checked, security headers everywhere, read-only methods, optional auth.
 
 Authentication, when configured, is HTTP Basic: the password is checked
 against ``web_password_hash`` (``pbkdf2_sha256$<iterations>$<salt>$<hash>``,
 made by ``runtally web --hash-password``) or equals the token; a token also
-works as ``Authorization: Bearer <token>``.  The user name is not checked.
+works as ``Authorization: Bearer <token>``, as the cookie ``runtally_token``
+(HttpOnly, SameSite=Strict), and once as ``?token=`` on any page, which sets
+that cookie and redirects to the same URL without it (the Jupyter way: the
+URL printed at start-up opens a browser session).  The user name is not checked.
+
+The ``Host`` header must name one of ``allowed_hosts`` (400 otherwise): a
+hostile site that re-points its own name at 127.0.0.1 (DNS rebinding) makes
+the browser send *its* name, so it cannot read the dashboard.
 """
 
 from __future__ import annotations
@@ -14,10 +21,22 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-__all__ = ["CSP", "Guard", "hash_password", "is_loopback", "verify_password"]
+from starlette.requests import cookie_parser
+
+__all__ = [
+    "CSP",
+    "TOKEN_COOKIE",
+    "Guard",
+    "allowed_hosts",
+    "hash_password",
+    "host_name",
+    "is_loopback",
+    "verify_password",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,6 +57,8 @@ _HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 _ITERATIONS = 600_000
+TOKEN_COOKIE = "runtally_token"
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 _READ_METHODS = {"GET", "HEAD"}
 
 
@@ -73,15 +94,72 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_name(value: str) -> str:
+    """The host of a ``Host`` header or bind address, lower case, without port.
+
+    ``Example.org:8390`` -> ``example.org``; ``[::1]:8390`` and ``::1`` -> ``[::1]``.
+    """
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value.partition("]")[0] + "]"
+    if value.count(":") > 1:  # a bare IPv6 address (a bind address, never a Host header)
+        return f"[{value}]"
+    return value.partition(":")[0]
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def allowed_hosts(
+    bind: str, *, web_url: str | None = None, extra: Iterable[str] = ()
+) -> frozenset[str]:
+    """The Host names ``Guard`` accepts for a dashboard bound to ``bind``.
+
+    The bind address; the loopback names when it is loopback; the host of
+    ``web_url`` (the public URL, e.g. behind a proxy); ``extra`` (the
+    ``web_allowed_hosts`` setting: names, ``*`` for any).  A wildcard bind
+    (``0.0.0.0``, ``::``) adds ``*ip`` (any IP-literal Host: DNS rebinding
+    needs a name) and this machine's host name.
+    """
+    hosts = {host_name(bind)}
+    if is_loopback(bind):
+        hosts.update(_LOOPBACK_NAMES)
+    if _is_ip(bind) and ipaddress.ip_address(bind.strip("[]")).is_unspecified:
+        import socket
+
+        hosts.update(("*ip", *_LOOPBACK_NAMES, socket.gethostname().lower()))
+    if web_url:
+        name = urlsplit(web_url).hostname
+        if name:
+            hosts.add(host_name(f"[{name}]" if ":" in name else name))
+    hosts.update(h if h == "*" else host_name(h) for h in extra)
+    return frozenset(hosts)
+
+
 class Guard:
-    """ASGI middleware: headers on every response, 405 for writes, 401 without credentials."""
+    """ASGI middleware: Host check (400), headers, 405 for writes, 401 without credentials.
+
+    ``allowed_hosts`` None accepts any Host (for embedding; ``runtally web``
+    always passes ``allowed_hosts(...)``).
+    """
 
     def __init__(
-        self, app: ASGIApp, *, token: str | None = None, password_hash: str | None = None
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None = None,
+        password_hash: str | None = None,
+        allowed_hosts: frozenset[str] | None = None,
     ) -> None:
         self.app = app
         self.token = token
         self.password_hash = password_hash
+        self.allowed_hosts = allowed_hosts
         # PBKDF2 costs ~0.3 s: remember the passwords already accepted (by digest).
         self._accepted: set[bytes] = set()
 
@@ -116,6 +194,37 @@ class Guard:
             return True
         return False
 
+    def _host_allowed(self, header: bytes | None) -> bool:
+        if self.allowed_hosts is None or "*" in self.allowed_hosts:
+            return True
+        if header is None:
+            return False
+        name = host_name(header.decode("latin-1"))
+        return name in self.allowed_hosts or ("*ip" in self.allowed_hosts and _is_ip(name))
+
+    def _cookie_ok(self, header: bytes | None) -> bool:
+        if not self.token or header is None:
+            return False
+        value = cookie_parser(header.decode("latin-1")).get(TOKEN_COOKIE, "")
+        return hmac.compare_digest(value.encode(), _cookie_value(self.token).encode())
+
+    def _token_landing(self, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        """For ``?token=<the token>``: headers of a redirect that sets the cookie; else None."""
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        given = [v for k, v in query if k == "token"]
+        if not given or not hmac.compare_digest(given[-1].encode(), (self.token or "").encode()):
+            return None
+        rest = urlencode([(k, v) for k, v in query if k != "token"])
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        location = "/" + path.lstrip("/")  # never "//host": an off-site redirect
+        value = _cookie_value(self.token or "")
+        cookie = f"{TOKEN_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict"
+        return [
+            (b"location", (location + ("?" + rest if rest else "")).encode("latin-1")),
+            (b"set-cookie", cookie.encode("latin-1")),
+            (b"cache-control", b"no-store"),
+        ]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -126,15 +235,29 @@ class Guard:
                 message["headers"] = [*message.get("headers", []), *_HEADERS]
             await send(message)
 
+        headers = dict(scope.get("headers") or [])
+        if not self._host_allowed(headers.get(b"host")):
+            await _plain(send_with_headers, 400, b"unknown Host (see web_allowed_hosts)", [])
+            return
         if scope["method"] not in _READ_METHODS:
             await _plain(send_with_headers, 405, b"read-only dashboard", [(b"allow", b"GET, HEAD")])
             return
-        headers = dict(scope.get("headers") or [])
-        if not self._authorized(headers.get(b"authorization")):
+        if self.token and (landing := self._token_landing(scope)) is not None:
+            await _plain(send_with_headers, 303, b"", landing)
+            return
+        if not (
+            self._authorized(headers.get(b"authorization"))
+            or self._cookie_ok(headers.get(b"cookie"))
+        ):
             challenge = (b"www-authenticate", b'Basic realm="runtally", charset="UTF-8"')
             await _plain(send_with_headers, 401, b"authentication required", [challenge])
             return
         await self.app(scope, receive, send_with_headers)
+
+
+def _cookie_value(token: str) -> str:
+    """The token as a cookie value: percent-encoded, so any token fits the cookie syntax."""
+    return quote(token, safe="")
 
 
 async def _plain(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from markupsafe import Markup
 
 from ..cli._render import fmt_ago, fmt_bytes, fmt_duration, fmt_local, plural
 
-__all__ = ["environment", "visible"]
+__all__ = ["environment", "pipeline_url", "visible"]
 
 # C0 controls but tab and newline, DEL, C1 controls (CSI = \x9b), bidi overrides.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -37,6 +37,24 @@ def _count(n: int | None) -> str:
 def _plural(n: int | None, noun: str, nouns: str | None = None) -> str:
     """``{{ n|plural("run") }}``: ``1 run``, ``2 runs``, ``1,200 runs``; ``-`` when unknown."""
     return "-" if n is None else plural(n, noun, nouns)
+
+
+def _segment(value: Any) -> str:
+    """``{{ x|seg }}``: ``x`` as one URL path segment (``/``, ``?``, ``#``, ``%`` encoded)."""
+    return quote(str(value), safe="")
+
+
+def pipeline_url(name: str, club: str | None = None) -> str:
+    """The page of pipeline ``name`` (of ``club``): ``/pipelines/<name as one segment>``.
+
+    Every link to a pipeline is built here.  ``.`` and ``..`` are dot segments
+    however encoded (browsers resolve ``%2e%2e`` too), so those names use
+    ``/pipeline?name=``.
+    """
+    clubq = {"club": club} if club else {}
+    if name in ("", ".", ".."):
+        return "/pipeline?" + urlencode({"name": name, **clubq})
+    return "/pipelines/" + _segment(name) + ("?" + urlencode(clubq) if clubq else "")
 
 
 def _query(params: dict[str, Any], **changes: Any) -> str:
@@ -62,8 +80,10 @@ def environment() -> jinja2.Environment:
         bytes=fmt_bytes,
         count=_count,
         plural=_plural,
+        seg=_segment,
     )
     env.globals["query"] = _query
+    env.globals["pipeline_url"] = pipeline_url
     from ._charts import svg  # _charts imports visible from here
 
     env.globals["svg"] = svg
