@@ -517,6 +517,7 @@ class Client:
             # Hand the daemon the own spool now rather than at the replayer's pace.
             self._maybe_connect()
         if self.lost:
+            self.spool.retry_now()  # a last attempt at flush and close, not on the timer
             self._report_lost()
         return self._conn.sent if self._state in LIVE else None
 

@@ -121,6 +121,7 @@ class SpoolWriter:
         self._fd: int | None = None
         self._pid = os.getpid()  # the process that opened _fd and holds its lock
         self._retry_at = 0.0
+        self._full = False  # the last open failed for want of space
         self.first_record_at = 0.0  # clock() when the first record since the header went in
         self._dirty = False  # written since the last sync
         self._synced_at = 0.0  # time.monotonic() of the last sync (or the open)
@@ -307,14 +308,29 @@ class SpoolWriter:
         self.size = 0
         self._dirty = False
 
+    def retry_now(self) -> None:
+        """Try to open the spool at the next append whatever the reopen delay (flush, close)."""
+        self._retry_at = 0.0
+
+    def _space_back(self) -> bool:
+        """After ENOSPC: the directory's filesystem has room again (one ``statvfs``)."""
+        if not self._full:
+            return False
+        try:
+            return os.statvfs(self.directory).f_bavail > 0
+        except OSError:
+            return False
+
     def _open(self) -> int | None:
         now = time.monotonic()
-        if now < self._retry_at:
+        # A full disk is retried as soon as it has room (one cheap syscall per
+        # event), not after the delay: events made once space is back must land.
+        if now < self._retry_at and not self._space_back():
             return None
         try:
             fd, path = self._create()
         except _Untrusted as exc:
-            self._retry_at = now + REOPEN_DELAY_S
+            self._retry_at, self._full = now + REOPEN_DELAY_S, False
             warn_once(
                 "spool-untrusted",
                 f"not spooling to {self.directory}: {exc}; events are being dropped "
@@ -323,6 +339,7 @@ class SpoolWriter:
             return None
         except OSError as exc:
             self._retry_at = now + REOPEN_DELAY_S
+            self._full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             warn_once(
                 "spool-open",
                 f"cannot create a spool file in {self.directory}: {exc}; "
