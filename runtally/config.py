@@ -25,6 +25,7 @@ import msgspec
 
 from runtally._compat import LEGACY_CONFIG as _LEGACY_CONFIG
 from runtally._compat import LEGACY_SECTION, deprecated
+from runtally._files import read_small_file
 from runtally._pipeline_config import PipelineConfig
 from runtally.errors import RuntallyError
 
@@ -207,11 +208,14 @@ def _load_file(path: Path) -> dict[str, Any]:
     import tomllib  # only when there is a file: most clients never read one
 
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = read_small_file(path)
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     if "runtally" not in data and LEGACY_SECTION in data:
         deprecated(f"[{LEGACY_SECTION}] in {path}", "[runtally]")
@@ -320,26 +324,45 @@ def resolve(
         if name not in _FIELDS:
             raise _unknown(name, sources.get(name, f"argument {name!r}"))
     config_file = _config_file(given, env, sources)
-
-    # name -> (value, where it came from), lowest precedence first.
-    values: dict[str, tuple[Any, str]] = {
-        k: (v, "the defaults") for k, v in default_paths(env).items()
-    }
+    file_values: dict[str, tuple[Any, str]] = {}
     if config_file is not None:
         where = f"config file {config_file}"
         for key, value in _load_file(config_file).items():
             name = key.replace("-", "_")
             if name not in _FIELDS:
                 raise _unknown(key, where)
-            values[name] = (value, where)
+            file_values[name] = (value, where)
+    values = _layers(given, env, sources, file_values)
+    values["config_file"] = (config_file, "the resolver")
+    converted = {name: _convert(name, v, src) for name, (v, src) in values.items()}
+    return _settings(converted, values)
+
+
+def _layers(
+    given: Mapping[str, Any],
+    env: Mapping[str, str],
+    sources: Mapping[str, str],
+    file_values: Mapping[str, tuple[Any, str]],
+) -> dict[str, tuple[Any, str]]:
+    """name -> (value, where it came from): defaults < file < environment < overrides."""
+    values: dict[str, tuple[Any, str]] = {
+        k: (v, "the defaults") for k, v in default_paths(env).items()
+    }
+    values.update(file_values)
     for name, var in _ENV.items():
         if env.get(var):
             values[name] = (env[var], f"environment variable {var}")
     for name, value in given.items():
         values[name] = (value, sources.get(name, f"argument {name!r}"))
-    values["config_file"] = (config_file, "the resolver")
-    converted = {name: _convert(name, v, src) for name, (v, src) in values.items()}
-    sources = tuple((name, src) for name, (_, src) in values.items() if name != "config_file")
+    return values
+
+
+def _settings(converted: dict[str, Any], values: Mapping[str, tuple[Any, str]]) -> Settings:
+    sources = tuple(
+        (name, src)
+        for name, (_, src) in values.items()
+        if name in converted and name != "config_file"
+    )
     return Settings(**converted, sources=sources)
 
 
@@ -347,23 +370,49 @@ def resolve_or_defaults(
     overrides: Mapping[str, Any] | None = None,
     *,
     warn: Callable[[str], object],
+    env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """``resolve(overrides)``, or when that fails the default paths with the given ones.
+    """``resolve(overrides)``, or when that fails the same without the config file.
 
     For the pipeline side (client, ``runtally exec``), where a broken config
-    must not stop tracking: the failure goes to ``warn`` as one sentence and
-    the given ``socket``/``spool`` (else the defaults) are used.  Never raises
-    for a config problem.
+    must not stop tracking.  The failure goes to ``warn`` as one sentence;
+    then only the broken file is skipped: overrides > environment > defaults
+    still hold for every setting (``RUNTALLY_SOCKET``/``RUNTALLY_SPOOL`` are
+    where the daemon was told to listen and replay).  A value that is itself
+    unusable (``RUNTALLY_CAPTURE_ARGV=maybe``) is skipped with its own
+    warning and the next layer's used.  Never raises for a config problem.
     """
+    env = os.environ if env is None else env
     try:
-        return resolve(overrides)
+        return resolve(overrides, env)
     except (ConfigError, OSError, ValueError) as exc:
-        warn(f"{exc}; using the default socket and spool paths")
-    given = overrides or {}
-    paths = default_paths()
-    socket, spool = given.get("socket"), given.get("spool")
-    return Settings(
-        socket=Path(socket) if socket else paths["socket"],
-        db=paths["db"],
-        spool=Path(spool) if spool else paths["spool"],
-    )
+        warn(f"{exc}; ignoring the config file (options, environment and defaults still apply)")
+    given = {}
+    for name, value in (overrides or {}).items():
+        if value is None or name == "config_file":
+            continue
+        if name in _FIELDS:
+            given[name] = value
+        else:
+            warn(str(_unknown(name, f"argument {name!r}")))
+    converted: dict[str, Any] = {"config_file": None}
+    values: dict[str, tuple[Any, str]] = {}
+    # Lowest precedence first, each value on its own: a bad one leaves the one below.
+    for name, (value, source) in _each_layer(given, env):
+        try:
+            converted[name] = _convert(name, value, source)
+        except ConfigError as exc:
+            warn(f"{exc}; ignored")
+        else:
+            values[name] = (value, source)
+    return _settings(converted, values)
+
+
+def _each_layer(given: Mapping[str, Any], env: Mapping[str, str]) -> list[tuple[str, Any]]:
+    """(name, (value, source)) of defaults, environment and overrides, lowest first."""
+    out: list[tuple[str, Any]] = [(k, (v, "the defaults")) for k, v in default_paths(env).items()]
+    for name, var in _ENV.items():
+        if env.get(var):
+            out.append((name, (env[var], f"environment variable {var}")))
+    out += [(name, (value, f"argument {name!r}")) for name, value in given.items()]
+    return out

@@ -205,7 +205,7 @@ class TestFallback:
         assert settings.spool == tmp_path / "home" / ".local" / "state" / "runtally" / "spool"
         (line,) = said
         assert "did you mean 'synchronous'" in line
-        assert "using the default socket and spool paths" in line
+        assert "ignoring the config file" in line
 
     def test_a_good_config_is_used(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("RUNTALLY_SPOOL", str(tmp_path / "sp"))

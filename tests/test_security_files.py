@@ -15,6 +15,7 @@ from daemon_helpers import DaemonProcess, wait_until
 from test_replay import spool_name
 
 from runtally.client._spool import SpoolWriter
+from runtally.client._unix import trusted_uids
 from runtally.daemon._doctor import doctor
 
 
@@ -68,7 +69,7 @@ def test_spool_files_in_the_daemons_directory_are_group_readable(short_root: Pat
         spool.mkdir()
         os.chown(spool, daemon_user.uid, daemon_user.gid)
         os.chmod(spool, 0o3770)
-        writer = SpoolWriter(spool)
+        writer = SpoolWriter(spool, trusted=trusted_uids(daemon_user.name))  # the daemon's
         assert writer.append(b"\x81\xa4type\xa4ping")
         assert writer.path is not None and mode(writer.path) == 0o640
         writer.close()

@@ -36,6 +36,46 @@ def test_redact_argv(argv: list[str], expected: list[str]) -> None:
     assert REDACTED == "***"
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # short password options of common tools; a number is a port and stays
+        (["mysql", "-pSECRET", "db"], ["mysql", "-p***", "db"]),
+        (["sshpass", "-p", "SECRET", "ssh"], ["sshpass", "-p", "***", "ssh"]),
+        (["tool", "-P", "SECRET"], ["tool", "-P", "***"]),
+        (["mysql", "-P", "3306", "-p3307"], ["mysql", "-P", "3306", "-p3307"]),
+        # user:password options
+        (["curl", "-u", "user:pass", "h"], ["curl", "-u", "user:***", "h"]),
+        (["curl", "-uuser:pass", "--user=u:p"], ["curl", "-uuser:***", "--user=u:***"]),
+        (["curl", "--proxy-user", "u:p"], ["curl", "--proxy-user", "u:***"]),
+        (["python", "-u", "job.py"], ["python", "-u", "job.py"]),
+        # headers
+        (["-H", "Authorization: Bearer x"], ["-H", "Authorization: ***"]),
+        (["-HCookie: a=b", "X-Api-Key:k"], ["-HCookie: ***", "X-Api-Key:***"]),
+        (["-H", "Accept: text/html"], ["-H", "Accept: text/html"]),
+        # URL query parameters whose names look secret
+        (
+            ["https://h/x?token=t1&page=2&api_key=k1#f"],
+            ["https://h/x?token=***&page=2&api_key=***#f"],
+        ),
+        (
+            ["--url=https://h/?X-Amz-Signature=s&sig=s2&Credential=c&pwd=p&auth=a"],
+            ["--url=https://h/?X-Amz-Signature=***&sig=***&Credential=***&pwd=***&auth=***"],
+        ),
+        (["https://h/?design=1&monkey=2"], ["https://h/?design=1&monkey=2"]),
+        # option names
+        (["--auth", "X", "--key", "Y"], ["--auth", "***", "--key", "***"]),
+        (["--secret-file", "s", "--secrets=t"], ["--secret-file", "***", "--secrets=***"]),
+        (["--github-token", "a", "--ssh-key", "b"], ["--github-token", "***", "--ssh-key", "***"]),
+        (["--db-password", "c", "LICENSE_KEY=d"], ["--db-password", "***", "LICENSE_KEY=***"]),
+        (["--keyboard", "us", "MONKEY=1"], ["--keyboard", "us", "MONKEY=1"]),
+    ],
+)
+def test_redact_argv_wider_rules(argv: list[str], expected: list[str]) -> None:
+    """The attack report's cases: each once leaked into run meta."""
+    assert redact_argv(argv) == expected
+
+
 def stored_text(db: Path) -> str:
     conn = ro_connect(db)
     try:

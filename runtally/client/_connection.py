@@ -124,9 +124,9 @@ class Client:
         self.options = msgspec.structs.replace(options, **overrides) if overrides else options
         self.socket_path = os.fspath(socket_path)
         self._clock = self.options.clock
-        self.spool = SpoolWriter(spool_dir, self._clock)
-        self._window_size = max(1, self.options.window)
         self._trusted = trusted_uids(self.options.daemon_user)
+        self.spool = SpoolWriter(spool_dir, self._clock, self._trusted)
+        self._window_size = max(1, self.options.window)
         # Counters, for tests and for ``runtally status``-style introspection.
         self.connect_attempts = 0
         self.acked = 0
@@ -517,6 +517,7 @@ class Client:
             # Hand the daemon the own spool now rather than at the replayer's pace.
             self._maybe_connect()
         if self.lost:
+            self.spool.retry_now()  # a last attempt at flush and close, not on the timer
             self._report_lost()
         return self._conn.sent if self._state in LIVE else None
 

@@ -36,6 +36,7 @@ import errno
 import fcntl
 import os
 import re
+import stat  # already loaded by os: free
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -49,6 +50,7 @@ from runtally.protocol import (
     read_spool,
 )
 
+from ._unix import trusted_uids, untrusted_directory
 from ._warn import warn, warn_once
 
 __all__ = ["SpoolWriter"]
@@ -95,13 +97,22 @@ def _release(fd: int, path: Path | None, *, unlink: bool) -> None:
         pass
 
 
+class _Untrusted(OSError):
+    """The spool directory is not safe to write into (``untrusted_directory`` says why)."""
+
+
 class SpoolWriter:
     """Appends encoded events to this process's spool file, opened on first use."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], clock: Callable[[], float] = time.monotonic
+        self,
+        directory: str | os.PathLike[str],
+        clock: Callable[[], float] = time.monotonic,
+        trusted: frozenset[int] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        #: Who may own the directory (``trusted_uids``: root, this user, the daemon's).
+        self._trusted = trusted_uids(None) if trusted is None else trusted
         self._clock = clock  # monotonic seconds, for the sync interval
         self.path: Path | None = None
         self.records = 0  # records in the open file
@@ -110,6 +121,7 @@ class SpoolWriter:
         self._fd: int | None = None
         self._pid = os.getpid()  # the process that opened _fd and holds its lock
         self._retry_at = 0.0
+        self._full = False  # the last open failed for want of space
         self.first_record_at = 0.0  # clock() when the first record since the header went in
         self._dirty = False  # written since the last sync
         self._synced_at = 0.0  # time.monotonic() of the last sync (or the open)
@@ -296,14 +308,38 @@ class SpoolWriter:
         self.size = 0
         self._dirty = False
 
+    def retry_now(self) -> None:
+        """Try to open the spool at the next append whatever the reopen delay (flush, close)."""
+        self._retry_at = 0.0
+
+    def _space_back(self) -> bool:
+        """After ENOSPC: the directory's filesystem has room again (one ``statvfs``)."""
+        if not self._full:
+            return False
+        try:
+            return os.statvfs(self.directory).f_bavail > 0
+        except OSError:
+            return False
+
     def _open(self) -> int | None:
         now = time.monotonic()
-        if now < self._retry_at:
+        # A full disk is retried as soon as it has room (one cheap syscall per
+        # event), not after the delay: events made once space is back must land.
+        if now < self._retry_at and not self._space_back():
             return None
         try:
             fd, path = self._create()
+        except _Untrusted as exc:
+            self._retry_at, self._full = now + REOPEN_DELAY_S, False
+            warn_once(
+                "spool-untrusted",
+                f"not spooling to {self.directory}: {exc}; events are being dropped "
+                "while the daemon is unreachable (and counted as lost)",
+            )
+            return None
         except OSError as exc:
             self._retry_at = now + REOPEN_DELAY_S
+            self._full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             warn_once(
                 "spool-open",
                 f"cannot create a spool file in {self.directory}: {exc}; "
@@ -323,7 +359,13 @@ class SpoolWriter:
         final = self.directory / name
         tmp = self.directory / f".{name}.tmp"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        mode = OWN_FILE_MODE if os.stat(self.directory).st_uid == os.getuid() else FILE_MODE
+        st = os.stat(self.directory)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.directory))
+        # Anyone who may write the directory could delete or swap our file in it.
+        if why := untrusted_directory(str(self.directory), st, self._trusted, shared=True):
+            raise _Untrusted(why)
+        mode = OWN_FILE_MODE if st.st_uid == os.getuid() else FILE_MODE
         fd = os.open(tmp, flags, mode)
         try:
             os.fchmod(fd, mode)  # whatever the umask: the daemon's group must read it

@@ -7,11 +7,18 @@ import errno
 import os
 import pwd
 import select
+import stat  # already loaded by os: free
 import struct
 
 from ._warn import warn_once
 
-__all__ = ["connect_nowait", "trusted_uids", "untrusted_daemon", "wait_ready"]
+__all__ = [
+    "connect_nowait",
+    "trusted_uids",
+    "untrusted_daemon",
+    "untrusted_directory",
+    "wait_ready",
+]
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -91,10 +98,31 @@ def untrusted_daemon(sock: socket.socket, path: str, trusted: frozenset[int]) ->
         )
     except (OSError, AttributeError) as exc:
         return f"cannot check who listens on {path}: {exc}"
-    if st.st_uid not in trusted:
-        return f"{directory} belongs to uid {st.st_uid}, not to this user, root or the daemon's"
-    if st.st_mode & 0o022:
-        return f"{directory} is writable by others (mode {st.st_mode & 0o7777:04o})"
+    if why := untrusted_directory(directory, st, trusted):
+        return why
     if uid not in trusted:
         return f"the process listening on {path} (pid {pid}) runs as uid {uid}, not a daemon's"
+    return None
+
+
+def untrusted_directory(
+    directory: str, st: os.stat_result, trusted: frozenset[int], *, shared: bool = False
+) -> str | None:
+    """Why ``directory`` (``st``: its stat) may have been planted or tampered with; None if not.
+
+    It must belong to a trusted uid (``trusted_uids``) and be writable by
+    nobody else, or else anyone could have put a socket there, or delete and
+    swap our files in it.  ``shared``: the packaged spool directory is mode
+    ``3770`` group runtally (docs/operations.md "Security model"), so a
+    group-writable directory is accepted when it is sticky (no member can
+    remove another's file); world-writable never is.
+    """
+    mode = st.st_mode
+    if not stat.S_ISDIR(mode):
+        return f"{directory} is not a directory"
+    if st.st_uid not in trusted:
+        return f"{directory} belongs to uid {st.st_uid}, not to this user, root or the daemon's"
+    writable_by_others = mode & 0o002 or (mode & 0o020 and not (shared and mode & stat.S_ISVTX))
+    if writable_by_others:
+        return f"{directory} is writable by others (mode {mode & 0o7777:04o})"
     return None
