@@ -55,7 +55,6 @@ def _span(seconds: float) -> str:
     return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
 
-
 def derived_id(kind: str, uid: str) -> str:
     """The id of an event the monitor makes for ``uid``: the same every time (so
     closing a run twice is a no-op) and, like a client's, at most MAX_UID chars."""
@@ -63,6 +62,7 @@ def derived_id(kind: str, uid: str) -> str:
     if len(plain) <= MAX_UID:
         return plain
     return f"runtally-{kind}:#{hashlib.sha256(uid.encode()).hexdigest()}"
+
 
 class Monitor:
     """Judges every pipeline each ``settings.monitor_interval_s``; ``clock`` gives epoch seconds."""
