@@ -11,8 +11,8 @@ them to their spools (backpressure; memory stays flat).
 
 A commit that fails because the database is locked, the disk is full or I/O
 failed (StoreBusy) is retried with backoff, nothing acked meanwhile.  A batch
-that fails for any other reason is split job by job, event by event, so one
-unappliable event is dead-lettered instead of wedging everyone.  When not even
+that fails for any other reason is split job by job, event by event (``_batch``),
+so one unappliable event is dead-lettered instead of wedging everyone.  When not even
 a dead letter can be written, the fault is the database's, not the events'
 (read-only, corrupt): the connection is reopened (which also follows a file
 replaced underneath) and the batch retried, nothing acked and nothing
