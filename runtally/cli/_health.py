@@ -10,10 +10,8 @@ section and a line in ``problems``.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
-import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,18 +22,11 @@ import msgspec
 from ..daemon._doctor import row_counts
 from ..daemon._readonly import table_names
 from ..daemon._timefmt import iso_from_datetime, iso_from_ms, parse_iso
-from ..protocol import (
-    SPOOL_MAGIC,
-    ErrorReply,
-    Event,
-    SpoolReader,
-    Status,
-    StatusReply,
-    decode_client_message,
-)
+from ..protocol import ErrorReply, Status, StatusReply
 from . import _query as q
 from ._ask import ask
 from ._errors import CliError
+from ._health_spool import SpoolSection, spool_section
 from ._render import clock_ahead_s, fmt_duration, plural
 from ._state_view import BAD_STATES, state_problem
 
@@ -53,7 +44,6 @@ __all__ = [
 DEFAULT_MAX_SPOOL_AGE_S = 60.0
 #: Events lost to a full spool disk make ``status`` fail for this long (seconds).
 LOST_WINDOW_S = 24 * 3600.0
-_READ_CHUNK = 64 * 1024
 
 
 class DaemonSection(msgspec.Struct, kw_only=True):
@@ -78,27 +68,6 @@ class DatabaseSection(msgspec.Struct):
     last_write: str | None = None  # newest timestamp in runs, steps and errors
     lost_events: int = 0  # events clients reported lost (their spool's disk was full)
     lost_runs: int = 0  # runs those belonged to (closed as failure)
-    error: str | None = None
-
-
-class SpoolSection(msgspec.Struct, kw_only=True):
-    """Spool files waiting for replay; a file beyond its 8-byte header holds events.
-
-    A file whose writer is still alive (it holds the file's flock) is the
-    write-ahead log of a running pipeline, not a backlog: it counts in
-    ``live_files``, never in ``pending_files`` or the oldest event's age.
-    """
-
-    path: str
-    files: int = 0
-    pending_files: int = 0
-    live_files: int = 0  # held by a running pipeline (its write-ahead spool)
-    bytes: int = 0
-    oldest_at: str | None = None  # the oldest waiting event's ts
-    oldest_age_s: float | None = None
-    max_age_s: float  # the limit asked for, seconds
-    backing_up: bool = False  # oldest_age_s > max_age_s
-    corrupt_files: int = 0  # quarantined in corrupt/
     error: str | None = None
 
 
@@ -329,97 +298,3 @@ def _moment(text: str | None) -> datetime | None:
         return parse_iso(text) if text else None
     except ValueError:
         return None
-
-
-# -- spool -----------------------------------------------------------------------------
-
-
-#: What ``_waiting_since_ms`` answers for a file whose writer is alive.
-_LIVE = -1
-
-
-def _waiting_since_ms(path: Path, st: os.stat_result) -> int | None:
-    """The ``ts`` of a spool file's first record, ``_LIVE`` while its writer holds
-    it, or None (no record, unreadable, replaced since the directory listing).
-
-    The writer holds ``flock(LOCK_EX)`` for as long as it lives (DESIGN "Spool
-    format v1"); a shared lock that cannot be had means it is alive.  The
-    lock, when had, is let go at once, so the replayer misses at most a round.
-    """
-    reader = SpoolReader()
-    try:
-        # O_NONBLOCK|O_NOFOLLOW: swapped for a FIFO or a symlink since the stat,
-        # it neither blocks nor is followed.
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(path, flags), "rb") as fh:
-            now = os.fstat(fh.fileno())
-            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                return None
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return _LIVE
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            while not (records := reader.records()) and reader.corrupt is None:
-                chunk = fh.read(_READ_CHUNK)
-                if not chunk:
-                    return None
-                reader.receive_data(chunk)
-    except OSError:
-        return None
-    if not records:
-        return None
-    message = decode_client_message(records[0])
-    return message.ts if isinstance(message, Event) else None
-
-
-def _name_ms(path: Path) -> int | None:
-    head = path.name.split("-", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def spool_section(spool_dir: Path, now: float, max_age: float) -> SpoolSection:
-    """What waits in the spool directory: files, bytes, the oldest event and its age (s)."""
-    out = SpoolSection(path=str(spool_dir), max_age_s=max_age)
-    try:
-        entries = list(os.scandir(spool_dir))
-    except FileNotFoundError:
-        return out  # created by the daemon or the first client that spools
-    except OSError as exc:
-        out.error = f"cannot list {spool_dir}: {exc.strerror or exc}"
-        return out
-    oldest_ms: int | None = None
-    for entry in entries:
-        if entry.name == "corrupt" and entry.is_dir(follow_symlinks=False):
-            try:
-                out.corrupt_files = sum(1 for _ in os.scandir(entry.path))
-            except OSError:
-                pass
-            continue
-        if not entry.name.endswith(".spool"):
-            continue
-        try:
-            # Never through a symlink, never a FIFO (opening one would block):
-            # the daemon moves such entries aside, they are no backlog.
-            st = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-        except OSError:
-            continue  # replayed and deleted meanwhile
-        out.files += 1
-        out.bytes += st.st_size
-        if st.st_size <= len(SPOOL_MAGIC):
-            continue  # only a header: a live client's empty spool
-        path = Path(entry.path)
-        first = _waiting_since_ms(path, st)
-        if first is _LIVE:
-            out.live_files += 1
-            continue
-        out.pending_files += 1
-        ms = first or _name_ms(path) or int(st.st_mtime * 1000)
-        oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
-    if oldest_ms is not None:
-        out.oldest_at = iso_from_ms(oldest_ms)
-        out.oldest_age_s = round(max(0.0, now - oldest_ms / 1000), 3)
-        out.backing_up = out.oldest_age_s > max_age
-    return out

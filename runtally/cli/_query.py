@@ -125,9 +125,7 @@ def _text_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> sqlite3.Row:
     where the seed schema says TEXT (SQLite types values, not columns), and no
     reader (table, JSON, web page, metric label) can take bytes."""
     if any(type(v) is bytes for v in row):
-        row = tuple(
-            v.decode("utf-8", "backslashreplace") if type(v) is bytes else v for v in row
-        )
+        row = tuple(v.decode("utf-8", "backslashreplace") if type(v) is bytes else v for v in row)
     return sqlite3.Row(cursor, row)
 
 

@@ -35,10 +35,9 @@ if TYPE_CHECKING:
         RunStart,
         StepEnd,
         StepStart,
-        stack_tail,
     )
 
-    from . import _coerce
+    from . import _coerce, _describe
     from ._connection import Client
     from ._meta import run_meta
     from ._registry import get_client
@@ -78,7 +77,7 @@ def _load() -> None:
     pay it (nor a module that imports the tracker and never tracks).
     """
     global MAX_MESSAGE, MAX_NAME, MAX_STACK, ErrorEvent, RunEnd, RunStart  # noqa: PLW0603
-    global StepEnd, StepStart, stack_tail, _coerce, run_meta, get_client  # noqa: PLW0603
+    global StepEnd, StepStart, _coerce, _describe, run_meta, get_client  # noqa: PLW0603
     from runtally.protocol import (
         MAX_MESSAGE,
         MAX_NAME,
@@ -88,10 +87,9 @@ def _load() -> None:
         RunStart,
         StepEnd,
         StepStart,
-        stack_tail,
     )
 
-    from . import _coerce
+    from . import _coerce, _describe
     from ._meta import run_meta
     from ._registry import get_client
 
@@ -311,8 +309,8 @@ class RunTracker:
         if step_name is None and sid in self._steps:
             step_name = self._steps[sid].name
         if isinstance(error_message, BaseException):
-            error_stack = error_stack or _format_traceback(error_message)
-            error_message = _exception_text(error_message)
+            error_stack = error_stack or _describe.format_traceback(error_message)
+            error_message = _describe.exception_text(error_message)
         member = _coerce.text(member_identifier, MAX_MEMBER) or None
         stack = _coerce.text(error_stack, MAX_STACK) or None
         ts = now_ms()
@@ -354,32 +352,10 @@ class RunTracker:
             errors = [errors]
         recorded = 0
         for item in errors:
-            member, message, stack = self._describe(item)
+            member, message, stack = _describe.describe(item, self.member_keys)
             if self.record_error(step_name, step_id, member, message, stack) is not None:
                 recorded += 1
         return recorded
-
-    def _describe(self, item: Any) -> tuple[Any, Any, Any]:
-        """(member, message, stack) of one error as pipelines report them."""
-        if isinstance(item, str | bytes):
-            return None, item, None
-        get = item.get if isinstance(item, Mapping) else functools.partial(getattr, item)
-        member = None
-        for key in self.member_keys:
-            value = get(key, None)
-            if value is not None and value != "":
-                member = value
-                break
-        stack = get("stack", None)
-        if isinstance(item, BaseException):
-            return member, _exception_text(item), stack or _format_traceback(item)
-        message = get("message", None) or get("error", None)
-        if isinstance(message, BaseException):
-            stack = stack or _format_traceback(message)
-            message = _exception_text(message)
-        if message is None or message == "":
-            message = item
-        return member, message, stack
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -417,21 +393,3 @@ def _first(opts: Mapping[str, Any], *keys: str) -> Any:
 
 def _elapsed_ms(started: float) -> int:
     return max(0, round((time.monotonic() - started) * 1000))
-
-
-def _exception_text(exc: BaseException) -> str:
-    # As a traceback's last line and Sentry show it: ``KeyError: 'k'``, not ``'k'``.
-    text = _coerce.text(exc, MAX_MESSAGE)
-    return _coerce.text(
-        f"{type(exc).__name__}: {text}" if text else type(exc).__name__, MAX_MESSAGE
-    )
-
-
-def _format_traceback(exc: BaseException) -> str | None:
-    if exc.__traceback__ is None:
-        return None
-    import traceback  # only when an exception is recorded
-
-    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    text = "".join(lines)
-    return stack_tail(text)

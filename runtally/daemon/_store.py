@@ -21,10 +21,11 @@ import msgspec
 from ..protocol import Event, RunStart
 from . import _dbfiles as files
 from ._apply import Applier, Rejected
-from ._migrations import SCHEMA_VERSION, migrate, schema_version
+from ._connect import connect, open_migrated
+from ._migrations import SCHEMA_VERSION, schema_version
 from ._parking import Parking
-from ._recognise import recognise
 from ._records import AuditEntry, DeadLetter, Origin, Write, write_audit, write_dead_letters
+from ._storeerrors import ApplyError, StoreBusy, is_transient
 from ._timefmt import iso_from_ms, ms_from_iso, now_ms
 
 __all__ = [
@@ -39,37 +40,6 @@ __all__ = [
     "connect",
     "is_transient",
 ]
-
-
-class ApplyError(Exception):
-    """A batch that cannot be applied as a whole (it was rolled back entirely)."""
-
-
-class StoreBusy(Exception):
-    """The database cannot be written right now (locked, disk full, I/O): retry later."""
-
-
-#: SQLite's primary result codes that retrying later can fix: a lock held by
-#: another connection (BUSY, LOCKED), a full disk (FULL), failed I/O (IOERR).
-_TRANSIENT_CODES = frozenset(
-    {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for a sqlite3 error that retrying later can fix: BUSY, LOCKED, FULL or IOERR.
-
-    Decided on ``sqlite_errorcode``'s primary code (its low byte: extended
-    codes such as SQLITE_IOERR_WRITE or SQLITE_BUSY_SNAPSHOT count as their
-    primary), never on the message or the exception class, which both lump
-    unrelated faults together.  Everything else is permanent: no such table,
-    READONLY, CORRUPT, NOTADB, a constraint, a schema error, and any exception
-    that is not SQLite's.
-    """
-    if not isinstance(exc, sqlite3.Error):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)  # None: raised by Python, not SQLite
-    return code is not None and code & 0xFF in _TRANSIENT_CODES
 
 
 class Store:
@@ -126,7 +96,7 @@ class Store:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = _open_migrated(path, synchronous, busy_timeout_ms)
+        conn = open_migrated(path, synchronous, busy_timeout_ms)
         return cls(
             conn,
             path,
@@ -152,7 +122,7 @@ class Store:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
-        self._conn = _open_migrated(self.path, self.synchronous, self.busy_timeout_ms)
+        self._conn = open_migrated(self.path, self.synchronous, self.busy_timeout_ms)
         self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.autocheckpoint_pages)}")
         self._applier = self._new_applier()
         self._identity = files.identity(self.path)
@@ -417,46 +387,6 @@ class Store:
     def close(self) -> None:
         """Close the connection; the Store is unusable afterwards."""
         self._conn.close()
-
-
-def _open_migrated(
-    path: Path, synchronous: Literal["NORMAL", "FULL"], busy_timeout_ms: int
-) -> sqlite3.Connection:
-    recognise(path)  # before anything writes: a foreign file stays untouched
-    conn = connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
-    try:
-        migrate(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def connect(
-    path: Path,
-    *,
-    synchronous: Literal["NORMAL", "FULL"] = "FULL",
-    busy_timeout_ms: int = 5000,
-) -> sqlite3.Connection:
-    """A write connection with runtally's pragmas, in autocommit mode.
-
-    ``check_same_thread=False``: the writer task runs it from trio worker
-    threads, one call at a time.
-    """
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if mode.lower() != "wal":
-        conn.close()
-        raise sqlite3.OperationalError(f"cannot switch {path} to WAL (journal_mode={mode})")
-    conn.execute("PRAGMA foreign_keys = ON")
-    if synchronous not in ("NORMAL", "FULL"):
-        raise ValueError("synchronous must be NORMAL or FULL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    # What a checkpoint that resets the WAL leaves of it at most (SQLite's default
-    # is no limit: a WAL grown under a long reader kept its size for ever).
-    conn.execute(f"PRAGMA journal_size_limit = {files.JOURNAL_SIZE_LIMIT}")
-    return conn
 
 
 def _reencode(event: Event) -> bytes:

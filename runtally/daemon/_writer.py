@@ -11,8 +11,8 @@ them to their spools (backpressure; memory stays flat).
 
 A commit that fails because the database is locked, the disk is full or I/O
 failed (StoreBusy) is retried with backoff, nothing acked meanwhile.  A batch
-that fails for any other reason is split job by job, event by event, so one
-unappliable event is dead-lettered instead of wedging everyone.  When not even
+that fails for any other reason is split job by job, event by event (``_batch``),
+so one unappliable event is dead-lettered instead of wedging everyone.  When not even
 a dead letter can be written, the fault is the database's, not the events'
 (read-only, corrupt): the connection is reopened (which also follows a file
 replaced underneath) and the batch retried, nothing acked and nothing
@@ -50,11 +50,12 @@ from collections.abc import Sequence
 import trio
 
 from ..errors import RuntallyError
-from ..protocol import Event
+from ._batch import DatabaseBroken as _DatabaseBroken
+from ._batch import apply_jobs
 from ._job import Job
 from ._latency import LatencyHistogram
 from ._log import logger
-from ._store import ApplyError, AuditEntry, DeadLetter, Origin, Store, StoreBusy, Write
+from ._store import ApplyError, Store, StoreBusy
 
 __all__ = ["Job", "Writer"]
 
@@ -78,10 +79,6 @@ _BUSY_UPKEEP_S = 60.0
 _BUSY_CHECKPOINT_S = 1.0
 #: A batch this small is committed in the event loop's thread (``_commit_inline``).
 _INLINE_MAX_EVENTS = 256
-
-
-class _DatabaseBroken(Exception):
-    """Not even a dead letter could be written: the database is at fault, not the events."""
 
 
 class _GiveUp(Exception):
@@ -389,88 +386,5 @@ class Writer:
             self._reopen(why)
             if self.store.changed_underneath() is not None:
                 raise _DatabaseBroken(why)
-        for job in jobs:
-            if job.task is not None:
-                try:
-                    job.outcome = job.task(self.store)
-                except StoreBusy:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a failed chore never stops the writer
-                    job.outcome = exc
-                job.committed = True
-        if not (jobs := [job for job in jobs if not job.committed]):
-            return
-        durable = any(job.durable for job in jobs)
-        events: list[Event] = []
-        frames: list[bytes] = []
-        origins: list[Origin] = []
-        dead: list[DeadLetter] = []
-        audit: list[AuditEntry] = []
-        writes: list[Write] = []
-        for job in jobs:
-            events += job.events
-            frames += job.frames
-            origins += [job.origin] * len(job.events)
-            dead += job.dead_letters
-            audit += job.audit
-            writes += job.writes
-        try:
-            results = self.store.apply(
-                events,
-                frames=frames,
-                origins=origins,
-                dead_letters=dead,
-                audit=audit,
-                durable=durable,
-                writes=writes,
-            )
-        except ApplyError:
-            for job in jobs:
-                self._apply_isolated(job)
-                job.committed = True
-            return
-        start = 0
-        for job in jobs:
-            job.results = results[start : start + len(job.events)]
-            job.committed = True
-            start += len(job.events)
-        if results or dead or audit or events:
+        if apply_jobs(self.store, jobs):
             self.parked_oldest_ms = self.store.parked_oldest_ms()
-
-    def _apply_isolated(self, job: Job) -> None:
-        """Slow path: find the event(s) that cannot be applied and dead-letter them."""
-        try:
-            job.results = self.store.apply(
-                job.events,
-                frames=job.frames,
-                origins=[job.origin] * len(job.events),
-                dead_letters=job.dead_letters,
-                audit=job.audit,
-                durable=job.durable,
-                writes=job.writes,
-            )
-            return
-        except ApplyError:
-            pass
-        self._write_records(job.dead_letters, job.audit, durable=job.durable)
-        job.dead_letters, job.audit = [], []  # committed: not again if a retry follows
-        if job.writes:  # the daemon's own statements failed: logged, never retried forever
-            logger.error("dropping %d monitor statement(s) that cannot be applied", len(job.writes))
-            job.writes = []
-        job.results = []
-        for event, frame in zip(job.events, job.frames, strict=True):
-            try:
-                job.results.extend(self.store.apply([event], frames=[frame], origins=[job.origin]))
-            except ApplyError as exc:
-                reason = f"cannot be applied: {exc}"
-                self._write_records([DeadLetter(frame, reason, event.id, job.origin)], [])
-                job.results.append(reason)
-
-    def _write_records(
-        self, dead_letters: list[DeadLetter], audit: list[AuditEntry], *, durable: bool = False
-    ) -> None:
-        """Commit records alone; a database that refuses even these is broken (retry later)."""
-        try:
-            self.store.apply((), dead_letters=dead_letters, audit=audit, durable=durable)
-        except ApplyError as exc:
-            raise _DatabaseBroken(str(exc)) from exc
