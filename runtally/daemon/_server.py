@@ -201,6 +201,7 @@ async def serve(
                             )
                         )
                         intake.start_soon(daemon.replayer.run)
+                        intake.start_soon(daemon.report_refusals)
                         daemon.alerts.start()
                         intake.start_soon(daemon.monitor.run)
                         intake.start_soon(daemon.retention.run)

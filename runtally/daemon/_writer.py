@@ -45,6 +45,7 @@ from collections.abc import Sequence
 
 import trio
 
+from .._text import clean_text
 from ..errors import RuntallyError
 from ..protocol import Event
 from ._job import Job
@@ -422,8 +423,27 @@ class Writer:
     def _write_records(
         self, dead_letters: list[DeadLetter], audit: list[AuditEntry], *, durable: bool = False
     ) -> None:
-        """Commit records alone; a database that refuses even these is broken (retry later)."""
+        """Commit records alone; a database that refuses even these is broken (retry later).
+
+        Unless the records are at fault (text ``_records`` could not make
+        storable): if a row saying they were dropped commits, the database is
+        fine, and retrying records that can never be written would wedge the
+        writer, hold back every ack and end in an exit (a restart loop).
+        """
         try:
             self.store.apply((), dead_letters=dead_letters, audit=audit, durable=durable)
         except ApplyError as exc:
-            raise _DatabaseBroken(str(exc)) from exc
+            reason = clean_text(str(exc))
+            dropped = AuditEntry(
+                "records_dropped",
+                f"{len(dead_letters)} dead letter(s) and {len(audit)} audit row(s) dropped:"
+                f" they cannot be written: {reason}",
+                level="error",
+                scope="writer",
+                data={"dead_letters": len(dead_letters), "audit": len(audit), "reason": reason},
+            )
+            try:
+                self.store.apply((), audit=[dropped], durable=durable)
+            except ApplyError:
+                raise _DatabaseBroken(reason) from exc
+            logger.error("%s", dropped.message)
