@@ -150,11 +150,7 @@ class Replayer:
         self.first_pass_done = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Replay at start, then every ``interval_s`` (a gone writer's file within seconds).
-
-        ``corrupt/`` is created first (see the module doc).
-        """
-        await self._prepare_corrupt()
+        """Replay at start, then every ``interval_s`` (a gone writer's file within seconds)."""
         await self.replay_once()
         self.first_pass_done.set()
         task_status.started()
@@ -162,14 +158,19 @@ class Replayer:
             await trio.sleep(self.interval_s)
             await self.replay_once()
 
-    async def _prepare_corrupt(self) -> None:
-        """Create ``corrupt/`` now if the spool is usable; note why it cannot be used."""
+    def prepare_corrupt(self) -> None:
+        """Create ``corrupt/`` if the spool is usable; note why it cannot be used.
+
+        The daemon calls it at start-up, before it serves anyone (see the
+        module doc).  A mkdir and an open of directories: fine in the loop's
+        thread, like ``open_dir`` in ``replay_once``.
+        """
         try:
             dir_fd = open_dir(self.spool_dir)
         except OSError:
             return  # missing or refused: replay_once reports it
         try:
-            await trio.to_thread.run_sync(ensure_corrupt, dir_fd)
+            ensure_corrupt(dir_fd)
         except OSError as exc:
             self.quarantine_problem = str(exc)
             logger.error("bad spool files cannot be quarantined: %s", clean_name(str(exc)))

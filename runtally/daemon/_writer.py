@@ -425,15 +425,18 @@ class Writer:
     ) -> None:
         """Commit records alone; a database that refuses even these is broken (retry later).
 
-        Unless the records are at fault (text ``_records`` could not make
-        storable): if a row saying they were dropped commits, the database is
-        fine, and retrying records that can never be written would wedge the
-        writer, hold back every ack and end in an exit (a restart loop).
+        Unless the records themselves are at fault: an error raised before
+        SQLite saw them (text ``_records`` could not make storable, data with
+        no JSON form).  Retrying those would wedge the writer, hold back every
+        ack and end in an exit (a restart loop): they are dropped, with a row
+        saying so, and the database is broken only if that row fails too.
         """
         try:
             self.store.apply((), dead_letters=dead_letters, audit=audit, durable=durable)
         except ApplyError as exc:
             reason = clean_text(str(exc))
+            if isinstance(exc.__cause__, sqlite3.Error):
+                raise _DatabaseBroken(reason) from exc
             dropped = AuditEntry(
                 "records_dropped",
                 f"{len(dead_letters)} dead letter(s) and {len(audit)} audit row(s) dropped:"
