@@ -163,7 +163,7 @@ def _as_text(value: Any) -> Any:
     (a Latin-1 file name in ``$1``) written ``\\xNN``, as the client stores them,
     so ``runs -p "$name"`` finds what the pipeline recorded and SQLite and the
     socket never see a lone surrogate."""
-    from ..client._coerce import clean_text
+    from .._text import clean_text
 
     if isinstance(value, str):
         return clean_text(value)

@@ -13,21 +13,22 @@ that UTF-8 cannot encode: ``os.fsdecode``/``sys.argv``/``os.environ`` turn
 each byte of a non-UTF-8 file name into ``U+DC80..U+DCFF`` (PEP 383's
 ``surrogateescape``).  One such character used to make the whole event
 unencodable, and a ``run_start`` lost that way took its whole run with it.
-``clean_text`` is the one sanitiser every string of an event goes through
-(``text``, ``name``, ``uid``, every key and value of ``plain``, and the
-Client's last-resort re-encoding of any event): a smuggled byte becomes the
-four characters ``\\xNN`` (``report-\\xe9.csv``: readable, and the original
-byte recoverable), any other lone surrogate becomes U+FFFD.  Valid text is
-returned as is, the same object, after an ``isascii``/encode check.
+``clean_text`` (``runtally._text``, shared with the daemon) is the one
+sanitiser every string of an event goes through (``text``, ``name``, ``uid``,
+every key and value of ``plain``, and the Client's last-resort re-encoding
+of any event): a smuggled byte becomes the four characters ``\\xNN``
+(``report-\\xe9.csv``: readable, and the original byte recoverable), any
+other lone surrogate becomes U+FFFD.  Valid text is returned as is, the same
+object, after an ``isascii``/encode check.
 """
 
 from __future__ import annotations
 
-import codecs
 from typing import Any
 
 import msgspec
 
+from runtally._text import clean_text
 from runtally.protocol import MAX_COUNT, MAX_NAME, MAX_UID, limit_depth
 
 from ._warn import warn_once
@@ -41,42 +42,6 @@ MAX_PLAIN_BYTES = 256 * 1024
 _SUCCESS = frozenset({"success", "succeeded", "ok", "passed", "pass", "done", "true", "yes"})
 _FAILURE = frozenset({"failure", "failed", "fail", "error", "errored", "false", "no", "crashed"})
 _SKIPPED = frozenset({"skipped", "skip", "skipping"})
-
-_ERRORS = "runtally-escape"
-
-
-_REPLACEMENT = "\ufffd".encode()
-
-
-def _escape_unencodable(exc: UnicodeError) -> tuple[bytes, int]:
-    """codecs error handler: ``\\xNN`` for a surrogate-escaped byte, U+FFFD otherwise.
-
-    Returns bytes: the UTF-8 encoder takes a str replacement only if it is ASCII.
-    """
-    if not isinstance(exc, UnicodeEncodeError):
-        raise exc
-    out = bytearray()
-    for ch in exc.object[exc.start : exc.end]:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:
-            out += b"\\x%02x" % (code - 0xDC00)
-        else:
-            out += _REPLACEMENT
-    return bytes(out), exc.end
-
-
-codecs.register_error(_ERRORS, _escape_unencodable)
-
-
-def clean_text(value: str) -> str:
-    """``value`` with whatever UTF-8 cannot encode replaced (see the module doc); never raises."""
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", _ERRORS).decode("utf-8")
-    return value
 
 
 def clean(value: Any) -> Any:

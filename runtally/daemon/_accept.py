@@ -74,12 +74,11 @@ async def _serve_one(
                 reported = throttle.hit(exc.errno)
                 if reported is not None:
                     logger.error(
-                        "cannot accept connections: %s (%s); %d failed accepts in the last "
-                        "minute, retrying every %g s (raise LimitNOFILE= or lower "
-                        "max_connections)",
+                        "cannot accept connections: %s (%s); %s, retrying every %g s"
+                        " (raise LimitNOFILE= or lower max_connections)",
                         errno.errorcode.get(exc.errno, exc.errno),
                         os.strerror(exc.errno),
-                        reported,
+                        reported.describe("failed accepts"),
                         RETRY_S,
                     )
                 await trio.sleep(RETRY_S)

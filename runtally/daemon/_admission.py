@@ -10,7 +10,9 @@ lower, ``max_connections`` is lowered to fit, with one warning.
 
 ``max_connections_per_uid`` keeps one local user from taking every slot.
 Refusals are logged and audited at most once a minute per limit and uid,
-with their count, so a client retrying in a loop cannot flood the audit log.
+with their true count and the seconds it covers (``due`` reports the rest of
+a burst that stopped), so a client retrying in a loop cannot flood the audit
+log and the rows still add up to every refusal.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections import Counter
 from ..config import Settings
 from ._log import logger
 from ._store import AuditEntry, Origin
-from ._throttle import Throttle
+from ._throttle import Report, Throttle
 
 __all__ = ["Admission", "Refused", "fit_nofile"]
 
@@ -89,6 +91,17 @@ class Admission:
         self.open = 0
         self.per_uid: Counter[int | None] = Counter()
         self._throttle = Throttle()
+        #: The last refusal per throttle key (its reason, peer, limit), for ``due``.
+        self._last: dict[tuple[str, int | None], tuple[str, Origin, int]] = {}
+
+    @property
+    def report_interval_s(self) -> float:
+        """Seconds between two reports of one limit's refusals (60; tests shorten it)."""
+        return self._throttle.interval_s
+
+    @report_interval_s.setter
+    def report_interval_s(self, value: float) -> None:
+        self._throttle.interval_s = value
 
     def refuse(self, origin: Origin) -> Refused | None:
         """None when ``origin`` may have one more connection, else the Refused."""
@@ -115,22 +128,36 @@ class Admission:
 
     def _refusal(self, reason: str, origin: Origin, limit: str, value: int) -> Refused:
         key = (limit, origin.uid if limit == "max_connections_per_uid" else None)
-        count = self._throttle.hit(key)
-        if count is None:
+        self._last[key] = (reason, origin, value)
+        report = self._throttle.hit(key)
+        if report is None:
             return Refused(reason, None)
-        logger.warning("refused %d connection(s) in the last minute: %s", count, reason)
-        audit = AuditEntry(
+        return Refused(reason, self._audit(key, report))
+
+    def due(self) -> list[AuditEntry]:
+        """Audit rows for refusals counted but not reported yet (a burst that stopped).
+
+        The daemon calls this about once a minute, so the count in the audit
+        log adds up to every refusal, not only those followed by another one.
+        """
+        return [self._audit(key, report) for key, report in self._throttle.due()]
+
+    def _audit(self, key: tuple[str, int | None], report: Report) -> AuditEntry:
+        reason, origin, value = self._last[key]
+        said = report.describe("refused")
+        logger.warning("connections refused: %s: %s", said, reason)
+        return AuditEntry(
             "connection_refused",
-            f"{reason} ({count} refused in the last minute)",
+            f"{reason} ({said})",
             level="warning",
             scope="socket",
             data={
-                "limit": limit,
+                "limit": key[0],
                 "value": value,
-                "refused": count,
+                "refused": report.count,
+                "over_s": round(report.span_s, 3),
                 "uid": origin.uid,
                 "gid": origin.gid,
                 "pid": origin.pid,
             },
         )
-        return Refused(reason, audit)

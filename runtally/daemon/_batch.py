@@ -10,8 +10,10 @@ The writer's retry and give-up policy around this lives in ``_writer``.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
+from .._text import clean_text
 from ..protocol import Event
 from ._job import Job
 from ._log import logger
@@ -112,8 +114,30 @@ def _apply_isolated(store: Store, job: Job) -> None:
 def _write_records(
     store: Store, dead_letters: list[DeadLetter], audit: list[AuditEntry], *, durable: bool = False
 ) -> None:
-    """Commit records alone; a database that refuses even these is broken (retry later)."""
+    """Commit records alone; a database that refuses even these is broken (retry later).
+
+    Unless the records themselves are at fault: an error raised before
+    SQLite saw them (text ``_records`` could not make storable, data with
+    no JSON form).  Retrying those would wedge the writer, hold back every
+    ack and end in an exit (a restart loop): they are dropped, with a row
+    saying so, and the database is broken only if that row fails too.
+    """
     try:
         store.apply((), dead_letters=dead_letters, audit=audit, durable=durable)
     except ApplyError as exc:
-        raise DatabaseBroken(str(exc)) from exc
+        reason = clean_text(str(exc))
+        if isinstance(exc.__cause__, sqlite3.Error):
+            raise DatabaseBroken(reason) from exc
+        dropped = AuditEntry(
+            "records_dropped",
+            f"{len(dead_letters)} dead letter(s) and {len(audit)} audit row(s) dropped:"
+            f" they cannot be written: {reason}",
+            level="error",
+            scope="writer",
+            data={"dead_letters": len(dead_letters), "audit": len(audit), "reason": reason},
+        )
+        try:
+            store.apply((), audit=[dropped], durable=durable)
+        except ApplyError:
+            raise DatabaseBroken(reason) from exc
+        logger.error("%s", dropped.message)

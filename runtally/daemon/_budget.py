@@ -90,8 +90,8 @@ class PartialBudget:
         if reported is not None:
             logger.warning(
                 "closed a connection holding an incomplete frame: incomplete frames "
-                "exceeded %d bytes (%d such closes in the last minute, %d in all)",
+                "exceeded %d bytes (%s, %d in all)",
                 self.limit,
-                reported,
+                reported.describe("such closes"),
                 self.evicted,
             )

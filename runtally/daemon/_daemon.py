@@ -14,6 +14,7 @@ import time
 
 import trio
 
+from .._text import clean_text
 from .._version import __version__
 from ..config import Settings
 from ..protocol import ErrorReply, PipelinePaused, Replayed, StatusReply, Vacuumed, encode_frame
@@ -79,6 +80,13 @@ class Daemon:
         """Begin the graceful shutdown, as a first SIGTERM does."""
         self.stop_requested.set()
 
+    async def report_refusals(self) -> None:
+        """Audit the refusals of a burst that stopped (``Admission.due``), checked every second."""
+        while True:
+            await trio.sleep(1.0)
+            if rows := self.admission.due():
+                await self.writer.submit(Job(audit=rows))
+
     def stop_reading(self) -> None:
         """Shutdown: every connection replies to what it has read and reads no more."""
         for conn in list(self.connections):
@@ -100,21 +108,21 @@ class Daemon:
             events_committed=self.writer.events_committed,
             queue_depth=self.writer.queued_events,
             schema_version=self.schema_version,
-            db_path=str(self.store.path),
+            db_path=clean_text(str(self.store.path)),
             connections=len(self.connections),
             spool_files=len(spool_backlog(self.settings.spool)),
             version=__version__,
             pid=os.getpid(),
             last_commit_ts=self.writer.last_commit_ms,
-            spool_problem=self.replayer.problem,
+            spool_problem=None if (p := self.replayer.problem) is None else clean_text(p),
             wal_bytes=wal,
             parked=w.parked,
             parked_bytes=w.parked_bytes,
             parked_oldest_ts=w.parked_oldest_ms,
             parked_expired=w.parked_expired,
             failing_s=None if failing is None else round(failing, 3),
-            failing_reason=w.busy_reason,
-            problems=self.problems(failing, wal),
+            failing_reason=clean_text(w.busy_reason),
+            problems=[clean_text(p) for p in self.problems(failing, wal)],
             alert_failures=dict(self.alerts.failures) or None,
             commit_seconds=self.writer.commit_latency.snapshot(),
         )
@@ -137,6 +145,11 @@ class Daemon:
                     " refused (see dead_letters); they expire into dead_letters after"
                     f" {s.parked_max_age_s:g} s"
                 )
+        if (why := self.replayer.quarantine_problem) is not None:
+            out.append(
+                f"spool: bad spool files cannot be moved aside: {why}; remove"
+                f" {self.replayer.corrupt_dir} (the daemon recreates it, its own, mode 0700)"
+            )
         if wal_bytes > s.status_wal_bytes:
             out.append(
                 f"wal: {files.wal_path(self.store.path)} is {wal_bytes} bytes (limit"
@@ -172,7 +185,9 @@ class Daemon:
             return refused
         stats = await self.replayer.replay_once()
         if self.replayer.problem is not None:
-            return encode_frame(ErrorReply(f"nothing replayed: {self.replayer.problem}"))
+            return encode_frame(
+                ErrorReply(clean_text(f"nothing replayed: {self.replayer.problem}"))
+            )
         total = self.replayer.total
         return encode_frame(
             Replayed(

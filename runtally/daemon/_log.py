@@ -16,6 +16,8 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
+from .._text import clean_text
+
 __all__ = ["logger"]
 
 #: The daemon's logger; its one handler is installed on import (see the module doc).
@@ -49,7 +51,9 @@ class _Formatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        # A path or name from outside may hold bytes that are not UTF-8: shown
+        # as \\xNN (``_text``), never a line the stream cannot encode.
+        line = clean_text(super().format(record))
         if self.journal:
             return f"<{_PRIORITY.get(record.levelno, 6)}>{line}"
         return line

@@ -1,4 +1,11 @@
-"""The records a batch writes besides events: dead letters, audit rows, and their origin."""
+"""The records a batch writes besides events: dead letters, audit rows, and their origin.
+
+Their text comes partly from outside (a spool file's name in ``source`` and
+in messages, a path, a peer's refusal reason): every string is passed
+through ``runtally._text`` here, where it enters the database, so a name that
+is not valid UTF-8 is stored as ``\\xNN`` and can never make the batch, and
+with it every ack, fail (it used to stop the daemon).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from .._text import clean_data, clean_text
 from ._timefmt import iso_from_ms, now_ms
 
 __all__ = [
@@ -88,12 +96,12 @@ def write_dead_letters(conn: sqlite3.Connection, letters: Sequence[DeadLetter]) 
         [
             (
                 iso_from_ms(d.received_ms or now),
-                d.origin.source,
+                clean_text(d.origin.source),
                 d.origin.uid,
                 d.origin.gid,
                 d.origin.pid,
-                d.event_id,
-                d.reason,
+                None if d.event_id is None else clean_text(d.event_id),
+                clean_text(d.reason),
                 d.frame,
             )
             for d in letters
@@ -113,10 +121,10 @@ def write_audit(conn: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None
             (
                 iso_from_ms(a.ts_ms or now),
                 a.level,
-                a.scope,
-                a.event,
-                a.message,
-                None if a.data is None else _json.encode(a.data).decode(),
+                clean_text(a.scope),
+                clean_text(a.event),
+                clean_text(a.message),
+                None if a.data is None else _json.encode(clean_data(a.data)).decode(),
             )
             for a in entries
         ],

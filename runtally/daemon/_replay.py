@@ -21,6 +21,17 @@ checked and opened once per pass, every name is used relative to that fd,
 only regular files are opened, and anything else (a symlink, a FIFO, a
 directory named ``*.spool``) is moved to ``corrupt/`` unopened or, if it
 cannot be moved, audited once and skipped.
+
+Names are not trusted either: a name that is not UTF-8 (``\\xff.spool``) or
+holds control characters is shown as ``\\xNN`` (``_text.clean_name``) in the
+log, the audit rows and the origin of its events, and its file is replayed
+or quarantined like any other.  A file whose events are applied but that
+cannot be deleted or moved is not applied again every round: only its
+removal is retried (``events_committed`` counts its events once).
+
+``corrupt/`` is created at start, before any client can, so that a member of
+the spool's group cannot create it first and so disable quarantine; when it
+cannot be used, ``quarantine_problem`` says why (``status`` shows it).
 """
 
 from __future__ import annotations
@@ -38,10 +49,13 @@ from typing import Any
 
 import trio
 
+from .._text import clean_name
 from ..protocol import EVENT_TYPES, Refusal, SpoolReader, decode_client_message
 from ._log import logger
 from ._spooldir import (
     CORRUPT,
+    UnsafeSpool,
+    ensure_corrupt,
     kind_of,
     lockless_writer_alive,
     open_dir,
@@ -123,6 +137,11 @@ class Replayer:
         self._lock = trio.Lock()
         #: File name -> the last failure reported for it (reported once per reason).
         self._failed: dict[str, str] = {}
+        #: File name -> (its identity, events applied, corruption or None) for a
+        #: file applied in full but not yet deleted or moved: not applied again.
+        self._applied: dict[str, tuple[tuple[int, ...], int, str | None]] = {}
+        #: Why bad files cannot be moved to corrupt/ (status shows it), else None.
+        self.quarantine_problem: str | None = None
         #: Odd entries (name, inode) that could not be moved: audited once, then skipped.
         self._skipped: set[tuple[str, int]] = set()
         self.total = ReplayStats()
@@ -138,6 +157,25 @@ class Replayer:
         while True:
             await trio.sleep(self.interval_s)
             await self.replay_once()
+
+    def prepare_corrupt(self) -> None:
+        """Create ``corrupt/`` if the spool is usable; note why it cannot be used.
+
+        The daemon calls it at start-up, before it serves anyone (see the
+        module doc).  A mkdir and an open of directories: fine in the loop's
+        thread, like ``open_dir`` in ``replay_once``.
+        """
+        try:
+            dir_fd = open_dir(self.spool_dir)
+        except OSError:
+            return  # missing or refused: replay_once reports it
+        try:
+            ensure_corrupt(dir_fd)
+        except OSError as exc:
+            self.quarantine_problem = str(exc)
+            logger.error("bad spool files cannot be quarantined: %s", clean_name(str(exc)))
+        finally:
+            os.close(dir_fd)
 
     async def replay_once(self) -> ReplayStats:
         """Replay every file whose writer is gone, now; one replay at a time.
@@ -170,6 +208,8 @@ class Replayer:
                         await self._report_failure(name, exc)
                     else:
                         self._failed.pop(name, None)
+                for gone in self._applied.keys() - set(names):
+                    del self._applied[gone]
                 stats += await self._sweep_tmp(dir_fd, [n for n in names if n.endswith(".tmp")])
             finally:
                 os.close(dir_fd)
@@ -191,7 +231,7 @@ class Replayer:
         if self.problem == reason:
             return
         self.problem = reason
-        logger.error("not replaying the spool: %s", reason)
+        logger.error("not replaying the spool: %s", clean_name(reason))
         await self._audit(
             "spool_dir_refused",
             f"nothing is replayed from the spool: {reason}",
@@ -206,20 +246,21 @@ class Replayer:
 
     async def _report_failure(self, name: str, exc: OSError) -> None:
         """Log and audit a file's failure once (per reason), not every round."""
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = clean_name(f"{type(exc).__name__}: {exc}")
         if self._failed.get(name) == reason:
             return
         self._failed[name] = reason
-        logger.error("cannot replay %r, will retry: %s", name, reason)
+        shown = clean_name(name)
+        logger.error("cannot replay %s, will retry: %s", shown, reason)
         await self.writer.submit(
             Job(
                 audit=[
                     AuditEntry(
                         "spool_replay_failed",
-                        f"{name} left in the spool, retried every round: {reason}",
+                        f"{shown} left in the spool, retried every round: {reason}",
                         level="error",
                         scope="replay",
-                        data={"file": name, "reason": reason},
+                        data={"file": shown, "reason": reason},
                     )
                 ]
             )
@@ -240,12 +281,13 @@ class Replayer:
             await self._quarantine(dir_fd, name, reason, 0)
         except OSError as exc:
             self._skipped.add(key)
-            logger.warning("skipping %r in the spool: %s; cannot move it: %s", name, reason, exc)
+            shown, error = clean_name(name), clean_name(str(exc))
+            logger.warning("skipping %s in the spool: %s; cannot move it: %s", shown, reason, error)
             await self._audit(
                 "spool_skipped",
-                f"{name} skipped: {reason}; cannot move it to corrupt/: {exc}",
+                f"{shown} skipped: {reason}; cannot move it to corrupt/: {error}",
                 "warning",
-                {"file": name, "reason": reason, "error": str(exc)},
+                {"file": shown, "reason": reason, "error": error},
             )
             return ReplayStats()
         return ReplayStats(quarantined=1)
@@ -273,33 +315,52 @@ class Replayer:
             if not self.owner_allowed(owner, st.st_gid):
                 await self._quarantine(dir_fd, name, f"owner uid {owner} is not allowed to emit", 0)
                 return ReplayStats(quarantined=1)
-            events, tail = await self._apply_records(name, fh)
+            # Applied on an earlier round but not removed (corrupt/ or the
+            # unlink failed): only the removal is retried, so its events are
+            # neither applied nor counted again every round.
+            ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            earlier = self._applied.get(name)
+            if earlier is not None and earlier[0] == ident:
+                _, events, tail = earlier
+                fresh = False
+            else:
+                events, tail = await self._apply_records(name, fh)
+                self._applied[name] = (ident, events, tail)
+                fresh = True
             if tail is not None:
                 await self._quarantine(dir_fd, name, tail, events)
+                del self._applied[name]
                 return ReplayStats(files=1, events=events, quarantined=1)
-            replayed = Job(
-                durable=True,  # synced before the unlink, even at synchronous=NORMAL
-                audit=[
-                    AuditEntry(
-                        "spool_replayed",
-                        f"replayed {events} events from {name}",
-                        scope="replay",
-                        data={"file": name, "events": events},
-                    )
-                ],
-            )
-            await self.writer.submit(replayed)
-            # The audit row is committed before the file goes: a kill at any
-            # point after the unlink cannot lose it (a kill before it replays
-            # the file again, a no-op but for a second row).  Its commit is
-            # durable (fsynced, whatever ``synchronous``), and the fsync of
-            # the WAL covers the file's events committed before it: a power
-            # loss after the unlink cannot lose them either.
-            await replayed.done.wait()
+            if fresh:
+                await self._replayed(name, events)
             if _still_there(dir_fd, name, st):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=dir_fd)
+            del self._applied[name]
             return ReplayStats(files=1, events=events)
+
+    async def _replayed(self, name: str, events: int) -> None:
+        """Commit the ``spool_replayed`` row, durably, before the file is deleted."""
+        shown = clean_name(name)
+        replayed = Job(
+            durable=True,  # synced before the unlink, even at synchronous=NORMAL
+            audit=[
+                AuditEntry(
+                    "spool_replayed",
+                    f"replayed {events} events from {shown}",
+                    scope="replay",
+                    data={"file": shown, "events": events},
+                )
+            ],
+        )
+        await self.writer.submit(replayed)
+        # The audit row is committed before the file goes: a kill at any
+        # point after the unlink cannot lose it (a kill before it replays
+        # the file again, a no-op but for a second row).  Its commit is
+        # durable (fsynced, whatever ``synchronous``), and the fsync of
+        # the WAL covers the file's events committed before it: a power
+        # loss after the unlink cannot lose them either.
+        await replayed.done.wait()
 
     async def _apply_records(self, name: str, fh: Any) -> tuple[int, str | None]:
         """Submit every good record; return (events, corruption reason or None).
@@ -310,7 +371,7 @@ class Replayer:
         That is enough to keep the writer busy (one job commits while the next
         is decoded) without filling its whole queue budget with one file.
         """
-        origin = Origin(f"spool:{name}")
+        origin = Origin(f"spool:{clean_name(name)}")
         reader = SpoolReader()
         pending: collections.deque[Job] = collections.deque()
         job = Job(origin=origin)
@@ -354,13 +415,22 @@ class Replayer:
             pending.popleft()
 
     async def _quarantine(self, dir_fd: int, name: str, reason: str, events: int) -> None:
-        """Move ``name`` to corrupt/ (see ``_spooldir.quarantine``), then audit it."""
-        target = await trio.to_thread.run_sync(quarantine, dir_fd, name)
+        """Move ``name`` to corrupt/ (see ``_spooldir.quarantine``), then audit it.
+
+        An unusable ``corrupt/`` sets ``quarantine_problem`` (a move that works clears it).
+        """
+        try:
+            target = await trio.to_thread.run_sync(quarantine, dir_fd, name)
+        except UnsafeSpool as exc:
+            self.quarantine_problem = str(exc)
+            raise
+        self.quarantine_problem = None
+        shown, target, reason = clean_name(name), clean_name(target), clean_name(reason)
         await self._audit(
             "spool_quarantined",
-            f"{name} moved to corrupt/{target}: {reason} ({events} good records applied)",
+            f"{shown} moved to corrupt/{target}: {reason} ({events} good records applied)",
             "warning",
-            {"file": name, "reason": reason, "events": events, "moved_to": target},
+            {"file": shown, "reason": reason, "events": events, "moved_to": target},
         )
 
     async def _sweep_tmp(self, dir_fd: int, names: list[str]) -> ReplayStats:

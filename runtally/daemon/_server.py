@@ -179,6 +179,7 @@ async def serve(
     restrict_database(settings.db, group)
     daemon = Daemon(settings, store)
     settings.spool.mkdir(parents=True, exist_ok=True)
+    daemon.replayer.prepare_corrupt()  # before any client can make corrupt/ its own
     listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in listen_socks]
     try:
         async with trio.open_nursery() as supervision:
@@ -201,6 +202,7 @@ async def serve(
                             )
                         )
                         intake.start_soon(daemon.replayer.run)
+                        intake.start_soon(daemon.report_refusals)
                         daemon.alerts.start()
                         intake.start_soon(daemon.monitor.run)
                         intake.start_soon(daemon.retention.run)

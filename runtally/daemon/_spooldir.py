@@ -40,6 +40,7 @@ __all__ = [
     "CORRUPT",
     "UnsafeSpool",
     "check_dir",
+    "ensure_corrupt",
     "kind_of",
     "lockless_writer_alive",
     "open_dir",
@@ -189,6 +190,15 @@ def _corrupt_fd(dir_fd: int, mode: int) -> int:
         os.close(fd)
         raise UnsafeSpool(problem)
     return fd
+
+
+def ensure_corrupt(dir_fd: int, *, mode: int = 0o700) -> None:
+    """Create ``corrupt/`` (mode 0700) if missing; UnsafeSpool if it is not the daemon's own.
+
+    Called at start-up, before any client may write to the spool: who creates
+    ``corrupt/`` owns it, and a ``corrupt/`` of someone else's is refused.
+    """
+    os.close(_corrupt_fd(dir_fd, mode))
 
 
 def quarantine(dir_fd: int, name: str, *, mode: int = 0o700) -> str:

@@ -305,9 +305,13 @@ class StatusReply(_Msg, tag="status"):
     """Reply to ``Status``: the daemon's health.
 
     Fields: ``uptime_s``, seconds since it started; ``events_committed``,
-    events committed since it started; ``queue_depth``, events received but
+    events the writer committed since it started (applied, parked, or found
+    already there: a client's resend after a lost ack counts again; refused
+    ones do not), each event of a spool file counted once however many
+    passes it takes to remove the file; ``queue_depth``, events received but
     not yet committed; ``schema_version``, the database's migration level;
-    ``db_path``, the database file; ``connections``, open client
+    ``db_path``, the database file (bytes that are not UTF-8 shown as
+    ``\\xNN``, as in every string here); ``connections``, open client
     connections; ``spool_files``, spool files waiting for replay;
     ``version``, the daemon's package version; ``pid``, its process id;
     ``last_commit_ts``, the last commit in epoch milliseconds, or None;
