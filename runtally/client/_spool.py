@@ -35,7 +35,6 @@ import _socket as socket  # the C module: socket.py costs a cron process ~2-3 ms
 import errno
 import fcntl
 import os
-import re
 import stat  # already loaded by os: free
 import time
 from collections import deque
@@ -48,6 +47,7 @@ from runtally.protocol import (
     LocalProtocolError,
     encode_record,
     read_spool,
+    spool_file_host,
 )
 
 from ._unix import trusted_uids, untrusted_directory
@@ -64,15 +64,12 @@ REOPEN_DELAY_S = 1.0
 #: While spooling, written records are synced at least this often (seconds).
 SYNC_INTERVAL_S = 1.0
 
-_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
-
 
 def _hostname() -> str:
     try:
-        host = socket.gethostname()
+        return spool_file_host(socket.gethostname())
     except OSError:
-        host = ""
-    return _HOST_UNSAFE.sub("_", host)[:64] or "localhost"
+        return spool_file_host("")
 
 
 def _write_all(fd: int, data: bytes) -> None:

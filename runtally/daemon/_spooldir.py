@@ -34,6 +34,7 @@ import socket
 import stat
 from pathlib import Path
 
+from ..protocol import spool_file_host
 from ._liveness import process_gone
 
 __all__ = [
@@ -144,16 +145,14 @@ def same_file(a: os.stat_result, b: os.stat_result) -> bool:
 _LOCKLESS = re.compile(
     r"^[0-9]+-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>[0-9]+)-nolock\.(?P<start>[0-9]+)\.[0-9A-Za-z]+\.spool$"
 )
-_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
 
 
 def spool_host() -> str:
-    """This host's name as spool file names carry it (``[A-Za-z0-9_.]``, at most 64)."""
+    """This host's name as spool file names carry it (``protocol.spool_file_host``)."""
     try:
-        host = socket.gethostname()
+        return spool_file_host(socket.gethostname())
     except OSError:
-        host = ""
-    return _HOST_UNSAFE.sub("_", host)[:64] or "localhost"
+        return spool_file_host("")
 
 
 def lockless_writer_alive(

@@ -57,7 +57,14 @@ from ._messages import (
     Welcome,
     stack_tail,
 )
-from ._spool import SPOOL_MAGIC, SpoolReader, SpoolTail, encode_record, read_spool
+from ._spool import (
+    SPOOL_MAGIC,
+    SpoolReader,
+    SpoolTail,
+    encode_record,
+    read_spool,
+    spool_file_host,
+)
 
 __all__ = [
     "CONTROL_TYPES",
@@ -119,5 +126,6 @@ __all__ = [
     "frame_payload",
     "limit_depth",
     "read_spool",
+    "spool_file_host",
     "stack_tail",
 ]

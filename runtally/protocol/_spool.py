@@ -12,6 +12,7 @@ impossible length, a bad header: the file goes to ``corrupt/``).
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from typing import Literal
@@ -20,7 +21,27 @@ import msgspec
 
 from ._frames import MAX_FRAME, check_length
 
-__all__ = ["SPOOL_MAGIC", "SpoolReader", "SpoolTail", "encode_record", "read_spool"]
+__all__ = [
+    "SPOOL_MAGIC",
+    "SpoolReader",
+    "SpoolTail",
+    "encode_record",
+    "read_spool",
+    "spool_file_host",
+]
+
+_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
+
+
+def spool_file_host(hostname: str) -> str:
+    """``hostname`` as a spool file name carries it: ``[A-Za-z0-9_.]``, at most 64
+    characters, ``localhost`` if nothing is left (docs/protocol.md "Spool format").
+
+    Writers and the replayer must agree on it: the replayer compares it with its
+    own to judge whether a lockless writer's pid is a process of this host.
+    """
+    return _HOST_UNSAFE.sub("_", hostname)[:64] or "localhost"
+
 
 SPOOL_MAGIC = b"RLSPOOL1"
 _RECORD = struct.Struct(">II")
