@@ -9,6 +9,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const { after } = require('node:test');
 const { encode, decode } = require('@msgpack/msgpack');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -151,6 +152,13 @@ function spoolFiles(dir) {
  * and `spool`; resolves {code, signal, stdout, stderr, ms} when it exits.
  * `onStdout(line, child)` sees its output lines as they come.
  */
+/** Pipelines still running: a test that failed half-way leaves no process
+ * behind to keep this file's event loop (and so `make test`) alive. */
+const live = new Set();
+after(() => {
+  for (const child of live) child.kill('SIGKILL');
+});
+
 function runPipeline(scenario, { socket, spool, env = {}, onLine } = {}) {
   const started = Date.now();
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('RUNTALLY_')));
@@ -158,6 +166,8 @@ function runPipeline(scenario, { socket, spool, env = {}, onLine } = {}) {
     env: { ...base, RUNTALLY_SOCKET: socket, RUNTALLY_SPOOL: spool, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  live.add(child);
+  child.on('exit', () => live.delete(child));
   let stdout = '';
   let stderr = '';
   let pending = '';
