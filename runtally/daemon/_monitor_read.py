@@ -1,7 +1,7 @@
 """What the monitor reads each tick, on a read-only connection of its own.
 
-Every query is an index range (``idx_runs_pipeline_started``,
-``idx_runs_outcome_started``, ``idx_run_errors_run_id``), so a tick costs the
+Every query is an index range (``idx_runs_pipeline_id``,
+``idx_runs_outcome_id``, ``idx_run_errors_run_id``), so a tick costs the
 same on 1M runs as on ten.
 """
 
@@ -62,7 +62,7 @@ def _ms(text: str | None) -> int | None:
 
 
 def pipeline_names(conn: sqlite3.Connection) -> list[str]:
-    """Every pipeline that has a run: a skip scan of idx_runs_pipeline_started."""
+    """Every pipeline that has a run: a skip scan of idx_runs_pipeline_id."""
     return [
         name
         for (name,) in conn.execute(
@@ -80,7 +80,7 @@ def read_snapshot(conn: sqlite3.Connection, pipeline: str, streak_limit: int) ->
     row = conn.execute(
         "SELECT id, uid, club_slug, started_at, outcome, finished_at, duration_ms,"
         f" CASE WHEN json_valid(summary_json) THEN json_extract(summary_json, '$.{CRASH_MARK}')"
-        " END FROM runs WHERE pipeline = ? ORDER BY started_at DESC, id DESC LIMIT 1",
+        " END FROM runs WHERE pipeline = ? ORDER BY id DESC LIMIT 1",
         (pipeline,),
     ).fetchone()
     if row is None:

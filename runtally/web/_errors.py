@@ -165,13 +165,13 @@ def error_groups(
 
     Counts the newest ``GROUP_SCAN`` matching errors only (with a pipeline
     filter: the errors of the pipeline's newest runs, read run by run through
-    ``idx_runs_pipeline_started``, which needs no sort), so one cause that
+    ``idx_runs_pipeline_id``, which needs no sort), so one cause that
     failed many members shows as one line: ``{step_name, error_message,
     errors, members, runs, first_at, last_at, last_run_id, sample_members}``.
     """
     where, params = _error_where(f)
     if _needs_plans(f):
-        join, order = _RUNS_FIRST, "r.started_at DESC, r.id DESC"
+        join, order = _RUNS_FIRST, "r.id DESC"
     elif f.pipeline is not None:
         join, order = _JOIN, "e.id DESC"
     else:  # no condition on runs: no lookup of each error's run
