@@ -172,10 +172,10 @@ def error_groups(
     where, params = _error_where(f)
     if _needs_plans(f):
         join, order = _RUNS_FIRST, "r.id DESC"
-    elif f.pipeline is not None:
-        join, order = _JOIN, "e.id DESC"
+    elif f.pipeline is not None:  # groups need no arrival order: walk created_at's index
+        join, order = _JOIN, "e.created_at DESC, e.id DESC"
     else:  # no condition on runs: no lookup of each error's run
-        join, order = "FROM run_errors e", "e.id DESC"
+        join, order = "FROM run_errors e", "e.created_at DESC, e.id DESC"
     inner = (
         "SELECT e.id, e.run_id, e.step_name, e.member_identifier, e.error_message,"
         f" e.created_at {join}"
