@@ -8,7 +8,8 @@ A ``Client`` has no thread of its own.  It is a small state machine
 (``emit``, ``flush``, ``close``), each of which does a bounded amount of
 non-blocking I/O and returns.  The protocol's sans-IO ``ClientConnection``
 keeps the window of unacked events and matches the replies; this module owns
-the socket, the states, the backoff, the spool decisions and the flush:
+the socket, the states, the backoff, the spool decisions and the flush (the
+non-blocking reads, writes and reply handling are ``_pump.ReplyPump``):
 
 * ``emit`` handles whatever replies have arrived, appends the event to this
   process's spool file (a write-ahead log: ``_spool.py``), then writes it to
@@ -47,24 +48,16 @@ stderr, and carries on.
 from __future__ import annotations
 
 import _socket as socket  # the C module: socket.py costs a cron process ~2-3 ms of enum set-up
-import math
 import os
 from typing import Any
 
 import msgspec
 
 from runtally.protocol import (
-    NEED_DATA,
-    Ack,
     ClientConnection,
-    ErrorReply,
     Event,
-    FrameError,
     LocalProtocolError,
-    Nack,
     ProtocolError,
-    RemoteProtocolError,
-    ServerMessage,
     encode_message,
 )
 
@@ -74,6 +67,7 @@ from ._guard import SignalSafeLock
 from ._lost import LostEvents
 from ._options import ClientOptions
 from ._process import adopt
+from ._pump import EMIT_REPLY_BUDGET, ReplyPump
 from ._spool import SpoolWriter
 from ._state import LIVE, State, Trigger, next_state
 from ._unix import connect_nowait, trusted_uids, untrusted_daemon, wait_ready
@@ -83,27 +77,11 @@ __all__ = ["Client"]
 
 IDLE, CONNECTED, RESENDING, SPOOLING = State
 
-RECV_SIZE = 1 << 18
-#: Replies an emit handles at most (acks arrive a whole group commit at a
-#: time; ~1 us each).  More than one, so the window drains faster than emits
-#: fill it; a full window and flush handle every reply there is.
-EMIT_REPLY_BUDGET = 32
-#: And reads at most this much for them (~70 acks): copying a 256 kB burst
-#: into the decoder costs an emit ~300 us by itself.
-EMIT_RECV_SIZE = 4096
-#: Nack warnings shown per process before they are summarised.
-MAX_NACK_WARNINGS = 20
-#: An acked spool file is cut back on an ack once it is this big or its first
-#: record this old (seconds); always at flush and close.
-TRUNCATE_BYTES = 64 * 1024
-TRUNCATE_AGE_S = 1.0
 #: Longest single wait of a flush, so a state change by another thread is seen.
 FLUSH_POLL_S = 0.05
 
-_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a closed daemon must not SIGPIPE the pipeline
 
-
-class Client:
+class Client(ReplyPump):
     """One process's connection to the daemon, with its own spool file.
 
     Use ``get_client()`` rather than constructing one: it returns the
@@ -331,126 +309,6 @@ class Client:
         elif self.spool.size > self.options.spool_rotate_bytes:
             # The window never emptied long enough to cut the file back.
             self.spool.retire(conn.sent)
-
-    def _pump(self, budget: float = math.inf) -> None:
-        """Non-blocking: write what the kernel takes, then handle up to ``budget`` replies.
-
-        Replies come in bursts (one ack per event of a whole group commit); an
-        emit handles at most ``EMIT_REPLY_BUDGET`` of them and leaves the rest
-        buffered for the next calls, so no single tracking call pays for a
-        thousand acks.  Nothing is read from the socket while complete replies
-        are still buffered.
-        """
-        sock = self._sock
-        if sock is None or not self._write_out():
-            return
-        budget = self._handle_replies(budget)  # what an earlier read left
-        size = RECV_SIZE if budget == math.inf else EMIT_RECV_SIZE
-        while budget > 0:
-            try:
-                data = sock.recv(size)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._break(f"lost the daemon connection ({exc.strerror or exc})")
-                return
-            if not data:
-                self._break("the daemon closed the connection")
-                return
-            self._conn.receive_data(data)
-            budget = self._handle_replies(budget)
-            if len(data) < size:
-                return
-
-    def _write_out(self) -> bool:
-        """Non-blocking: write what the kernel takes of ``_out``; False if the connection broke."""
-        sock = self._sock
-        if sock is None:
-            return False
-        if self._out:
-            try:
-                sent = sock.send(self._out, _SEND_FLAGS)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._break(f"lost the daemon connection ({exc.strerror or exc})")
-                return False
-            if sent:
-                del self._out[:sent]
-        return True
-
-    def _handle_replies(self, budget: float) -> float:
-        """Handle up to ``budget`` buffered replies; what is left of it (0: stop reading)."""
-        conn = self._conn
-        while budget > 0:
-            try:
-                reply = conn.next_reply()
-            except FrameError as exc:
-                self._break(f"unreadable reply from the daemon ({exc})", stuck=True)
-                return 0
-            except RemoteProtocolError:
-                warn_once("bad-reply", "ignoring a reply from the daemon this client cannot read")
-            else:
-                if reply is NEED_DATA:
-                    return budget
-                self._on_reply(reply)
-                if self._state not in LIVE:
-                    return 0
-            budget -= 1
-        return 0
-
-    def _on_reply(self, reply: ServerMessage) -> None:
-        match reply:
-            case Ack():
-                self.acked += 1
-                self._got_ack = True
-            case Nack(id=event_id, error=error):
-                # Invalid, never retried: the daemon keeps the raw frame in dead_letters.
-                self.nacked += 1
-                self._warn_refused(event_id, error)
-            case ErrorReply(error=error):
-                # Answers a frame the daemon could not read.  Ours are always
-                # well-formed, so trust the event over the refusal: spool it with
-                # everything else unacked and start over on a fresh connection.
-                self._break(f"the daemon answered 'error: {error}'", stuck=True)
-                return
-            case _:
-                return  # a reply to nothing this client sends
-        if self._state is RESENDING and self._conn.resent_unacked == 0:
-            self._set_state(Trigger.SPOOL_ACKED)
-        if not self._conn.unacked:
-            self._settle(lazy=True)
-
-    def _truncate_due(self) -> bool:
-        spool = self.spool
-        return spool.records > 0 and (
-            spool.size > TRUNCATE_BYTES or self._clock() - spool.first_record_at >= TRUNCATE_AGE_S
-        )
-
-    def _settle(self, *, lazy: bool = False) -> None:
-        """Connected with nothing unacked: every record in the spool is acked, cut it back.
-
-        Live, every record in the file was sent on this connection (resent at
-        connect, or written ahead of its send), so an empty window means all
-        of them are acked, and so are the events of every retired file.
-        ``lazy`` (on an ack): only once the file is over TRUNCATE_BYTES or its
-        first record is TRUNCATE_AGE_S old - an ``ftruncate`` per call would
-        cost more than the write itself, and acked records left in the file
-        are only duplicates to a replay.  Flush and close cut it back always.
-        """
-        if self._state not in LIVE or self._conn.unacked:
-            return
-        spool = self.spool
-        if spool.records and (not lazy or self._truncate_due()):
-            spool.truncate()
-        if spool.retired:
-            spool.drop_retired(self._conn.answered_through)
-
-    def _warn_refused(self, event_id: str | None, reason: str) -> None:
-        if self.nacked <= MAX_NACK_WARNINGS:
-            warn(f"the daemon refused event {event_id}: {reason} (kept in its dead_letters)")
-        else:
-            warn_once("nacks", "the daemon refused more events; further refusals not shown")
 
     # -- giving up on a connection ---------------------------------------------------
 

@@ -1,0 +1,190 @@
+"""The connection's reply pump: write what the kernel takes, read, handle acks.
+
+A mixin of ``Client`` (``_connection.py``), which keeps the socket, the
+states and the spool; this is the part that moves bytes and answers replies
+without ever blocking, and cuts the write-ahead spool back once all is acked.
+"""
+
+from __future__ import annotations
+
+import _socket as socket  # the C module: socket.py costs a cron process ~2-3 ms of enum set-up
+import math
+from typing import TYPE_CHECKING
+
+from runtally.protocol import (
+    NEED_DATA,
+    Ack,
+    ErrorReply,
+    FrameError,
+    Nack,
+    RemoteProtocolError,
+    ServerMessage,
+)
+
+from ._state import LIVE, State, Trigger
+from ._warn import warn, warn_once
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from runtally.protocol import ClientConnection
+
+    from ._spool import SpoolWriter
+
+__all__ = ["EMIT_REPLY_BUDGET", "ReplyPump"]
+
+RESENDING = State.RESENDING
+
+RECV_SIZE = 1 << 18
+#: Replies an emit handles at most (acks arrive a whole group commit at a
+#: time; ~1 us each).  More than one, so the window drains faster than emits
+#: fill it; a full window and flush handle every reply there is.
+EMIT_REPLY_BUDGET = 32
+#: And reads at most this much for them (~70 acks): copying a 256 kB burst
+#: into the decoder costs an emit ~300 us by itself.
+EMIT_RECV_SIZE = 4096
+#: Nack warnings shown per process before they are summarised.
+MAX_NACK_WARNINGS = 20
+#: An acked spool file is cut back on an ack once it is this big or its first
+#: record this old (seconds); always at flush and close.
+TRUNCATE_BYTES = 64 * 1024
+TRUNCATE_AGE_S = 1.0
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a closed daemon must not SIGPIPE the pipeline
+
+
+class ReplyPump:
+    """Non-blocking I/O and reply handling for ``Client`` (see its theory of operation)."""
+
+    if TYPE_CHECKING:  # what Client provides
+        _sock: socket.socket | None
+        _out: bytearray
+        _conn: ClientConnection
+        _state: State
+        _got_ack: bool
+        _clock: Callable[[], float]
+        spool: SpoolWriter
+        acked: int
+        nacked: int
+
+        def _break(self, reason: str, *, stuck: bool = False) -> None: ...
+        def _set_state(self, trigger: Trigger) -> None: ...
+
+    def _pump(self, budget: float = math.inf) -> None:
+        """Non-blocking: write what the kernel takes, then handle up to ``budget`` replies.
+
+        Replies come in bursts (one ack per event of a whole group commit); an
+        emit handles at most ``EMIT_REPLY_BUDGET`` of them and leaves the rest
+        buffered for the next calls, so no single tracking call pays for a
+        thousand acks.  Nothing is read from the socket while complete replies
+        are still buffered.
+        """
+        sock = self._sock
+        if sock is None or not self._write_out():
+            return
+        budget = self._handle_replies(budget)  # what an earlier read left
+        size = RECV_SIZE if budget == math.inf else EMIT_RECV_SIZE
+        while budget > 0:
+            try:
+                data = sock.recv(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._break(f"lost the daemon connection ({exc.strerror or exc})")
+                return
+            if not data:
+                self._break("the daemon closed the connection")
+                return
+            self._conn.receive_data(data)
+            budget = self._handle_replies(budget)
+            if len(data) < size:
+                return
+
+    def _write_out(self) -> bool:
+        """Non-blocking: write what the kernel takes of ``_out``; False if the connection broke."""
+        sock = self._sock
+        if sock is None:
+            return False
+        if self._out:
+            try:
+                sent = sock.send(self._out, _SEND_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._break(f"lost the daemon connection ({exc.strerror or exc})")
+                return False
+            if sent:
+                del self._out[:sent]
+        return True
+
+    def _handle_replies(self, budget: float) -> float:
+        """Handle up to ``budget`` buffered replies; what is left of it (0: stop reading)."""
+        conn = self._conn
+        while budget > 0:
+            try:
+                reply = conn.next_reply()
+            except FrameError as exc:
+                self._break(f"unreadable reply from the daemon ({exc})", stuck=True)
+                return 0
+            except RemoteProtocolError:
+                warn_once("bad-reply", "ignoring a reply from the daemon this client cannot read")
+            else:
+                if reply is NEED_DATA:
+                    return budget
+                self._on_reply(reply)
+                if self._state not in LIVE:
+                    return 0
+            budget -= 1
+        return 0
+
+    def _on_reply(self, reply: ServerMessage) -> None:
+        match reply:
+            case Ack():
+                self.acked += 1
+                self._got_ack = True
+            case Nack(id=event_id, error=error):
+                # Invalid, never retried: the daemon keeps the raw frame in dead_letters.
+                self.nacked += 1
+                self._warn_refused(event_id, error)
+            case ErrorReply(error=error):
+                # Answers a frame the daemon could not read.  Ours are always
+                # well-formed, so trust the event over the refusal: spool it with
+                # everything else unacked and start over on a fresh connection.
+                self._break(f"the daemon answered 'error: {error}'", stuck=True)
+                return
+            case _:
+                return  # a reply to nothing this client sends
+        if self._state is RESENDING and self._conn.resent_unacked == 0:
+            self._set_state(Trigger.SPOOL_ACKED)
+        if not self._conn.unacked:
+            self._settle(lazy=True)
+
+    def _truncate_due(self) -> bool:
+        spool = self.spool
+        return spool.records > 0 and (
+            spool.size > TRUNCATE_BYTES or self._clock() - spool.first_record_at >= TRUNCATE_AGE_S
+        )
+
+    def _settle(self, *, lazy: bool = False) -> None:
+        """Connected with nothing unacked: every record in the spool is acked, cut it back.
+
+        Live, every record in the file was sent on this connection (resent at
+        connect, or written ahead of its send), so an empty window means all
+        of them are acked, and so are the events of every retired file.
+        ``lazy`` (on an ack): only once the file is over TRUNCATE_BYTES or its
+        first record is TRUNCATE_AGE_S old - an ``ftruncate`` per call would
+        cost more than the write itself, and acked records left in the file
+        are only duplicates to a replay.  Flush and close cut it back always.
+        """
+        if self._state not in LIVE or self._conn.unacked:
+            return
+        spool = self.spool
+        if spool.records and (not lazy or self._truncate_due()):
+            spool.truncate()
+        if spool.retired:
+            spool.drop_retired(self._conn.answered_through)
+
+    def _warn_refused(self, event_id: str | None, reason: str) -> None:
+        if self.nacked <= MAX_NACK_WARNINGS:
+            warn(f"the daemon refused event {event_id}: {reason} (kept in its dead_letters)")
+        else:
+            warn_once("nacks", "the daemon refused more events; further refusals not shown")
