@@ -57,7 +57,7 @@ def metrics(settings: Settings, textfile: Path | None, timeout: float) -> None:
         if sys.stdout.isatty():
             click.echo(visible(body.decode()), nl=False)
         else:
-            out = click.get_binary_stream("stdout")
+            out = sys.stdout.buffer
             out.write(body)
             out.flush()
         return
