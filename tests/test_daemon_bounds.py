@@ -19,6 +19,7 @@ from daemon_helpers import RawClient, count, ro_connect, run_events, wait_until
 from fault_helpers import FaultDaemon, status, write_config
 
 from runtally.cli import main
+from runtally.daemon._migrations import SCHEMA_VERSION
 from runtally.daemon._recognise import ForeignDatabase
 from runtally.daemon._store import Origin, Store
 from runtally.protocol import Ack, StepEnd, StepStart
@@ -52,10 +53,42 @@ def _unrelated_tables(path: Path) -> None:
     conn.close()
 
 
+def _someone_elses_schema_migrations(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+
+
 FOREIGN: list[tuple[Callable[[Path], None], str]] = [
     (_other_programs_runs, "table runs has columns id,athlete,km"),
     (_unrelated_tables, "table(s) customers, invoices"),
+    (_someone_elses_schema_migrations, "table(s) schema_migrations"),
 ]
+
+
+@pytest.mark.parametrize("tables", [["schema_migrations"], ["meta"]])
+def test_a_daemon_killed_while_bootstrapping_a_fresh_file_can_start_again(
+    short_root: Path, tables: list[str]
+) -> None:
+    """The soak found it: killed between creating schema_migrations and meta, a
+    fresh file held one of our tables alone, and every later start refused it as
+    "not runtally's" (nothing acked again, ever).  Our own half-made bootstrap is
+    ours to finish; and the bootstrap is one transaction now."""
+    from runtally.daemon._migrations import BOOTSTRAP
+
+    d = FaultDaemon(short_root)
+    conn = sqlite3.connect(d.db)
+    for statement in BOOTSTRAP.split(";"):
+        if any(f"EXISTS {t} " in statement for t in tables):
+            conn.execute(statement)
+    conn.commit()
+    conn.close()
+    d.start()
+    try:
+        assert status(d.socket).schema_version == SCHEMA_VERSION
+    finally:
+        d.stop()
 
 
 def _fingerprint(path: Path) -> tuple[bytes, int, list[str]]:

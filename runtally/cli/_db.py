@@ -23,6 +23,7 @@ from ..daemon._doctor import DoctorReport, doctor
 from ..daemon._migrations import SCHEMA_VERSION, MigrationError, applied, migration_status
 from ..daemon._probe import Silence, probe
 from ..daemon._readonly import CannotOpen, read_only
+from ..daemon._recognise import recognise
 from ..daemon._store import Store, StoreBusy
 from ..protocol import ErrorReply, Vacuum, Vacuumed
 from ._ask import ask
@@ -78,6 +79,7 @@ def migrate(settings: Settings) -> None:
     path = settings.db
     before: list[str] = []
     if path.exists():
+        recognise(path)  # another program's database: refused untouched, in one line
         with _database_errors(path):
             before, _ = read_only(path, applied)
         if migration_status(before).pending and (why := _daemon_answers(settings.socket)):

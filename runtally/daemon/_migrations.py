@@ -19,6 +19,7 @@ from ..errors import RuntallyError
 from ._timefmt import now_iso
 
 __all__ = [
+    "BOOTSTRAP",
     "MIGRATIONS",
     "Migration",
     "MigrationError",
@@ -59,7 +60,7 @@ def _load() -> tuple[Migration, ...]:
 MIGRATIONS: tuple[Migration, ...] = _load()
 SCHEMA_VERSION = MIGRATIONS[-1].number
 
-_BOOTSTRAP = """
+BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
   id TEXT PRIMARY KEY,
   applied_at TEXT NOT NULL
@@ -119,7 +120,17 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
 
     ``conn`` must be in autocommit mode (``isolation_level=None``).
     """
-    conn.executescript(_BOOTSTRAP)
+    # One transaction (executescript would commit each statement): killed
+    # half-way, a fresh file must not keep one table of the two.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(BOOTSTRAP):
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
     done: list[str] = []
     for migration in pending(conn):
         try:

@@ -44,6 +44,19 @@ def _seed_columns() -> dict[str, tuple[str, ...]]:
         conn.close()
 
 
+@cache
+def _bootstrap_columns() -> dict[str, tuple[str, ...]]:
+    """Table -> column names of ``schema_migrations`` and ``meta`` as ``migrate`` makes them."""
+    from ._migrations import BOOTSTRAP
+
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(BOOTSTRAP)
+        return _columns(conn)
+    finally:
+        conn.close()
+
+
 def _columns(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
     tables = [
         row[0]
@@ -75,7 +88,7 @@ def recognise(path: Path) -> Kind:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        raise ForeignDatabase(f"{path} cannot be read as an SQLite database: {exc}") from exc
+        raise ForeignDatabase(f"{path}: not a SQLite database ({exc})") from exc
     return _kind(path, found)
 
 
@@ -84,6 +97,13 @@ def _kind(path: Path, found: dict[str, tuple[str, ...]]) -> Kind:
         return "empty"
     if found.keys() >= _OURS:
         return "runtally"
+    bootstrap = _bootstrap_columns()
+    if any(found.get(t) == bootstrap[t] for t in _OURS):
+        # Part of our own bootstrap (one of its tables, exactly as we make it):
+        # a daemon killed while it created them on a fresh file.  Ours to finish.
+        found = {t: c for t, c in found.items() if t not in _OURS}
+        if not found:
+            return "runtally"
     seed = _seed_columns()
     others = sorted(found.keys() - seed.keys())
     if others:
