@@ -312,16 +312,21 @@ class TestLongNames:
 class TestClockSteppedBack:
     @pytest.fixture
     def skewed(self, tmp_path: Path) -> Path:
-        """Run "ahead" recorded with the client clock 1 h fast, then "now" after the fix."""
+        """Run "ahead" recorded with the client clock 1 h fast, then "now" after the fix.
+
+        The clock is read here, not at import: a full suite reaches these tests
+        minutes after collection, and the hour ahead would have shrunk by then.
+        """
+        now = int(time.time() * 1000)
         db = tmp_path / "skew.sqlite"
         store = Store.open(db)
         try:
             store.apply(
                 [
-                    RunStart(id="a1", ts=NOW + HOUR, run="ahead", pipeline="people"),
-                    RunEnd(id="a2", ts=NOW + HOUR + 10, run="ahead", outcome="success"),
-                    RunStart(id="n1", ts=NOW + 1000, run="now", pipeline="people"),
-                    RunEnd(id="n2", ts=NOW + 1010, run="now", outcome="failure"),
+                    RunStart(id="a1", ts=now + HOUR, run="ahead", pipeline="people"),
+                    RunEnd(id="a2", ts=now + HOUR + 10, run="ahead", outcome="success"),
+                    RunStart(id="n1", ts=now + 1000, run="now", pipeline="people"),
+                    RunEnd(id="n2", ts=now + 1010, run="now", outcome="failure"),
                 ]
             )
             store.checkpoint()
@@ -352,7 +357,8 @@ class TestClockSteppedBack:
         db = tmp_path / "ahead.sqlite"
         store = Store.open(db)
         try:
-            store.apply([RunStart(id="a1", ts=NOW + HOUR, run="ahead", pipeline="people")])
+            now = int(time.time() * 1000)  # not NOW: the suite may be minutes past import
+            store.apply([RunStart(id="a1", ts=now + HOUR, run="ahead", pipeline="people")])
             store.checkpoint()
         finally:
             store.close()
