@@ -66,6 +66,11 @@ class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dead_letters: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
+#: Seconds a lockless writer's spool file (another host's, or without /proc)
+#: stays unchanged before its writer counts as gone (docs/protocol.md).
+SPOOL_STALE_S = 3600.0
+
+
 class Settings(msgspec.Struct, frozen=True):
     """Everything the daemon, the client and the CLI may be told."""
 
@@ -87,7 +92,7 @@ class Settings(msgspec.Struct, frozen=True):
     replay_interval_s: float = 1.0  # seconds between spool scans
     #: Seconds unchanged after which a lockless (Node.js) spool file whose
     #: writer the daemon cannot see (named with another host) is replayed.
-    spool_stale_s: float = 3600.0
+    spool_stale_s: float = SPOOL_STALE_S
     client_flush_timeout_s: float = 2.0  # seconds a client waits for acks on close
     web_host: str = "127.0.0.1"  # where `runtally web` binds
     web_port: int = 8390  # its TCP port

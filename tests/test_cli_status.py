@@ -380,3 +380,27 @@ t.close()
     finally:
         go.touch()
         assert proc.wait(timeout=20) == 0
+
+
+def test_a_live_lockless_writers_spool_is_no_backlog(short_root: Path) -> None:
+    """A Node pipeline's write-ahead spool has no flock: status judges it by the
+    replayer's own rule (its pid and start time on this host), so a long step of
+    a live Node pipeline does not fail the health check; once its writer is gone,
+    the same file is a backlog."""
+    from runtally.daemon._liveness import process_start
+    from runtally.daemon._spooldir import spool_host
+
+    old = int(time.time() * 1000) - 120_000
+    events = [RunStart(id="n1", ts=old, run="node", pipeline="people")]
+    pid = os.getpid()
+    alive = f"{old}-{spool_host()}-{pid}-nolock.{process_start(pid) or 0}.ab12.spool"
+    write_spool(short_root / "spool", events, name=alive)
+    _, report = status_json(short_root, "--max-spool-age", "1")
+    spool = report["spool"]
+    assert (spool["pending_files"], spool["live_files"], spool["backing_up"]) == (0, 1, False)
+    gone = f"{old}-{spool_host()}-999999999-nolock.1.cd34.spool"  # no such pid
+    (short_root / "spool" / alive).rename(short_root / "spool" / gone)
+    code, report = status_json(short_root, "--max-spool-age", "1")
+    assert code == 1
+    assert report["spool"]["pending_files"] == 1
+    assert report["spool"]["backing_up"] is True

@@ -10,10 +10,13 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import time
 from pathlib import Path
 
 import msgspec
 
+from ..config import SPOOL_STALE_S
+from ..daemon._spooldir import lockless_writer_alive, spool_host
 from ..daemon._timefmt import iso_from_ms
 from ..protocol import SPOOL_MAGIC, Event, SpoolReader, decode_client_message
 
@@ -54,6 +57,8 @@ def _waiting_since_ms(path: Path, st: os.stat_result) -> int | None:
     The writer holds ``flock(LOCK_EX)`` for as long as it lives (DESIGN "Spool
     format v1"); a shared lock that cannot be had means it is alive.  The
     lock, when had, is let go at once, so the replayer misses at most a round.
+    A lockless writer (the Node client) is judged by the replayer's own rule,
+    ``_spooldir.lockless_writer_alive``: what it would not replay is no backlog.
     """
     reader = SpoolReader()
     try:
@@ -69,6 +74,10 @@ def _waiting_since_ms(path: Path, st: os.stat_result) -> int | None:
             except BlockingIOError:
                 return _LIVE
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            if lockless_writer_alive(
+                path.name, now, host=spool_host(), stale_s=SPOOL_STALE_S, now=time.time()
+            ):
+                return _LIVE
             while not (records := reader.records()) and reader.corrupt is None:
                 chunk = fh.read(_READ_CHUNK)
                 if not chunk:
