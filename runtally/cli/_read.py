@@ -62,6 +62,34 @@ def _echo_json(payload: dict[str, Any]) -> None:
     click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
 
 
+def show_json(
+    found: dict[str, Any],
+    steps: list[dict[str, Any]],
+    errs: list[dict[str, Any]],
+    parent: dict[str, Any] | None,
+    children: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """``runtally show --json`` (and the dashboard's ``/api/runs/RUN``): the run with
+    its summary and meta, its steps with their detail, errors, parent, children."""
+    return {
+        "run": {
+            **run_json(found),
+            "summary": loads_or_text(found["summary_json"]),
+            "meta": loads_or_text(found["meta_json"]),
+        },
+        "steps": [
+            {
+                **_pick(s, (f for f in q.STEP_FIELDS if f != "detail_json")),
+                "detail": loads_or_text(s["detail_json"]),
+            }
+            for s in steps
+        ],
+        "errors": [_pick(e, q.ERROR_FIELDS) for e in errs],
+        "parent": run_json(parent) if parent is not None else None,
+        "children": [run_json(c) for c in children],
+    }
+
+
 def run_json(run: dict[str, Any]) -> dict[str, Any]:
     """A run in ``--json`` output: the columns of RUN_FIELDS, in that order."""
     return {field: run.get(field) for field in q.RUN_FIELDS}
@@ -212,25 +240,7 @@ def show(
 
     found, steps, errs, parent, children = q.read(settings.db, gather)
     if as_json:
-        _echo_json(
-            {
-                "run": {
-                    **run_json(found),
-                    "summary": loads_or_text(found["summary_json"]),
-                    "meta": loads_or_text(found["meta_json"]),
-                },
-                "steps": [
-                    {
-                        **_pick(s, (f for f in q.STEP_FIELDS if f != "detail_json")),
-                        "detail": loads_or_text(s["detail_json"]),
-                    }
-                    for s in steps
-                ],
-                "errors": [_pick(e, q.ERROR_FIELDS) for e in errs],
-                "parent": run_json(parent) if parent is not None else None,
-                "children": [run_json(c) for c in children],
-            }
-        )
+        _echo_json(show_json(found, steps, errs, parent, children))
         return
     out = console()
     fit = fits(out, wide)

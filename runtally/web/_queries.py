@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cli import _query as q
-from ..cli._read import run_json
+from ..cli._read import run_json, show_json
 
 __all__ = [
     "Page",
@@ -140,30 +140,14 @@ def run_detail(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
 
     Raises RunNotFound (from ``_query.find_run``) when there is no such run.
     """
-    from ..cli._render import loads_or_text
-
     found = q.find_run(conn, ref)
-    steps = q.steps_of(conn, found["id"])
-    errs = q.errors_of(conn, found["id"])
-    parent = q.parent_of(conn, found)
-    children = q.children_of(conn, found)
-    return {
-        "run": {
-            **run_json(found),
-            "summary": loads_or_text(found["summary_json"]),
-            "meta": loads_or_text(found["meta_json"]),
-        },
-        "steps": [
-            {
-                **{k: s[k] for k in q.STEP_FIELDS if k != "detail_json"},
-                "detail": loads_or_text(s["detail_json"]),
-            }
-            for s in steps
-        ],
-        "errors": [{k: e[k] for k in q.ERROR_FIELDS} for e in errs],
-        "parent": run_json(parent) if parent is not None else None,
-        "children": [run_json(c) for c in children],
-    }
+    return show_json(
+        found,
+        q.steps_of(conn, found["id"]),
+        q.errors_of(conn, found["id"]),
+        q.parent_of(conn, found),
+        q.children_of(conn, found),
+    )
 
 
 def _pipelines(conn: sqlite3.Connection) -> list[tuple[str, str]]:
