@@ -64,13 +64,15 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _spawn_workers(procs: int, runs: int, folder: Path, args: list[str]) -> list[Any]:
+def _spawn_workers(
+    procs: int, runs: int, folder: Path, args: list[str], python: str = PYTHON
+) -> list[Any]:
     base, extra = divmod(runs, procs)
     workers = []
     for i in range(procs):
         share = base + (1 if i < extra else 0)
         out = folder / f"worker-{i}.json"
-        command = [PYTHON, str(HERE / "_pipeline.py"), *args, "--runs", str(share)]
+        command = [python, str(HERE / "_pipeline.py"), *args, "--runs", str(share)]
         command += ["--index", str(i), "--out", str(out)]
         proc = subprocess.Popen(
             command,

@@ -49,12 +49,15 @@ from _bench import (
     machine,
     open_ro,
     percentile,
+    pipeline_python,
     running_daemon,
 )
 from bench_pipelines import _collect, _race, _spawn_workers
 from legacy_tracker import open_db
 
 DIRECT = {"direct_full": "FULL", "direct_normal": "NORMAL"}
+#: The Python every pipeline process runs: a venv with the wheel (``main`` sets it).
+PIPELINE = {"python": PYTHON}
 
 
 # -- shapes (a) and (b) ------------------------------------------------------------------
@@ -83,14 +86,14 @@ def run_batch(variant: str, procs: int, runs: int, close_each: bool, folder: Pat
         db = folder / "direct.sqlite"
         open_db(db, DIRECT[variant]).close()
         args = ["--mode", "direct", "--db", str(db), "--synchronous", DIRECT[variant], *extra]
-        workers = _spawn_workers(procs, runs, folder, args)
+        workers = _spawn_workers(procs, runs, folder, args, PIPELINE["python"])
         seconds = _race(workers, db, runs, timeout=600)
         result = _collect(workers, folder)
         daemon: dict[str, Any] = {}
     else:
         with running_daemon(folder / "d", synchronous="FULL") as d:
             args = ["--mode", "runtally", "--socket", str(d.socket), "--spool", str(d.spool)]
-            workers = _spawn_workers(procs, runs, folder, [*args, *extra])
+            workers = _spawn_workers(procs, runs, folder, [*args, *extra], PIPELINE["python"])
             before, cpu0 = daemon_status(d.socket), cpu_s(d.pid)
             seconds = _race(workers, d.db, runs, timeout=120)
             daemon = _daemon_figures(d, before, cpu0)
@@ -119,18 +122,18 @@ def run_batch(variant: str, procs: int, runs: int, close_each: bool, folder: Pat
 def run_cron(variant: str, runs: int, concurrency: int, folder: Path) -> dict[str, Any]:
     """Shape (c): ``runs`` fresh processes, ``concurrency`` at a time."""
     folder.mkdir(parents=True)
-    script = str(HERE / "_cron.py")
+    script, python = str(HERE / "_cron.py"), PIPELINE["python"]
     if variant == "none":
-        return _cron_race([PYTHON, script, "none"], runs, concurrency, None)
+        return _cron_race([python, script, "none"], runs, concurrency, None)
     if variant in DIRECT:
         db = folder / "direct.sqlite"
         open_db(db, DIRECT[variant]).close()
-        out = _cron_race([PYTHON, script, "direct", str(db), DIRECT[variant]], runs, concurrency)
+        out = _cron_race([python, script, "direct", str(db), DIRECT[variant]], runs, concurrency)
         out["rows_exact"] = db_counts(db) == expected_counts(runs)
         return out
     with running_daemon(folder / "d", synchronous="FULL") as d:
         before, cpu0 = daemon_status(d.socket), cpu_s(d.pid)
-        command = [PYTHON, script, "runtally", str(d.socket), str(d.spool)]
+        command = [python, script, "runtally", str(d.socket), str(d.spool)]
         out = _cron_race(command, runs, concurrency, d.db)
         out.update(_daemon_figures(d, before, cpu0))
         out["rows_exact"] = db_counts(d.db) == expected_counts(runs)
@@ -150,7 +153,7 @@ def _cron_race(
     began = time.perf_counter()
     while started < runs or running:
         while started < runs and len(running) < concurrency:
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=ROOT)
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=HERE)
             running[proc.pid] = (proc, time.perf_counter())
             started += 1
         pid, status, usage = os.wait4(-1, 0)
@@ -260,45 +263,76 @@ print((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
 """
 
 
-def import_cost(folder: Path, n: int = 15) -> dict[str, Any]:
+def _importtime_ms(stderr: str) -> tuple[float, float]:
+    """From ``-X importtime`` output: msgspec's cumulative ms, and the sum of the
+    top-level modules imported after it (runtally's import and first call)."""
+    msgspec_us = ours_us = 0
+    seen_msgspec = False
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|")
+        if name.startswith("  ") or not cumulative.strip().isdigit():
+            continue  # nested (counted in its parent's cumulative), or the header
+        if name.strip() == "msgspec":
+            msgspec_us, seen_msgspec = int(cumulative), True
+        elif seen_msgspec:
+            ours_us += int(cumulative)
+    return msgspec_us / 1e3, ours_us / 1e3
+
+
+def _process_cpu_ms(python: str, argv: list[str], cwd: Path) -> float:
+    proc = subprocess.Popen([python, *argv], stdout=subprocess.DEVNULL, cwd=cwd)
+    _, _, usage = os.wait4(proc.pid, 0)
+    return (usage.ru_utime + usage.ru_stime) * 1e3
+
+
+def import_cost(folder: Path, python: str, n: int = 15) -> dict[str, Any]:
     """What the client costs a fresh process before its first event is out (ms, medians).
 
-    msgspec is imported first and counted apart (``msgspec_ms``: it loads
-    typing_extensions and inspect when installed, which runtally cannot
-    change); ``runtally_import_ms`` is ``from runtally import RunTracker``;
+    Run with the pipeline venv's ``python`` (the wheel, see
+    ``_bench.pipeline_python``) from a directory without the source tree.
+    msgspec is imported first and counted apart (``msgspec_ms``: typing, re,
+    enum, datetime, uuid, decimal - and typing_extensions when installed);
+    ``runtally_import_ms`` is ``from runtally import RunTracker``;
     ``first_call_ms`` the first ``RunTracker(...)`` and ``start_run()``, which
-    load the rest of the client (daemon up).  Also ``python -X importtime``'s
-    cumulative figure for ``import runtally`` alone.
+    load the rest of the client (daemon up).  ``importtime_ms``: the same two
+    parts by ``python -X importtime`` (cumulative, so inflated by its own
+    bookkeeping).  ``process_cpu_ms``: CPU (user+sys) of a whole process that
+    does nothing, imports msgspec, or does the probe (interleaved runs).
     """
     figures: list[list[float]] = []
+    stamps: list[tuple[float, float]] = []
+    cpu: dict[str, list[float]] = {"python": [], "msgspec": [], "probe": []}
     with running_daemon(folder / "imp", synchronous="FULL") as d:
+        probe = ["-c", _IMPORT_PROBE, str(d.socket), str(d.spool)]
         for _ in range(n):
             out = subprocess.run(
-                [PYTHON, "-c", _IMPORT_PROBE, str(d.socket), str(d.spool)],
+                [python, *probe], capture_output=True, text=True, check=True, cwd=folder
+            ).stdout
+            figures.append([float(x) for x in out.split()])
+            err = subprocess.run(
+                [python, "-X", "importtime", *probe],
                 capture_output=True,
                 text=True,
                 check=True,
-                cwd=ROOT,
-            ).stdout
-            figures.append([float(x) for x in out.split()])
-    importtime = []
-    for _ in range(n):
-        err = subprocess.run(
-            [PYTHON, "-X", "importtime", "-c", "import runtally"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        ).stderr
-        line = [x for x in err.splitlines() if x.rstrip().endswith("| runtally")][-1]
-        importtime.append(int(line.split("|")[1]) / 1e3)
+                cwd=folder,
+            ).stderr
+            stamps.append(_importtime_ms(err))
+            for key, argv in (("python", ["-c", "pass"]), ("msgspec", ["-c", "import msgspec"])):
+                cpu[key].append(_process_cpu_ms(python, argv, folder))
+            cpu["probe"].append(_process_cpu_ms(python, probe, folder))
     msgspec_ms, import_ms, first_ms = (statistics.median(col) for col in zip(*figures, strict=True))
     return {
         "msgspec_ms": round(msgspec_ms, 2),
         "runtally_import_ms": round(import_ms, 2),
         "first_call_ms": round(first_ms, 2),
         "ours_ms": round(import_ms + first_ms, 2),
-        "importtime_import_runtally_ms": round(statistics.median(importtime), 2),
+        "importtime_ms": {
+            "msgspec": round(statistics.median(m for m, _ in stamps), 2),
+            "runtally_and_first_call": round(statistics.median(o for _, o in stamps), 2),
+        },
+        "process_cpu_ms": {k: round(statistics.median(v), 1) for k, v in cpu.items()},
     }
 
 
@@ -342,7 +376,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-shapes-", dir=args.dir) as tmp:
         base = Path(tmp)
         out["floor"] = {"fsync": fsync_floor(base), "unix_socket_round_trip": socket_round_trip()}
-        out["import"] = import_cost(base)
+        PIPELINE["python"], out["pipeline_venv"] = pipeline_python()
+        out["import"] = import_cost(base, PIPELINE["python"])
         variants = ("runtally", "direct_full", "direct_normal")
         for shape, close_each in (("a", False), ("b", True)):
             by_procs: dict[str, Any] = {}
