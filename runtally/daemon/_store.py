@@ -193,6 +193,8 @@ class Store:
 
     def parked_oldest_ms(self) -> int | None:
         """When the oldest parked event was parked (ms since the epoch), None if none."""
+        if not self._applier.parking.waiting:
+            return None  # no query after every commit of a daemon that parks nothing
         oldest = self._applier.parking.oldest()
         return ms_from_iso(oldest) if oldest else None
 
