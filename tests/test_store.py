@@ -828,3 +828,39 @@ def test_parked_events_survive_a_rollback_and_a_reopen(dbs: Databases) -> None:
         assert store.query("SELECT outcome FROM run_steps WHERE uid = 'PS'") == [("success",)]
     finally:
         store.close()
+
+
+class TestBusyWait:
+    """The writer's loop-thread commits run with no busy wait; worker threads wait again."""
+
+    @staticmethod
+    def _timeout(store: Store) -> int:
+        return store.query("PRAGMA busy_timeout")[0][0]
+
+    def test_toggles_and_context_manager_restores(self, tmp_path: Path) -> None:
+        store = Store.open(tmp_path / "db.sqlite", busy_timeout_ms=1234)
+        try:
+            assert self._timeout(store) == 1234
+            store.busy_wait(False)
+            store.busy_wait(False)  # idempotent
+            assert self._timeout(store) == 0
+            store.busy_wait(True)
+            assert self._timeout(store) == 1234
+            with store.no_busy_wait():
+                assert self._timeout(store) == 0
+            assert self._timeout(store) == 1234
+        finally:
+            store.close()
+
+    def test_reopen_and_checkpoint_wait_again(self, tmp_path: Path) -> None:
+        store = Store.open(tmp_path / "db.sqlite", busy_timeout_ms=1234)
+        try:
+            store.busy_wait(False)
+            store.reopen()  # a new connection waits, and the store knows it
+            assert self._timeout(store) == 1234
+            store.busy_wait(False)
+            assert self._timeout(store) == 0
+            store.checkpoint()  # at shutdown: waits for readers as before
+            assert self._timeout(store) == 1234
+        finally:
+            store.close()

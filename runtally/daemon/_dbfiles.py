@@ -26,7 +26,7 @@ def wal_path(db: Path) -> Path:
     return db.with_name(db.name + "-wal")
 
 
-def _id(path: Path) -> tuple[int, int] | None:
+def _id(path: str | Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -39,18 +39,26 @@ def identity(db: Path) -> Identity:
     return (_id(db), _id(wal_path(db)))
 
 
-def changed(db: Path, opened: Identity) -> str | None:
-    """Why the files at ``db`` are no longer the ones ``opened``, or None if they are."""
-    now_db, now_wal = identity(db)
+def changed(db: Path | str, opened: Identity) -> str | None:
+    """Why the files at ``db`` are no longer the ones ``opened``, or None if they are.
+
+    Called before every commit: plain strings and two stat calls, no pathlib
+    object built (``<db>-wal`` is the same text as ``wal_path``).
+    """
+    db = os.fspath(db)
+    wal = db + "-wal"
+    now_db = _id(db)
     was_db, was_wal = opened
     if now_db is None:
         return f"{db} was deleted"
     if now_db != was_db:
         return f"{db} was replaced (another file is at its path now)"
-    if was_wal is not None and now_wal is None:
-        return f"{wal_path(db)} was deleted"
-    if was_wal is not None and now_wal != was_wal:
-        return f"{wal_path(db)} was replaced"
+    if was_wal is not None:
+        now_wal = _id(wal)
+        if now_wal is None:
+            return f"{wal} was deleted"
+        if now_wal != was_wal:
+            return f"{wal} was replaced"
     return None
 
 

@@ -70,8 +70,12 @@ class Store:
         #: PRAGMA wal_autocheckpoint (pages; 0: off), kept across ``reopen``.
         self.autocheckpoint_pages = 1000
         self._applier = self._new_applier()
+        #: The connection's busy timeout now (ms): ``busy_timeout_ms``, or 0 (``busy_wait``).
+        self._busy_now_ms = busy_timeout_ms
         #: (st_dev, st_ino) of the database file and its WAL when opened.
         self._identity = files.identity(path)
+        #: ``path`` as text, for the check before every commit (no pathlib there).
+        self._path_str = os.fspath(path)
 
     def _new_applier(self) -> Applier:
         total, per_peer = self._limits
@@ -125,21 +129,31 @@ class Store:
         self._conn = open_migrated(self.path, self.synchronous, self.busy_timeout_ms)
         self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.autocheckpoint_pages)}")
         self._applier = self._new_applier()
+        self._busy_now_ms = self.busy_timeout_ms  # a new connection, as opened
         self._identity = files.identity(self.path)
+
+    def busy_wait(self, on: bool) -> None:
+        """Wait up to ``busy_timeout_ms`` for another connection's lock (on), or not at all.
+
+        Off: a lock held by another connection is SQLITE_BUSY at once
+        (StoreBusy).  For the writer's commits in the event loop's own thread,
+        which must never sleep in SQLite's busy handler; it turns the wait
+        back on before anything it runs in a worker thread.  A PRAGMA only
+        when the setting changes, not twice per commit.
+        """
+        ms = self.busy_timeout_ms if on else 0
+        if ms != self._busy_now_ms:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(ms)}")
+            self._busy_now_ms = ms
 
     @contextlib.contextmanager
     def no_busy_wait(self) -> Iterator[None]:
-        """Within: a lock held by another connection is SQLITE_BUSY at once (StoreBusy).
-
-        For the writer's commits in the event loop's own thread, which must
-        never sleep in SQLite's busy handler; it retries such a batch in a
-        worker thread, with the busy timeout back at ``busy_timeout_ms``.
-        """
-        self._conn.execute("PRAGMA busy_timeout = 0")
+        """Within: ``busy_wait(False)``; the wait is back on afterwards."""
+        self.busy_wait(False)
         try:
             yield
         finally:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            self.busy_wait(True)
 
     def set_autocheckpoint(self, pages: int) -> None:
         """SQLite's automatic checkpoint after a COMMIT that leaves the WAL over ``pages``.
@@ -158,7 +172,7 @@ class Store:
         opened), or its ``-wal`` deleted or replaced while we are in WAL mode.
         Two stat calls: cheap enough before every commit.
         """
-        return files.changed(self.path, self._identity)
+        return files.changed(self._path_str, self._identity)
 
     # -- reading ----------------------------------------------------------------
 
@@ -179,6 +193,8 @@ class Store:
 
     def parked_oldest_ms(self) -> int | None:
         """When the oldest parked event was parked (ms since the epoch), None if none."""
+        if not self._applier.parking.waiting:
+            return None  # no query after every commit of a daemon that parks nothing
         oldest = self._applier.parking.oldest()
         return ms_from_iso(oldest) if oldest else None
 
@@ -303,6 +319,7 @@ class Store:
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database (on clean shutdown)."""
+        self.busy_wait(True)
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def checkpoint_passive(self) -> None:
@@ -328,11 +345,11 @@ class Store:
             busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if busy or log != done:
                 return False  # a reader pins part of the WAL: try again next time
-            conn.execute("PRAGMA busy_timeout = 0")
+            self.busy_wait(False)
             try:
                 busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                self.busy_wait(True)
         except sqlite3.Error:
             return False
         return not busy

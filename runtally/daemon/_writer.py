@@ -45,7 +45,8 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import trio
 
@@ -58,6 +59,8 @@ from ._log import logger
 from ._store import ApplyError, Store, StoreBusy
 
 __all__ = ["Job", "Writer"]
+
+_T = TypeVar("_T")
 
 #: Raw frame bytes queued at most, whatever the event budget: events can be
 #: up to 1 MiB each, so 5,000 of them could otherwise hold gigabytes.  Typical
@@ -238,9 +241,9 @@ class Writer:
         ):
             return False
         self.attempts += 1
+        self.store.busy_wait(False)  # back on in ``_in_thread`` (a PRAGMA only on a change)
         try:
-            with self.store.no_busy_wait():
-                self._apply_all(jobs)
+            self._apply_all(jobs)
         except (StoreBusy, _DatabaseBroken, sqlite3.Error, RuntallyError):
             return False
         return True
@@ -257,7 +260,7 @@ class Writer:
             while True:
                 self.attempts += 1
                 try:
-                    await trio.to_thread.run_sync(self._apply_all, jobs)
+                    await trio.to_thread.run_sync(self._in_thread, self._apply_all, jobs)
                 except StoreBusy as exc:
                     if self.busy_since is None:
                         logger.warning("database busy, retrying: %s", exc)
@@ -278,7 +281,9 @@ class Writer:
                     await self._pause(delay)
                     delay = min(delay * 2, self._broken_backoff_max_s)
                     # Logged once per streak, like the error above.
-                    await trio.to_thread.run_sync(self._reopen, str(exc), self.attempts == first)
+                    await trio.to_thread.run_sync(
+                        self._in_thread, self._reopen, str(exc), self.attempts == first
+                    )
                     continue
                 break
             if self.busy_since is not None:
@@ -341,7 +346,7 @@ class Writer:
         if idle and now - self._last_upkeep < self._checkpoint_interval_s:
             return
         self._last_upkeep = now
-        expired = await trio.to_thread.run_sync(self._upkeep_sync, idle)
+        expired = await trio.to_thread.run_sync(self._in_thread, self._upkeep_sync, idle)
         # The figures change together, here in the trio thread: ``status`` never
         # sees the expired counted before the parked ones are gone.
         self.parked_expired += expired
@@ -349,6 +354,11 @@ class Writer:
         self.parked_bytes = self.store.parked_bytes
 
     # -- in the worker thread -----------------------------------------------------------
+
+    def _in_thread(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run ``fn`` in a worker thread, where waiting for a lock is allowed again."""
+        self.store.busy_wait(True)
+        return fn(*args)
 
     def _upkeep_sync(self, idle: bool) -> int:
         """Follow a replaced file, expire parked events, checkpoint; how many expired."""
