@@ -11,25 +11,35 @@ against its field's type, so an error names the setting and where the value
 came from (the file, the variable, the flag).  The client imports this module:
 it imports nothing but the standard library and msgspec, and ``tomllib`` only
 when there is a file to read.
+
+Paths are resolved as ``str`` (``os.path``) and made ``pathlib.Path`` only in
+the ``Settings`` that ``resolve`` returns: pathlib costs a cron process ~7 ms
+of imports (fnmatch, urllib.parse, ipaddress), and the client, which gets its
+few settings from ``client_settings``, never needs a Path.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import typing
+import stat
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from runtally._compat import LEGACY_CONFIG as _LEGACY_CONFIG
-from runtally._compat import LEGACY_SECTION, deprecated
+from runtally._compat import LEGACY_CONFIG, LEGACY_SECTION, deprecated
 from runtally._files import read_small_file
-from runtally._pipeline_config import PipelineConfig
 from runtally.errors import RuntallyError
 
+TYPE_CHECKING = False  # not typing's: the annotations below are never evaluated at import
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from runtally._pipeline_config import PipelineConfig
+
 __all__ = [
+    "ClientSettings",
     "ConfigError",
     "Retention",
     "Settings",
@@ -39,13 +49,13 @@ __all__ = [
     "user_config",
 ]
 
-SYSTEM_RUNTIME_DIR = Path("/run/runtally")
+# Paths as str (or any os.PathLike a test puts here): read with os.path, not pathlib.
+SYSTEM_RUNTIME_DIR = "/run/runtally"
 #: Where logind makes each user's runtime directory (``/run/user/<uid>``).
-RUN_USER = Path("/run/user")
+RUN_USER = "/run/user"
 #: The system account the packaged daemon runs as (systemd/sysusers.d).
 DAEMON_USER = "runtally"
-SYSTEM_CONFIG = Path("/etc/runtally/runtally.toml")
-LEGACY_CONFIG = Path(_LEGACY_CONFIG)
+SYSTEM_CONFIG = "/etc/runtally/runtally.toml"
 
 
 class ConfigError(RuntallyError):
@@ -161,23 +171,94 @@ _ENV = {
     "spool": "RUNTALLY_SPOOL",
     "capture_argv": "RUNTALLY_CAPTURE_ARGV",
 }
-# get_type_hints, not msgspec.structs.fields: that would import msgspec.inspect and
-# msgspec.json (~8 ms) into every pipeline that imports the client.
-_FIELDS: dict[str, Any] = {
-    name: kind
-    for name, kind in typing.get_type_hints(Settings, include_extras=True).items()
-    if name != "sources"  # the resolver's record, not a setting
-}
+#: The settings' names (``sources`` is the resolver's record, not a setting).
+_NAMES = tuple(name for name in Settings.__struct_fields__ if name != "sources")
 _ID_LISTS = frozenset({"allow_uids", "allow_gids", "admin_uids"})
 
 
-def _private_dir(path: Path, uid: int) -> bool:
+class _PathArg(str):
+    """What a ``Path`` field is converted to: the path as a str (``_path``).
+
+    ``resolve`` makes it a ``Path`` in ``Settings``; ``client_settings`` a plain str.
+    A str subclass because msgspec checks that ``dec_hook`` returns the type asked for.
+    """
+
+    __slots__ = ()
+
+
+@functools.cache
+def _field_type(name: str) -> Any:
+    """Setting ``name``'s type, its annotation evaluated on first use, ``Path`` as ``_PathArg``.
+
+    One annotation at a time, not ``typing.get_type_hints(Settings)`` (~0.6 ms
+    for all of them, and ``PipelineConfig`` imported for ``pipelines``), nor
+    ``msgspec.structs.fields`` (msgspec.inspect and msgspec.json: ~8 ms).
+    """
+    scope: dict[str, Any] = {"Path": _PathArg}
+    if name == "pipelines":
+        from runtally._pipeline_config import PipelineConfig  # only when declared
+
+        scope["PipelineConfig"] = PipelineConfig
+    return eval(Settings.__annotations__[name], globals(), scope)  # our own annotation, not input
+
+
+def _is_path(name: str) -> bool:
+    kind = _field_type(name)
+    return kind is _PathArg or kind == _PathArg | None
+
+
+def _normal_path(path: str) -> str:
+    """``str(Path(path))`` without pathlib: ``.`` and empty parts and a trailing ``/`` dropped."""
+    if path.startswith("//") and not path.startswith("///"):
+        root = "//"  # POSIX leaves two leading slashes to the implementation; so does pathlib
+    else:
+        root = "/" if path.startswith("/") else ""
+    return root + "/".join(p for p in path.split("/") if p and p != ".") or "."
+
+
+def _path_str(value: str | os.PathLike[str]) -> str:
+    """``str(Path(value).expanduser())``, the resolver's spelling of a path, without pathlib."""
+    path = _normal_path(os.fspath(value))
+    return _normal_path(os.path.expanduser(path)) if path.startswith("~") else path
+
+
+def _home(env: Mapping[str, str]) -> str:
+    return env.get("HOME") or os.path.expanduser("~")
+
+
+def _system_daemon_here() -> bool:
+    """The system daemon's runtime directory exists: default to the system paths."""
+    return os.path.isdir(SYSTEM_RUNTIME_DIR)
+
+
+def _private_dir(path: str, uid: int) -> bool:
     """``path`` is a directory of ``uid``'s that nobody else may write (not a squat)."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return False
-    return path.is_dir() and st.st_uid == uid and not st.st_mode & 0o022
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022
+
+
+def _default_paths(env: Mapping[str, str]) -> dict[str, str]:
+    """``default_paths`` as str paths (see there)."""
+    if _system_daemon_here():
+        return {
+            "socket": os.path.join(SYSTEM_RUNTIME_DIR, "runtally.sock"),
+            "db": "/var/lib/runtally/dashboard.sqlite",
+            "spool": "/var/spool/runtally",
+        }
+    state_home = env.get("XDG_STATE_HOME") or os.path.join(_home(env), ".local", "state")
+    state = os.path.join(state_home, "runtally")
+    uid = os.getuid()
+    user_run = os.path.join(RUN_USER, str(uid))
+    private = _private_dir(user_run, uid)
+    runtime = os.path.join(user_run, "runtally") if private else os.path.join(state, "run")
+    return {
+        "socket": _normal_path(os.path.join(runtime, "runtally.sock")),
+        "db": _normal_path(os.path.join(state, "dashboard.sqlite")),
+        "spool": _normal_path(os.path.join(state, "spool")),
+    }
 
 
 def default_paths(env: Mapping[str, str] | None = None) -> dict[str, Path]:
@@ -190,26 +271,13 @@ def default_paths(env: Mapping[str, str] | None = None) -> dict[str, Path]:
     directory.  Never in a shared directory such as ``/tmp``, where another
     user could create it first.
     """
-    env = os.environ if env is None else env
-    if SYSTEM_RUNTIME_DIR.is_dir():
-        return {
-            "socket": SYSTEM_RUNTIME_DIR / "runtally.sock",
-            "db": Path("/var/lib/runtally/dashboard.sqlite"),
-            "spool": Path("/var/spool/runtally"),
-        }
-    home = Path(env.get("HOME") or Path.home())
-    state = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "runtally"
-    uid = os.getuid()
-    user_run = RUN_USER / str(uid)
-    runtime = user_run / "runtally" if _private_dir(user_run, uid) else state / "run"
-    return {
-        "socket": runtime / "runtally.sock",
-        "db": state / "dashboard.sqlite",
-        "spool": state / "spool",
-    }
+    from pathlib import Path  # see the module doc
+
+    paths = _default_paths(os.environ if env is None else env)
+    return {name: Path(path) for name, path in paths.items()}
 
 
-def _load_file(path: Path) -> dict[str, Any]:
+def _load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     import tomllib  # only when there is a file: most clients never read one
 
     try:
@@ -236,19 +304,24 @@ def _load_file(path: Path) -> dict[str, Any]:
 def _unknown(name: str, source: str) -> ConfigError:
     import difflib  # only on this error path
 
-    close = difflib.get_close_matches(name, _FIELDS, n=1)
+    close = difflib.get_close_matches(name, _NAMES, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"{source}: unknown setting {name!r}{hint}")
 
 
 def _path(kind: type, value: Any) -> Any:
-    if kind is Path and isinstance(value, str | os.PathLike):
-        return Path(value).expanduser()
+    if kind is _PathArg and isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return _PathArg(_path_str(path))
     raise TypeError(f"expected a path, got {type(value).__name__}")  # msgspec: ValidationError
 
 
 def _convert(name: str, value: Any, source: str) -> Any:
-    """``value`` as the type of setting ``name``; ConfigError naming both and ``source``."""
+    """``value`` as the type of setting ``name`` (a path as a str).
+
+    Raises ConfigError naming the setting, the value and ``source``.
+    """
     if name == "synchronous" and isinstance(value, str):
         value = value.upper()  # the pragma is case-insensitive, so is the setting
     elif name in _ID_LISTS and isinstance(value, str):
@@ -256,13 +329,15 @@ def _convert(name: str, value: Any, source: str) -> Any:
     elif name == "pipelines" and isinstance(value, dict):
         return _pipelines(value, source)
     try:
-        return msgspec.convert(value, _FIELDS[name], strict=False, dec_hook=_path)
+        return msgspec.convert(value, _field_type(name), strict=False, dec_hook=_path)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"setting {name!r} from {source}: {exc} (got {value!r})") from None
 
 
 def _pipelines(tables: dict[str, Any], source: str) -> dict[str, PipelineConfig]:
     """Each ``[pipelines.<name>]`` table on its own, so an error names the pipeline."""
+    from runtally._pipeline_config import PipelineConfig  # only when declared
+
     out = {}
     for name, table in tables.items():
         try:
@@ -273,37 +348,46 @@ def _pipelines(tables: dict[str, Any], source: str) -> dict[str, PipelineConfig]
     return out
 
 
+def _user_config(env: Mapping[str, str]) -> str:
+    config_home = env.get("XDG_CONFIG_HOME") or os.path.join(_home(env), ".config")
+    return _normal_path(os.path.join(config_home, "runtally", "runtally.toml"))
+
+
 def user_config(env: Mapping[str, str] | None = None) -> Path:
     """The user's own config file: ``~/.config/runtally/runtally.toml``
     (``$XDG_CONFIG_HOME`` if set).  Read before ``/etc/runtally/runtally.toml``
     when it exists, so one user without root configures the daemon, cron jobs
     and shells alike with no variable to export."""
-    env = os.environ if env is None else env
-    home = Path(env.get("HOME") or Path.home())
-    return Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "runtally" / "runtally.toml"
+    from pathlib import Path  # see the module doc
+
+    return Path(_user_config(os.environ if env is None else env))
 
 
 def _config_file(
     given: Mapping[str, Any], env: Mapping[str, str], sources: Mapping[str, str]
-) -> Path | None:
+) -> str | os.PathLike[str] | None:
     if given.get("config_file"):
         config_path, named_by = given["config_file"], sources.get("config_file", "the caller")
     else:
         config_path, named_by = env.get("RUNTALLY_CONFIG"), "RUNTALLY_CONFIG"
     if config_path:
-        config_file = Path(config_path).expanduser()
-        if not config_file.exists():
+        config_file = _path_str(config_path)
+        if not os.path.exists(config_file):
             raise ConfigError(f"config file {config_file} does not exist (set by {named_by})")
         return config_file
-    mine = user_config(env)
-    if mine.exists():
+    mine = _user_config(env)
+    if os.path.exists(mine):
         return mine
-    if SYSTEM_CONFIG.exists():
+    if os.path.exists(SYSTEM_CONFIG):
         return SYSTEM_CONFIG
-    if LEGACY_CONFIG.exists():
-        deprecated(str(LEGACY_CONFIG), str(SYSTEM_CONFIG))
+    if os.path.exists(LEGACY_CONFIG):
+        deprecated(os.fspath(LEGACY_CONFIG), os.fspath(SYSTEM_CONFIG))
         return LEGACY_CONFIG
     return None
+
+
+#: name -> (value, where it came from): the resolver's layers, merged.
+_Values = dict[str, tuple[Any, str]]
 
 
 def resolve(
@@ -322,37 +406,39 @@ def resolve(
     the setting and its source, for an unreadable config file, an unknown
     setting (with the closest known name) or an unusable value.
     """
-    env = os.environ if env is None else env
-    sources = sources or {}
+    return _settings(*_resolve(overrides, os.environ if env is None else env, sources or {}))
+
+
+def _resolve(
+    overrides: Mapping[str, Any] | None, env: Mapping[str, str], sources: Mapping[str, str]
+) -> tuple[dict[str, Any], _Values]:
+    """``resolve``'s converted values (paths as str) and where each came from."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for name in given:
-        if name not in _FIELDS:
+        if name not in _NAMES:
             raise _unknown(name, sources.get(name, f"argument {name!r}"))
     config_file = _config_file(given, env, sources)
-    file_values: dict[str, tuple[Any, str]] = {}
+    file_values: _Values = {}
     if config_file is not None:
-        where = f"config file {config_file}"
+        where = f"config file {os.fspath(config_file)}"
         for key, value in _load_file(config_file).items():
             name = key.replace("-", "_")
-            if name not in _FIELDS:
+            if name not in _NAMES:
                 raise _unknown(key, where)
             file_values[name] = (value, where)
     values = _layers(given, env, sources, file_values)
     values["config_file"] = (config_file, "the resolver")
-    converted = {name: _convert(name, v, src) for name, (v, src) in values.items()}
-    return _settings(converted, values)
+    return {name: _convert(name, v, src) for name, (v, src) in values.items()}, values
 
 
 def _layers(
     given: Mapping[str, Any],
     env: Mapping[str, str],
     sources: Mapping[str, str],
-    file_values: Mapping[str, tuple[Any, str]],
-) -> dict[str, tuple[Any, str]]:
+    file_values: _Values,
+) -> _Values:
     """name -> (value, where it came from): defaults < file < environment < overrides."""
-    values: dict[str, tuple[Any, str]] = {
-        k: (v, "the defaults") for k, v in default_paths(env).items()
-    }
+    values: _Values = {k: (v, "the defaults") for k, v in _default_paths(env).items()}
     values.update(file_values)
     for name, var in _ENV.items():
         if env.get(var):
@@ -362,12 +448,17 @@ def _layers(
     return values
 
 
-def _settings(converted: dict[str, Any], values: Mapping[str, tuple[Any, str]]) -> Settings:
+def _settings(converted: dict[str, Any], values: _Values) -> Settings:
+    from pathlib import Path  # see the module doc
+
     sources = tuple(
         (name, src)
         for name, (_, src) in values.items()
         if name in converted and name != "config_file"
     )
+    for name, value in converted.items():
+        if value is not None and _is_path(name):
+            converted[name] = Path(value)
     return Settings(**converted, sources=sources)
 
 
@@ -387,21 +478,28 @@ def resolve_or_defaults(
     unusable (``RUNTALLY_CAPTURE_ARGV=maybe``) is skipped with its own
     warning and the next layer's used.  Never raises for a config problem.
     """
-    env = os.environ if env is None else env
+    return _settings(*_resolve_or_defaults(overrides, warn, os.environ if env is None else env))
+
+
+def _resolve_or_defaults(
+    overrides: Mapping[str, Any] | None,
+    warn: Callable[[str], object],
+    env: Mapping[str, str],
+) -> tuple[dict[str, Any], _Values]:
     try:
-        return resolve(overrides, env)
+        return _resolve(overrides, env, {})
     except (ConfigError, OSError, ValueError) as exc:
         warn(f"{exc}; ignoring the config file (options, environment and defaults still apply)")
     given = {}
     for name, value in (overrides or {}).items():
         if value is None or name == "config_file":
             continue
-        if name in _FIELDS:
+        if name in _NAMES:
             given[name] = value
         else:
             warn(str(_unknown(name, f"argument {name!r}")))
     converted: dict[str, Any] = {"config_file": None}
-    values: dict[str, tuple[Any, str]] = {}
+    values: _Values = {}
     # Lowest precedence first, each value on its own: a bad one leaves the one below.
     for name, (value, source) in _each_layer(given, env):
         try:
@@ -410,14 +508,67 @@ def resolve_or_defaults(
             warn(f"{exc}; ignored")
         else:
             values[name] = (value, source)
-    return _settings(converted, values)
+    return converted, values
 
 
 def _each_layer(given: Mapping[str, Any], env: Mapping[str, str]) -> list[tuple[str, Any]]:
     """(name, (value, source)) of defaults, environment and overrides, lowest first."""
-    out: list[tuple[str, Any]] = [(k, (v, "the defaults")) for k, v in default_paths(env).items()]
+    out: list[tuple[str, Any]] = [(k, (v, "the defaults")) for k, v in _default_paths(env).items()]
     for name, var in _ENV.items():
         if env.get(var):
             out.append((name, (env[var], f"environment variable {var}")))
     out += [(name, (value, f"argument {name!r}")) for name, value in given.items()]
     return out
+
+
+#: The settings' defaults by name (msgspec keeps those of the last fields, in order).
+_DEFAULTS = dict(
+    zip(
+        Settings.__struct_fields__[-len(Settings.__struct_defaults__) :],
+        Settings.__struct_defaults__,
+        strict=True,
+    )
+)
+
+
+class ClientSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The settings a pipeline's client uses, paths as str (``client_settings``).
+
+    ``socket``/``spool``: the daemon's socket and the spool directory;
+    ``flush_timeout_s``: ``client_flush_timeout_s``; the others as in ``Settings``.
+    """
+
+    socket: str
+    spool: str
+    flush_timeout_s: float
+    default_club: str
+    daemon_user: str
+    capture_argv: bool
+
+
+def client_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    warn: Callable[[str], object],
+    env: Mapping[str, str] | None = None,
+) -> ClientSettings:
+    """``resolve_or_defaults(overrides, ...)``'s values for the client, without pathlib.
+
+    The same rules, layers and warnings (it is the same resolution); only no
+    ``Settings`` is built, so a cron process never imports pathlib.  Never
+    raises for a config problem.
+    """
+    converted, _ = _resolve_or_defaults(overrides, warn, os.environ if env is None else env)
+
+    def get(name: str) -> Any:
+        return converted[name] if name in converted else _DEFAULTS[name]
+
+    # str(): a plain str, not the resolver's _PathArg
+    return ClientSettings(
+        socket=str(get("socket")),
+        spool=str(get("spool")),
+        flush_timeout_s=get("client_flush_timeout_s"),
+        default_club=get("default_club"),
+        daemon_user=get("daemon_user"),
+        capture_argv=get("capture_argv"),
+    )

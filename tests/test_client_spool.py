@@ -65,12 +65,12 @@ class TestSpoolWriter:
         seen: dict = {}
 
         class Watching(SpoolWriter):
-            def _rename(self, tmp: Path, final: Path) -> None:
+            def _rename(self, tmp: str, final: str) -> None:
                 seen.update(
-                    tmp=tmp,
-                    final=final,
-                    header=tmp.read_bytes(),
-                    locked=is_locked(tmp),
+                    tmp=Path(tmp),
+                    final=Path(final),
+                    header=Path(tmp).read_bytes(),
+                    locked=is_locked(Path(tmp)),
                     visible=list(self.directory.glob("*.spool")),
                 )
                 super()._rename(tmp, final)

@@ -138,3 +138,83 @@ def test_a_tracked_run_loads_nothing_heavy(tmp_path: Path) -> None:
         tmp_path,
     )
     assert got == []
+
+
+#: Standard-library modules a cron process must not pay for on the client path (issue 17):
+#: pathlib (~7 ms with fnmatch, urllib.parse and ipaddress), threading and weakref (the
+#: client's locks are _thread's), importlib (the lazy names use __import__).
+CLIENT_NEVER = ("pathlib", "fnmatch", "urllib", "ipaddress", "threading", "weakref", "importlib")
+
+_TRACKED_RUN = """
+    import json, os, sys
+    import msgspec  # what it loads (typing_extensions, inspect... by release) is not ours
+    before = set(sys.modules)
+    from runtally import RunTracker
+    t = RunTracker("imports"{args})
+    t.start_run()
+    t.end_step(t.start_step("s"), created=1)
+    t.end_run()
+    t.close(0.1)
+    never = {never!r}
+    print(json.dumps(sorted(
+        m for m in set(sys.modules) - before if m.split(".")[0] in never
+    )))
+    """
+
+
+def _as_installed(code: str, tmp_path: Path, **env: str) -> list:
+    """Run ``code`` as a pipeline with runtally installed from a wheel would: ``-S``, so
+    no editable-install finder (it loads pathlib itself) hides what the client loads.
+    Each line it prints is one JSON value."""
+    import msgspec
+
+    import runtally
+
+    path = [str(Path(runtally.__file__).parents[1]), str(Path(msgspec.__file__).parents[1])]
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(path),
+            "HOME": str(tmp_path),
+            "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+            "RUNTALLY_CONFIG": "",
+            "RUNTALLY_SOCKET": str(tmp_path / "absent.sock"),
+            "RUNTALLY_SPOOL": str(tmp_path / "spool"),
+            **env,
+        },
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_a_tracked_run_with_settings_from_the_environment_loads_no_pathlib(
+    tmp_path: Path,
+) -> None:
+    """Socket and spool from RUNTALLY_SOCKET/RUNTALLY_SPOOL, the rest defaults."""
+    got = _as_installed(_TRACKED_RUN.format(args="", never=CLIENT_NEVER), tmp_path)
+    assert got == [[]]
+
+
+def test_a_tracked_run_with_explicit_paths_loads_no_pathlib(tmp_path: Path) -> None:
+    args = f", socket={str(tmp_path / 'd.sock')!r}, spool={str(tmp_path / 'spool')!r}"
+    got = _as_installed(_TRACKED_RUN.format(args=args, never=CLIENT_NEVER), tmp_path)
+    assert got == [[]]
+
+
+def test_a_tracked_run_with_a_config_file_loads_no_pathlib(tmp_path: Path) -> None:
+    """A config file costs tomllib, not pathlib; and its settings are the ones used."""
+    config = tmp_path / "runtally.toml"
+    mine = tmp_path / "mine"
+    config.write_text(f'[runtally]\nsocket = "{tmp_path / "d.sock"}"\nspool = "{mine}"\n')
+    code = _TRACKED_RUN.format(args="", never=(*CLIENT_NEVER, "tomllib")).rstrip()
+    code += f"\n    print(json.dumps(os.listdir({str(mine)!r})))\n"
+    loaded, spooled = _as_installed(
+        code, tmp_path, RUNTALLY_CONFIG=str(config), RUNTALLY_SOCKET="", RUNTALLY_SPOOL=""
+    )
+    assert {m.split(".")[0] for m in loaded} == {"tomllib"}
+    assert len(spooled) == 1
+    assert spooled[0].endswith(".spool")

@@ -121,11 +121,7 @@ def test_units_agree_with_each_other_and_config(monkeypatch: pytest.MonkeyPatch)
     assert int(nofile) >= 2 * (settings.max_connections + FD_RESERVE)
 
     # The client's zero-config defaults (used when /run/runtally exists) match the units.
-    class AlwaysDir(type(Path())):  # type: ignore[misc]
-        def is_dir(self) -> bool:
-            return True
-
-    monkeypatch.setattr(config, "SYSTEM_RUNTIME_DIR", AlwaysDir(config.SYSTEM_RUNTIME_DIR))
+    monkeypatch.setattr(config, "_system_daemon_here", lambda: True)
     defaults = {k: str(v) for k, v in config.default_paths({}).items()}
     assert defaults == {
         "socket": env["RUNTALLY_SOCKET"],

@@ -12,7 +12,7 @@ cron process pays for them once, and one that never tracks not at all.
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 TYPE_CHECKING = False  # not typing's: importing typing costs a cron process ~3 ms
 if TYPE_CHECKING:
@@ -63,7 +63,9 @@ def __getattr__(name: str) -> Any:
     home = _HOME.get(name)
     if home is None:
         raise AttributeError(f"module 'runtally.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    module = f"{__name__}.{home}"
+    __import__(module)  # importlib.import_module, without importing importlib (~0.25 ms)
+    value = getattr(sys.modules[module], name)
     globals()[name] = value  # the next lookup is a plain module attribute
     return value
 

@@ -13,6 +13,8 @@ row "n events were lost: spool disk full").
 
 from __future__ import annotations
 
+import functools
+
 import msgspec
 
 from runtally.protocol import Dropped
@@ -31,7 +33,10 @@ class _RunOf(msgspec.Struct):
     events: int = 1
 
 
-_decoder = msgspec.msgpack.Decoder(_RunOf)
+@functools.cache
+def _decoder() -> msgspec.msgpack.Decoder[_RunOf]:
+    """Built when an event is first lost, not at import: most processes never lose one."""
+    return msgspec.msgpack.Decoder(_RunOf)
 
 
 class LostEvents:
@@ -51,7 +56,7 @@ class LostEvents:
         """Count encoded events as lost (a lost ``dropped`` marker gives its count back)."""
         for payload in payloads:
             try:
-                info = _decoder.decode(payload)
+                info = _decoder().decode(payload)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 self.unattributed += 1
                 continue

@@ -11,15 +11,33 @@ clarity, a leaked one a credential.  Standard library only (the client's rule).
 
 from __future__ import annotations
 
-import re
+import re  # loaded by msgspec already; compiling the patterns is what costs
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["REDACTED", "redact_argv"]
 
 REDACTED = "***"
 
+
+class _Lazy:
+    """A pattern compiled on first use: a cron process's argv needs few of them, if any
+    (compiling all of them at import cost ~1 ms)."""
+
+    __slots__ = ("_args", "_pattern")
+
+    def __init__(self, *args: Any) -> None:
+        self._args = args
+        self._pattern: re.Pattern[str] | None = None
+
+    def __getattr__(self, name: str) -> Any:  # match, search, sub, split
+        if self._pattern is None:
+            self._pattern = re.compile(*self._args)
+        return getattr(self._pattern, name)
+
+
 #: A name (option, variable, header, query parameter) whose value is a secret ...
-_SECRET_NAME = re.compile(
+_SECRET_NAME = _Lazy(
     r"pass(word|wd|phrase)?|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key"
     r"|credential|auth[-_]?key|session[-_]?key|cookie|signature",
     re.IGNORECASE,
@@ -27,15 +45,15 @@ _SECRET_NAME = re.compile(
 #: ... or that has one of these words as a whole part (``--auth``, ``--ssh-key``,
 #: ``LICENSE_KEY``, ``sig``), not merely inside a word (``--keyboard``, ``MONKEY``).
 _SECRET_PARTS = frozenset({"auth", "authorization", "key", "sig", "apikey"})
-_PARTS = re.compile(r"[-_.\s]+")
+_PARTS = _Lazy(r"[-_.\s]+")
 #: ``--name=value``, ``-name=value`` or ``NAME=value``.
-_ASSIGNMENT = re.compile(r"^(-{0,2}[A-Za-z0-9_.-]+)=(.*)$", re.DOTALL)
+_ASSIGNMENT = _Lazy(r"^(-{0,2}[A-Za-z0-9_.-]+)=(.*)$", re.DOTALL)
 #: The password of URL userinfo: ``scheme://user:PASSWORD@host``.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]*(@)")
+_URL_PASSWORD = _Lazy(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]*(@)")
 #: A URL query parameter (``?token=x``, ``&X-Amz-Signature=x``): name, value.
-_QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s]+)=([^&#;\s]*)")
+_QUERY_PARAM = _Lazy(r"([?&;])([^=&#;\s]+)=([^&#;\s]*)")
 #: An HTTP header (``Authorization: Bearer x``, ``-HCookie: a=b``): name, value.
-_HEADER = re.compile(r"^(-H)?([A-Za-z0-9-]+)(\s*:\s*)(\S.*)$", re.DOTALL)
+_HEADER = _Lazy(r"^(-H)?([A-Za-z0-9-]+)(\s*:\s*)(\S.*)$", re.DOTALL)
 #: Short password options of common tools: ``mysql -pSECRET``, ``sshpass -p X``,
 #: ``-P X``; a number is a port (``ssh -p 22``, ``mysql -P 3306``) and stays.
 _SHORT_PASSWORD = frozenset({"-p", "-P"})
@@ -64,7 +82,8 @@ def _query(match: re.Match[str]) -> str:
 
 def _in_text(arg: str) -> str:
     """Secrets inside one argument: URL passwords and secret query parameters."""
-    arg = _URL_PASSWORD.sub(rf"\g<1>{REDACTED}\g<2>", arg)
+    if "@" in arg:  # the pattern needs one: no compiling it for every argument
+        arg = _URL_PASSWORD.sub(rf"\g<1>{REDACTED}\g<2>", arg)
     return _QUERY_PARAM.sub(_query, arg) if "=" in arg else arg
 
 
@@ -76,13 +95,14 @@ def _one(arg: str, previous: str | None) -> tuple[str, bool]:
         if previous in _SHORT_PASSWORD:
             return (arg if arg.isdigit() else REDACTED), False
         return REDACTED, False
-    if (header := _HEADER.match(arg)) is not None and _secret_name(header.group(2)):
+    header = _HEADER.match(arg) if ":" in arg else None  # (no ":", no header: not compiled)
+    if header is not None and _secret_name(header.group(2)):
         return f"{header.group(1) or ''}{header.group(2)}{header.group(3)}{REDACTED}", False
     if arg[:2] in _SHORT_PASSWORD and len(arg) > 2 and not arg.startswith("--"):
         return (arg if arg[2:].isdigit() else arg[:2] + REDACTED), False
     if arg[:2] in ("-u", "-U") and len(arg) > 2 and not arg.startswith("--"):
         return arg[:2] + _user_password(arg[2:]), False
-    assignment = _ASSIGNMENT.match(arg)
+    assignment = _ASSIGNMENT.match(arg) if "=" in arg else None
     if assignment is not None:
         name, value = assignment.groups()
         if _secret_name(name):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from runtally.config import Settings, resolve_or_defaults
+from runtally.config import ClientSettings, client_settings
 
 from ._connection import Client
 from ._options import ClientOptions
@@ -25,9 +24,9 @@ def get_client(
     with one warning.
     """
     settings = _settings(socket, spool)
-    key = (os.fspath(settings.socket), os.fspath(settings.spool))
+    key = (settings.socket, settings.spool)
     options = ClientOptions(
-        flush_timeout=settings.client_flush_timeout_s,
+        flush_timeout=settings.flush_timeout_s,
         default_club=settings.default_club,
         daemon_user=settings.daemon_user,
         capture_argv=settings.capture_argv,
@@ -35,7 +34,9 @@ def get_client(
     return shared(key, lambda: Client(settings.socket, settings.spool, options))
 
 
-def _settings(socket: Any, spool: Any) -> Settings:
-    return resolve_or_defaults(
+def _settings(
+    socket: str | os.PathLike[str] | None, spool: str | os.PathLike[str] | None
+) -> ClientSettings:
+    return client_settings(
         {"socket": socket, "spool": spool}, warn=lambda message: warn_once("config", message)
     )

@@ -39,7 +39,6 @@ import stat  # already loaded by os: free
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from runtally.protocol import (
     MAX_FRAME,
@@ -52,6 +51,10 @@ from runtally.protocol import (
 
 from ._unix import trusted_uids, untrusted_directory
 from ._warn import warn, warn_once
+
+TYPE_CHECKING = False  # not typing's
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["SpoolWriter"]
 
@@ -77,11 +80,11 @@ def _write_all(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "short write")
 
 
-def _release(fd: int, path: Path | None, *, unlink: bool) -> None:
+def _release(fd: int, path: str | None, *, unlink: bool) -> None:
     """Unlock and close a spool file, removing it first if ``unlink`` (still locked then)."""
     if unlink and path is not None:
         try:
-            path.unlink()  # still locked: no replayer can be looking at it
+            os.unlink(path)  # still locked: no replayer can be looking at it
         except OSError:
             pass
     try:
@@ -99,7 +102,11 @@ class _Untrusted(OSError):
 
 
 class SpoolWriter:
-    """Appends encoded events to this process's spool file, opened on first use."""
+    """Appends encoded events to this process's spool file, opened on first use.
+
+    Paths are kept as str: pathlib costs a cron process ~7 ms of imports, so
+    ``directory`` and ``path`` make their ``Path`` only when asked.
+    """
 
     def __init__(
         self,
@@ -107,11 +114,11 @@ class SpoolWriter:
         clock: Callable[[], float] = time.monotonic,
         trusted: frozenset[int] | None = None,
     ) -> None:
-        self.directory = Path(directory)
+        self._dir = os.fspath(directory) or "."
         #: Who may own the directory (``trusted_uids``: root, this user, the daemon's).
         self._trusted = trusted_uids(None) if trusted is None else trusted
         self._clock = clock  # monotonic seconds, for the sync interval
-        self.path: Path | None = None
+        self._path: str | None = None  # the open file's
         self.records = 0  # records in the open file
         self.size = 0  # bytes in the open file, header included
         self.dropped = 0  # events lost because the spool was unusable
@@ -123,7 +130,21 @@ class SpoolWriter:
         self._dirty = False  # written since the last sync
         self._synced_at = 0.0  # time.monotonic() of the last sync (or the open)
         #: Retired files: (tag, fd, path), oldest first; see ``retire``.
-        self._retired: deque[tuple[int, int, Path | None]] = deque()
+        self._retired: deque[tuple[int, int, str | None]] = deque()
+
+    @property
+    def directory(self) -> Path:
+        """The spool directory."""
+        from pathlib import Path  # see the class doc
+
+        return Path(self._dir)
+
+    @property
+    def path(self) -> Path | None:
+        """The open spool file; None while none is open."""
+        from pathlib import Path  # see the class doc
+
+        return None if self._path is None else Path(self._path)
 
     def __del__(self) -> None:
         try:
@@ -182,7 +203,7 @@ class SpoolWriter:
     def _warn_write(self, error: OSError) -> None:
         warn_once(
             "spool-write",
-            f"cannot write spool file {self.path}: {error}; events are being dropped",
+            f"cannot write spool file {self._path}: {error}; events are being dropped",
         )
 
     # -- reading back (resend on reconnect) -----------------------------------
@@ -194,7 +215,7 @@ class SpoolWriter:
         try:
             data = os.pread(self._fd, self.size, 0)
         except OSError as exc:
-            warn(f"cannot read back spool file {self.path}: {exc}")
+            warn(f"cannot read back spool file {self._path}: {exc}")
             return None
         records, tail = read_spool(data)
         if tail.state != "clean":
@@ -208,7 +229,7 @@ class SpoolWriter:
         try:
             os.ftruncate(self._fd, len(SPOOL_MAGIC))
         except OSError as exc:
-            warn(f"cannot truncate spool file {self.path}: {exc}")
+            warn(f"cannot truncate spool file {self._path}: {exc}")
             return False
         self.records = 0
         self.size = len(SPOOL_MAGIC)
@@ -224,7 +245,7 @@ class SpoolWriter:
         try:
             os.fdatasync(self._fd)
         except OSError as exc:
-            warn_once("spool-sync", f"cannot sync spool file {self.path}: {exc}")
+            warn_once("spool-sync", f"cannot sync spool file {self._path}: {exc}")
         self._dirty = False
         self._synced_at = self._clock()
 
@@ -248,7 +269,7 @@ class SpoolWriter:
         """
         if self._fd is None:
             return
-        self._retired.append((tag, self._fd, self.path))
+        self._retired.append((tag, self._fd, self._path))
         self._reset()
 
     def drop_retired(self, answered: Callable[[int], bool]) -> None:
@@ -272,7 +293,7 @@ class SpoolWriter:
             return
         self.release_retired()
         self.sync()  # the replayer may take it from here: make it survive a power loss
-        fd, path, empty = self._fd, self.path, self.records == 0
+        fd, path, empty = self._fd, self._path, self.records == 0
         self._reset()
         if fd is not None:
             _release(fd, path, unlink=empty)
@@ -300,7 +321,7 @@ class SpoolWriter:
 
     def _reset(self) -> None:
         self._fd = None
-        self.path = None
+        self._path = None
         self.records = 0
         self.size = 0
         self._dirty = False
@@ -314,7 +335,7 @@ class SpoolWriter:
         if not self._full:
             return False
         try:
-            return os.statvfs(self.directory).f_bavail > 0
+            return os.statvfs(self._dir).f_bavail > 0
         except OSError:
             return False
 
@@ -330,7 +351,7 @@ class SpoolWriter:
             self._retry_at, self._full = now + REOPEN_DELAY_S, False
             warn_once(
                 "spool-untrusted",
-                f"not spooling to {self.directory}: {exc}; events are being dropped "
+                f"not spooling to {self._dir}: {exc}; events are being dropped "
                 "while the daemon is unreachable (and counted as lost)",
             )
             return None
@@ -339,28 +360,28 @@ class SpoolWriter:
             self._full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             warn_once(
                 "spool-open",
-                f"cannot create a spool file in {self.directory}: {exc}; "
+                f"cannot create a spool file in {self._dir}: {exc}; "
                 "events are being dropped while the daemon is unreachable",
             )
             return None
-        self._fd, self.path, self._pid = fd, path, os.getpid()
+        self._fd, self._path, self._pid = fd, path, os.getpid()
         self.records, self.size = 0, len(SPOOL_MAGIC)
         self._synced_at = self._clock()
         return fd
 
-    def _create(self) -> tuple[int, Path]:
+    def _create(self) -> tuple[int, str]:
         self._make_directory()
         name = (
             f"{time.time_ns() // 1_000_000}-{_hostname()}-{os.getpid()}-{os.urandom(4).hex()}.spool"
         )
-        final = self.directory / name
-        tmp = self.directory / f".{name}.tmp"
+        final = os.path.join(self._dir, name)
+        tmp = os.path.join(self._dir, f".{name}.tmp")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        st = os.stat(self.directory)
+        st = os.stat(self._dir)
         if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.directory))
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), self._dir)
         # Anyone who may write the directory could delete or swap our file in it.
-        if why := untrusted_directory(str(self.directory), st, self._trusted, shared=True):
+        if why := untrusted_directory(self._dir, st, self._trusted, shared=True):
             raise _Untrusted(why)
         mode = OWN_FILE_MODE if st.st_uid == os.getuid() else FILE_MODE
         fd = os.open(tmp, flags, mode)
@@ -372,22 +393,23 @@ class SpoolWriter:
         except BaseException:
             os.close(fd)
             try:
-                tmp.unlink()
+                os.unlink(tmp)
             except OSError:
                 pass
             raise
         return fd, final
 
-    def _rename(self, tmp: Path, final: Path) -> None:
+    def _rename(self, tmp: str, final: str) -> None:
         """Publish the locked, headed file under its ``.spool`` name (a seam for tests)."""
         os.rename(tmp, final)
 
     def _make_directory(self) -> None:
         try:
-            self.directory.mkdir(mode=DIR_MODE, parents=True)
+            # Parents with the default mode, as Path.mkdir(parents=True) made them.
+            os.makedirs(self._dir, mode=DIR_MODE)
         except FileExistsError:
             return
         try:
-            os.chmod(self.directory, DIR_MODE)  # mkdir's mode is cut by the umask
+            os.chmod(self._dir, DIR_MODE)  # mkdir's mode is cut by the umask
         except OSError:
             pass
