@@ -475,3 +475,35 @@ class TestUuid7:
         ids = [uuid7(1_700_000_000_000 + i) for i in range(1000)]
         assert ids == sorted(ids)
         assert len({uuid7() for _ in range(10_000)}) == 10_000
+
+
+class TestSharedClient:
+    """A tracker per run (as pipelines make them) shares the process's one Client."""
+
+    def test_given_paths_resolve_settings_once(
+        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from runtally.client import _registry
+
+        resolved: list[tuple[Any, ...]] = []
+        real = _registry._settings
+        monkeypatch.setattr(_registry, "_settings", lambda *a: resolved.append(a) or real(*a))
+        first = RunTracker("people", socket=sandbox.sock, spool=sandbox.spool)
+        again = RunTracker("people", socket=str(sandbox.sock), spool=str(sandbox.spool))
+        try:
+            assert first.client is not None
+            assert again.client is first.client
+            assert len(resolved) == 1  # the second found its Client without the resolver
+        finally:
+            first.client.close()  # type: ignore[union-attr]
+
+    def test_paths_from_the_environment_are_resolved_each_time(
+        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("RUNTALLY_SOCKET", str(sandbox.root / "a.sock"))
+        first = RunTracker("people", spool=sandbox.spool)
+        monkeypatch.setenv("RUNTALLY_SOCKET", str(sandbox.root / "b.sock"))
+        second = RunTracker("people", spool=sandbox.spool)
+        assert first.client is not None and second.client is not None
+        assert first.client.socket_path.endswith("a.sock")
+        assert second.client.socket_path.endswith("b.sock")
