@@ -476,6 +476,48 @@ class TestUuid7:
         assert ids == sorted(ids)
         assert len({uuid7() for _ in range(10_000)}) == 10_000
 
+    def test_layout_of_every_id_in_a_batch(self) -> None:
+        import uuid
+
+        from runtally.client._ids import BATCH
+
+        for u in [uuid7() for _ in range(2 * BATCH + 1)]:
+            parsed = uuid.UUID(u)
+            assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, u)
+
+    def test_unique_across_threads(self) -> None:
+        import threading
+
+        made: list[list[str]] = [[] for _ in range(4)]
+
+        def make(out: list[str]) -> None:
+            out.extend(uuid7() for _ in range(5000))
+
+        threads = [threading.Thread(target=make, args=(out,)) for out in made]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({u for out in made for u in out}) == 20_000
+
+    def test_a_forked_child_never_repeats_the_parents_ids(self) -> None:
+        ms = now_ms()  # both in the same millisecond: only the random part tells them apart
+        uuid7(ms)  # the parent has ready-made ids the child would inherit
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its next ids, then out without any cleanup
+            try:
+                os.write(write_fd, " ".join(uuid7(ms) for _ in range(50)).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        parent = {uuid7(ms) for _ in range(50)}
+        with os.fdopen(read_fd, "rb") as pipe:
+            child = set(pipe.read().decode().split())
+        os.waitpid(pid, 0)
+        assert len(child) == 50
+        assert not parent & child
+
 
 class TestSharedClient:
     """A tracker per run (as pipelines make them) shares the process's one Client."""
