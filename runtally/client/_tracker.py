@@ -257,7 +257,7 @@ class RunTracker:
         The seed's call shape ``end_step(sid, {"outcome": ..., "created": ...})``
         is accepted too.
         """
-        if isinstance(outcome, Mapping):  # the seed passed options as one object
+        if type(outcome) is not str and isinstance(outcome, Mapping):  # the seed's one object
             opts = dict(outcome)
             outcome = opts.get("outcome", "success")
             created = opts.get("created", created)
@@ -304,7 +304,7 @@ class RunTracker:
         ``error_message`` may be an exception: its text, and its traceback when
         no stack is given.  The seed's ``record_error({stepName: ...})`` works too.
         """
-        if isinstance(step_name, Mapping):
+        if type(step_name) is not str and isinstance(step_name, Mapping):
             opts = step_name
             step_name = _first(opts, "step_name", "stepName")
             step_id = _first(opts, "step_id", "stepId") or step_id
