@@ -549,3 +549,18 @@ class TestSharedClient:
         assert first.client is not None and second.client is not None
         assert first.client.socket_path.endswith("a.sock")
         assert second.client.socket_path.endswith("b.sock")
+
+
+class TestRunMeta:
+    def test_argv_follows_sys_argv_from_run_to_run(
+        self, sandbox: Sandbox, tracker: RunTracker, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sys, "argv", ["sync.py", "--token=abc"])
+        tracker.start_run()
+        tracker.end_run()
+        monkeypatch.setattr(sys, "argv", ["sync.py", "--full", "--password", "x"])
+        tracker.start_run()
+        tracker.end_run()
+        first, second = (e.meta["argv"] for e in of(RunStart, events(sandbox, tracker)))
+        assert first == ["sync.py", "--token=***"]
+        assert second == ["sync.py", "--full", "--password", "***"]

@@ -224,7 +224,8 @@ class Client(ReplyPump):
         A ``marker`` (a ``dropped`` event) that the spool refuses is not one
         more event dropped: ``LostEvents`` takes its count back.
         """
-        self._maybe_connect()
+        if self._state not in LIVE:
+            self._maybe_connect()
         if self._state in LIVE and self._conn.unacked and self._truncate_due():
             # Acks first: if they empty the window the file is cut back before
             # this event goes in (else the window always holds the last one).

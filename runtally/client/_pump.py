@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EMIT_READ_EVERY", "EMIT_REPLY_BUDGET", "ReplyPump"]
 
-RESENDING = State.RESENDING
+CONNECTED, RESENDING = State.CONNECTED, State.RESENDING
 
 RECV_SIZE = 1 << 18
 #: Replies an emit handles at most (acks arrive a whole group commit at a
@@ -152,9 +152,16 @@ class ReplyPump:
             else:
                 if reply is NEED_DATA:
                     return budget
-                self._on_reply(reply)
-                if self._state not in LIVE:
-                    return 0
+                if type(reply) is Ack and self._state is CONNECTED:
+                    # Nearly every reply: _on_reply's Ack case, without the match.
+                    self.acked += 1
+                    self._got_ack = True
+                    if not conn.unacked:
+                        self._settle(lazy=True)
+                else:
+                    self._on_reply(reply)
+                    if self._state not in LIVE:
+                        return 0
             budget -= 1
         return 0
 

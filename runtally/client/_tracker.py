@@ -173,9 +173,8 @@ class RunTracker:
         if self.run_id is not None:
             warn(f"start_run while run {self.run_id} is open; that run is left unfinished")
             self._restore_env()
-        parent_id = _coerce.uid(
-            parent if parent is not None else os.environ.get(PARENT_ENV), "parent"
-        )
+        inherited = os.environ.get(PARENT_ENV)
+        parent_id = _coerce.uid(parent if parent is not None else inherited, "parent")
         ts = now_ms()
         run_id = uuid7(ts)
         self._emit(
@@ -193,7 +192,7 @@ class RunTracker:
         self._run_started = time.monotonic()
         self._steps.clear()
         self._noop_warned = False
-        self._env_token = (run_id, os.environ.get(PARENT_ENV))
+        self._env_token = (run_id, inherited)
         os.environ[PARENT_ENV] = run_id
         return run_id
 

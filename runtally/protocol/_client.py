@@ -182,8 +182,10 @@ class ClientConnection:
         if frame is None:
             return NEED_DATA
         reply = decode_server_message(frame)
-        if isinstance(reply, Ack):
-            self._resolve(reply.id)
+        if type(reply) is Ack:  # nearly every reply: _resolve, inline
+            entry = self._window.pop(reply.id, None)
+            if entry is not None and entry.resent:
+                self._resent_unacked -= 1
         elif isinstance(reply, Nack):
             event_id = reply.id if reply.id in self._window else next(iter(self._window), None)
             if event_id is not None:
