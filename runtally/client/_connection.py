@@ -305,8 +305,7 @@ class Client(ReplyPump):
                 self._out += conn.send_payload(event_id, payload, spooled=in_spool)
                 self._break("the daemon is not acknowledging (window full)", stuck=True)
                 return
-        self._out += conn.send_payload(event_id, payload, spooled=in_spool)
-        self._pump_after_send()
+        self._send_frame(conn.send_payload(event_id, payload, spooled=in_spool))
         if self._state in LIVE and len(self._out) > self.options.max_out:
             self._break("the daemon is not reading (send buffer full)", stuck=True)
         elif self.spool.size > self.options.spool_rotate_bytes:

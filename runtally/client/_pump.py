@@ -108,18 +108,33 @@ class ReplyPump:
             if len(data) < size:
                 return
 
-    def _pump_after_send(self) -> None:
-        """An emit's I/O: write what the kernel takes; read replies every EMIT_READ_EVERY sends.
+    def _send_frame(self, frame: bytes) -> None:
+        """An emit's I/O: write ``frame`` (what the kernel won't take waits in ``_out``),
+        and read replies every EMIT_READ_EVERY sends.
 
         The event itself is never held back (the daemon must see a run start
         when it starts); only the reading of replies, which just trims the
         window and the spool, waits for a few more sends.
         """
+        sock = self._sock
+        if self._out or sock is None:
+            self._out += frame  # behind what is waiting already: keep the order
+            if not self._write_out():
+                return
+        else:
+            # The usual case: nothing waiting, so the frame itself goes, not a copy in _out.
+            try:
+                sent = sock.send(frame, _SEND_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._break(f"lost the daemon connection ({exc.strerror or exc})")
+                return
+            if sent < len(frame):
+                self._out += frame[sent:]
         self._unread_sends += 1
         if self._unread_sends >= EMIT_READ_EVERY:
             self._pump(EMIT_REPLY_BUDGET)
-        else:
-            self._write_out()
 
     def _write_out(self) -> bool:
         """Non-blocking: write what the kernel takes of ``_out``; False if the connection broke."""
