@@ -153,11 +153,13 @@ class ClientConnection:
         self, event_id: str, payload: bytes, *, resent: bool, spooled: bool = False
     ) -> bytes:
         frame = frame_payload(payload)
-        self._sent += 1
-        old = self._window.pop(event_id, None)  # sent again: the newer copy's reply counts
-        if old is not None and old.resent:
-            self._resent_unacked -= 1
-        self._window[event_id] = _Entry(self._sent, payload, resent, spooled or resent)
+        self._sent = seq = self._sent + 1
+        window = self._window
+        if event_id in window:  # sent again: the newer copy's reply counts
+            old = window.pop(event_id)
+            if old.resent:
+                self._resent_unacked -= 1
+        window[event_id] = _Entry(seq, payload, resent, spooled or resent)
         if resent:
             self._resent_unacked += 1
         return frame
