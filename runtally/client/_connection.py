@@ -142,7 +142,8 @@ class Client(ReplyPump):
     def emit(self, event: Event) -> None:
         """Send one event; returns without waiting for its ack (spools it when in doubt)."""
         try:
-            self._check_fork()
+            if self._pid != os.getpid():  # _check_fork, inline: once per event
+                self._forget_after_fork()
             self._guard.run(self._emit, event, park=True)
         except Exception as exc:  # noqa: BLE001 - tracking never raises into a pipeline
             warn_once(f"emit-{type(exc).__name__}", f"event not recorded: {exc!r}")
