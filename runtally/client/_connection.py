@@ -124,6 +124,7 @@ class Client(ReplyPump):
         self._conn = ClientConnection()
         self._got_ack = False  # this connection has been useful: reconnect promptly
         self._unread_sends = 0
+        self._recv_buf = None
         options = self.options
         self._backoff = Backoff(options.backoff_initial_s, options.backoff_max_s, self._clock)
 

@@ -69,6 +69,7 @@ class ReplyPump:
         _state: State
         _got_ack: bool
         _unread_sends: int  # sends since the socket was last read
+        _recv_buf: memoryview | None  # what replies are read into (RECV_SIZE), made on first use
         _clock: Callable[[], float]
         spool: SpoolWriter
         acked: int
@@ -92,20 +93,26 @@ class ReplyPump:
             return
         budget = self._handle_replies(budget)  # what an earlier read left
         size = RECV_SIZE if budget == math.inf else EMIT_RECV_SIZE
+        if self._recv_buf is None:
+            self._recv_buf = memoryview(bytearray(RECV_SIZE))
+        buf = self._recv_buf
         while budget > 0:
             try:
-                data = sock.recv(size)
+                # Into a buffer kept for the connection's life: recv(256 kB) would
+                # make (mmap) and free (munmap) 256 kB at every call, ~11 us even
+                # when nothing is there to read.
+                received = sock.recv_into(buf, size)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._break(f"lost the daemon connection ({exc.strerror or exc})")
                 return
-            if not data:
+            if not received:
                 self._break("the daemon closed the connection")
                 return
-            self._conn.receive_data(data)
+            self._conn.receive_data(buf[:received])
             budget = self._handle_replies(budget)
-            if len(data) < size:
+            if received < size:
                 return
 
     def _send_frame(self, frame: bytes) -> None:

@@ -166,8 +166,8 @@ class ClientConnection:
 
     # -- receiving -------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Bytes read from the daemon (any split: replies are reassembled)."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes read from the daemon (any split: replies are reassembled; copied)."""
         self._decoder.receive_data(data)
 
     def next_reply(self) -> ServerMessage | Literal[NeedData.NEED_DATA]:

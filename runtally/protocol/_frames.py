@@ -130,8 +130,8 @@ class FrameDecoder:
         """The first bytes not yet returned (after a FrameError: the bad header)."""
         return bytes(self._buf[self._pos : self._pos + n])
 
-    def receive_data(self, data: bytes) -> None:
-        """Append bytes read from the peer."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the peer (copied: ``data`` may be reused after)."""
         self._buf += data
 
     def next_frame(self) -> bytes | None:
