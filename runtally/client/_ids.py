@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+
+TYPE_CHECKING = False  # not typing's: the client path does not import typing for this
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["now_ms", "uuid7"]
 

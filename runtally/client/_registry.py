@@ -47,7 +47,7 @@ def get_client(
     return client
 
 
-def _given_key(socket: Any, spool: Any) -> tuple[str, str] | None:
+def _given_key(socket: object, spool: object) -> tuple[str, str] | None:
     """Both paths, when both are given as text that resolves alike in any environment.
 
     None otherwise: a missing one comes from the environment or the config
@@ -56,7 +56,7 @@ def _given_key(socket: Any, spool: Any) -> tuple[str, str] | None:
     if socket is None or spool is None:
         return None
     try:
-        pair = (os.fspath(socket), os.fspath(spool))
+        pair = (os.fspath(socket), os.fspath(spool))  # type: ignore[call-overload]
     except TypeError:
         return None
     for path in pair:
