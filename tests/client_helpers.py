@@ -189,7 +189,10 @@ class Peer:
                 else:
                     replies.append(Ack(id=event_id))
             if replies:
-                conn.sendall(b"".join(encode_frame(r) for r in replies))
+                try:
+                    conn.sendall(b"".join(encode_frame(r) for r in replies))
+                except OSError:
+                    return  # the client hung up (after an error reply, say): as the daemon does
 
     def close(self) -> None:
         self._stop.set()

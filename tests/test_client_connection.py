@@ -29,7 +29,9 @@ from client_helpers import (
 
 from runtally.client import Client, State
 from runtally.client._ids import uuid7
+from runtally.client._pump import EMIT_READ_EVERY
 from runtally.client._state import TRANSITIONS, Trigger, next_state
+from runtally.client._unix import wait_ready
 from runtally.client._warn import reset_after_fork
 from runtally.protocol import SPOOL_MAGIC, StepStart
 
@@ -189,6 +191,24 @@ class TestPeers:
             assert client.connect_attempts == 1
             client.close()
         assert sandbox.spool_files() == []
+
+    def test_emits_read_replies_every_few_sends(self, sandbox: Sandbox) -> None:
+        """A read per emit mostly finds nothing; acks are still handled as emits go on."""
+        with peer(sandbox.sock) as p:
+            client = sandbox.client()
+            client.emit(ev("first"))
+            assert client._sock is not None
+            # The ack is readable: the next emit still does not read it ...
+            wait_ready(client._sock.fileno(), False, 5)
+            client.emit(ev("second"))
+            assert (client.acked, client.unacked) == (0, 2)
+            # ... but one of the next EMIT_READ_EVERY does, without a flush.
+            for i in range(EMIT_READ_EVERY):
+                client.emit(ev(f"more{i}"))
+            assert client.acked >= 1
+            assert client.flush(5) is True
+            assert client.acked == len(p.received) == EMIT_READ_EVERY + 2
+            client.close()
 
     def test_own_spool_resent_first_then_truncated(self, sandbox: Sandbox) -> None:
         clock = SteppedClock()

@@ -14,6 +14,7 @@ RunTracker, the daemon is the real one as a child process, kills are kill -9.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from client_helpers import FrozenClock, Sandbox, make_sandbox
 from daemon_helpers import count, ro_connect, wait_until
@@ -70,6 +72,26 @@ class TestSanitiser:
         value = {bad: [{"k": bad, bad: (1, bad)}], "ok": 1}
         assert clean(value) == {"\\xff": [{"k": "\\xff", "\\xff": [1, "\\xff"]}], "ok": 1}
         assert plain(value) == clean(value)
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            {"batches": 3},
+            {"a": 1.5, "b": None, "c": True, "d": "x", "e": -(2**63), "f": 2**64 - 1},
+            {"x": os.fsdecode(b"\xff")},  # a smuggled byte: cleaned
+            {"k": "y" * 5000},
+            {1: 2},
+            {"nested": {"a": [1, 2]}},
+        ],
+    )
+    def test_plain_flat_dicts_as_the_general_path(self, value: dict) -> None:
+        fast = plain(value)
+        assert fast == plain(collections.OrderedDict(value))  # not a dict: the general path
+        assert fast is not value  # a copy: the caller may change theirs afterwards
+        msgspec.msgpack.encode(fast)  # always encodable
+
+    def test_plain_past_messagepack_ints_is_replaced(self) -> None:
+        assert plain({"big": 2**64}) == {"unencodable": "{'big': 18446744073709551616}"}
 
 
 # -- odd text against the real daemon ---------------------------------------------------

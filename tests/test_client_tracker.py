@@ -475,3 +475,92 @@ class TestUuid7:
         ids = [uuid7(1_700_000_000_000 + i) for i in range(1000)]
         assert ids == sorted(ids)
         assert len({uuid7() for _ in range(10_000)}) == 10_000
+
+    def test_layout_of_every_id_in_a_batch(self) -> None:
+        import uuid
+
+        from runtally.client._ids import BATCH
+
+        for u in [uuid7() for _ in range(2 * BATCH + 1)]:
+            parsed = uuid.UUID(u)
+            assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, u)
+
+    def test_unique_across_threads(self) -> None:
+        import threading
+
+        made: list[list[str]] = [[] for _ in range(4)]
+
+        def make(out: list[str]) -> None:
+            out.extend(uuid7() for _ in range(5000))
+
+        threads = [threading.Thread(target=make, args=(out,)) for out in made]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({u for out in made for u in out}) == 20_000
+
+    def test_a_forked_child_never_repeats_the_parents_ids(self) -> None:
+        ms = now_ms()  # both in the same millisecond: only the random part tells them apart
+        uuid7(ms)  # the parent has ready-made ids the child would inherit
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its next ids, then out without any cleanup
+            try:
+                os.write(write_fd, " ".join(uuid7(ms) for _ in range(50)).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        parent = {uuid7(ms) for _ in range(50)}
+        with os.fdopen(read_fd, "rb") as pipe:
+            child = set(pipe.read().decode().split())
+        os.waitpid(pid, 0)
+        assert len(child) == 50
+        assert not parent & child
+
+
+class TestSharedClient:
+    """A tracker per run (as pipelines make them) shares the process's one Client."""
+
+    def test_given_paths_resolve_settings_once(
+        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from runtally.client import _registry
+
+        resolved: list[tuple[Any, ...]] = []
+        real = _registry._settings
+        monkeypatch.setattr(_registry, "_settings", lambda *a: resolved.append(a) or real(*a))
+        first = RunTracker("people", socket=sandbox.sock, spool=sandbox.spool)
+        again = RunTracker("people", socket=str(sandbox.sock), spool=str(sandbox.spool))
+        try:
+            assert first.client is not None
+            assert again.client is first.client
+            assert len(resolved) == 1  # the second found its Client without the resolver
+        finally:
+            first.client.close()  # type: ignore[union-attr]
+
+    def test_paths_from_the_environment_are_resolved_each_time(
+        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("RUNTALLY_SOCKET", str(sandbox.root / "a.sock"))
+        first = RunTracker("people", spool=sandbox.spool)
+        monkeypatch.setenv("RUNTALLY_SOCKET", str(sandbox.root / "b.sock"))
+        second = RunTracker("people", spool=sandbox.spool)
+        assert first.client is not None and second.client is not None
+        assert first.client.socket_path.endswith("a.sock")
+        assert second.client.socket_path.endswith("b.sock")
+
+
+class TestRunMeta:
+    def test_argv_follows_sys_argv_from_run_to_run(
+        self, sandbox: Sandbox, tracker: RunTracker, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sys, "argv", ["sync.py", "--token=abc"])
+        tracker.start_run()
+        tracker.end_run()
+        monkeypatch.setattr(sys, "argv", ["sync.py", "--full", "--password", "x"])
+        tracker.start_run()
+        tracker.end_run()
+        first, second = (e.meta["argv"] for e in of(RunStart, events(sandbox, tracker)))
+        assert first == ["sync.py", "--token=***"]
+        assert second == ["sync.py", "--full", "--password", "***"]

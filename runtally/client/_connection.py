@@ -11,10 +11,11 @@ keeps the window of unacked events and matches the replies; this module owns
 the socket, the states, the backoff, the spool decisions and the flush (the
 non-blocking reads, writes and reply handling are ``_pump.ReplyPump``):
 
-* ``emit`` handles whatever replies have arrived, appends the event to this
-  process's spool file (a write-ahead log: ``_spool.py``), then writes it to
-  a non-blocking Unix stream socket (what the kernel won't take waits in
-  ``_out``).  It never waits for an ack.  Whenever every event sent is
+* ``emit`` appends the event to this process's spool file (a write-ahead
+  log: ``_spool.py``), then writes it to a non-blocking Unix stream socket
+  (what the kernel won't take waits in ``_out``), and every few emits
+  (``_pump.EMIT_READ_EVERY``) handles whatever replies have arrived.  It
+  never waits for an ack.  Whenever every event sent is
   acked (the window is empty), the spool file is cut back to its header.  So
   the spool always holds every unacked event: a SIGKILL of the pipeline
   loses nothing whose call returned, because the daemon replays the file.
@@ -122,6 +123,8 @@ class Client(ReplyPump):
         self._out = bytearray()
         self._conn = ClientConnection()
         self._got_ack = False  # this connection has been useful: reconnect promptly
+        self._unread_sends = 0
+        self._recv_buf = None
         options = self.options
         self._backoff = Backoff(options.backoff_initial_s, options.backoff_max_s, self._clock)
 
@@ -140,7 +143,8 @@ class Client(ReplyPump):
     def emit(self, event: Event) -> None:
         """Send one event; returns without waiting for its ack (spools it when in doubt)."""
         try:
-            self._check_fork()
+            if self._pid != os.getpid():  # _check_fork, inline: once per event
+                self._forget_after_fork()
             self._guard.run(self._emit, event, park=True)
         except Exception as exc:  # noqa: BLE001 - tracking never raises into a pipeline
             warn_once(f"emit-{type(exc).__name__}", f"event not recorded: {exc!r}")
@@ -222,7 +226,8 @@ class Client(ReplyPump):
         A ``marker`` (a ``dropped`` event) that the spool refuses is not one
         more event dropped: ``LostEvents`` takes its count back.
         """
-        self._maybe_connect()
+        if self._state not in LIVE:
+            self._maybe_connect()
         if self._state in LIVE and self._conn.unacked and self._truncate_due():
             # Acks first: if they empty the window the file is cut back before
             # this event goes in (else the window always holds the last one).
@@ -302,8 +307,7 @@ class Client(ReplyPump):
                 self._out += conn.send_payload(event_id, payload, spooled=in_spool)
                 self._break("the daemon is not acknowledging (window full)", stuck=True)
                 return
-        self._out += conn.send_payload(event_id, payload, spooled=in_spool)
-        self._pump(EMIT_REPLY_BUDGET)
+        self._send_frame(conn.send_payload(event_id, payload, spooled=in_spool))
         if self._state in LIVE and len(self._out) > self.options.max_out:
             self._break("the daemon is not reading (send buffer full)", stuck=True)
         elif self.spool.size > self.options.spool_rotate_bytes:

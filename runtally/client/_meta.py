@@ -34,17 +34,35 @@ def run_meta(*, capture_argv: bool = True) -> dict[str, Any]:
     if user:
         meta["user"] = user
     if capture_argv:
-        meta["argv"] = redact_argv(_coerce.text(a, 1000) for a in sys.argv[:MAX_ARGV])
+        meta["argv"] = _argv(tuple(sys.argv[:MAX_ARGV]))
     git_sha = os.environ.get(GIT_SHA_ENV)
     if git_sha:
         meta["git_sha"] = git_sha[:128]
     return meta
 
 
+def _argv(argv: tuple[str, ...]) -> list[str]:
+    """``argv`` cleaned and redacted: the same for every run of a process, so made once.
+
+    Keyed by the arguments themselves, so a program that changes ``sys.argv``
+    gets its new ones; a fresh list each time, the caller's to keep.
+    """
+    global _argv_made  # noqa: PLW0603
+    made = _argv_made  # one read: another thread may replace it meanwhile
+    if made is None or made[0] != argv:
+        made = _argv_made = (argv, redact_argv(_coerce.text(a, 1000) for a in argv))
+    return list(made[1])
+
+
+_argv_made: tuple[tuple[str, ...], list[str]] | None = None
+
+
 def _user() -> str | None:
+    environ = os.environ
     for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        if os.environ.get(var):
-            return os.environ[var]
+        value = environ.get(var)  # one lookup: each costs ~1 us (an encode, a KeyError)
+        if value:
+            return value
     return _user_name(os.getuid())
 
 

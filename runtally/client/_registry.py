@@ -13,6 +13,13 @@ from ._warn import warn_once
 
 __all__ = ["get_client"]
 
+#: The Client each (socket, spool) pair *as given* resolved to.  Given paths
+#: outrank the environment and the config file, and the shared key is made of
+#: them alone, so a pair seen once resolves to the same Client for the rest of
+#: the process: a pipeline that makes a RunTracker per run pays the resolver
+#: (~70 us: the config file read and parsed, a dozen paths built) once.
+_given: dict[tuple[str, str], Client] = {}
+
 
 def get_client(
     socket: str | os.PathLike[str] | None = None,
@@ -23,6 +30,9 @@ def get_client(
     Never raises: settings that cannot be read fall back to the default paths,
     with one warning.
     """
+    given = _given_key(socket, spool)
+    if given is not None and (client := _given.get(given)) is not None:
+        return client
     settings = _settings(socket, spool)
     key = (settings.socket, settings.spool)
     options = ClientOptions(
@@ -31,7 +41,28 @@ def get_client(
         daemon_user=settings.daemon_user,
         capture_argv=settings.capture_argv,
     )
-    return shared(key, lambda: Client(settings.socket, settings.spool, options))
+    client = shared(key, lambda: Client(settings.socket, settings.spool, options))
+    if given is not None:
+        _given[given] = client
+    return client
+
+
+def _given_key(socket: object, spool: object) -> tuple[str, str] | None:
+    """Both paths, when both are given as text that resolves alike in any environment.
+
+    None otherwise: a missing one comes from the environment or the config
+    file, and ``~`` from $HOME, any of which may change between calls.
+    """
+    if socket is None or spool is None:
+        return None
+    try:
+        pair = (os.fspath(socket), os.fspath(spool))  # type: ignore[call-overload]
+    except TypeError:
+        return None
+    for path in pair:
+        if not isinstance(path, str) or path.startswith("~"):
+            return None
+    return pair  # type: ignore[return-value]
 
 
 def _settings(

@@ -156,7 +156,23 @@ class SpoolWriter:
 
     def append(self, payload: bytes) -> bool:
         """Append one event; False (and the event is dropped) if the spool is unusable."""
-        return self.append_many((payload,)) == 1
+        fd = self._fd
+        if fd is None or not 1 <= len(payload) <= MAX_FRAME:
+            return self.append_many((payload,)) == 1  # opens the file, or refuses with a warning
+        # Every event's path: one record, one write, none of append_many's lists.
+        record = encode_record(payload)
+        try:
+            written = os.write(fd, record)
+        except OSError as exc:
+            return self._append_failed(0, exc)
+        if written != len(record):
+            return self._append_failed(written, OSError(errno.ENOSPC, "short write"))
+        if not self.records:
+            self.first_record_at = self._clock()
+        self.records += 1
+        self.size += written
+        self._dirty = True
+        return True
 
     def append_many(self, payloads: Iterable[bytes]) -> int:
         """Append events with one ``os.write``; returns how many were kept (all or none)."""
@@ -191,6 +207,14 @@ class SpoolWriter:
         if written:
             self._undo_partial_write()
         return 0
+
+    def _append_failed(self, written: int, error: OSError) -> bool:
+        """One record's write failed (``written`` bytes of it went in): drop it, as append_many."""
+        self.dropped += 1
+        self._warn_write(error)
+        if written:
+            self._undo_partial_write()
+        return False
 
     def _undo_partial_write(self) -> None:
         # A torn record followed by more records would make the file corrupt,

@@ -78,6 +78,9 @@ def _load() -> None:
     """
     global MAX_MESSAGE, MAX_NAME, MAX_STACK, ErrorEvent, RunEnd, RunStart  # noqa: PLW0603
     global StepEnd, StepStart, _coerce, _describe, run_meta, get_client  # noqa: PLW0603
+    global _loaded  # noqa: PLW0603
+    if _loaded:
+        return  # ~5 us of import statements per RunTracker otherwise
     from runtally.protocol import (
         MAX_MESSAGE,
         MAX_NAME,
@@ -92,6 +95,11 @@ def _load() -> None:
     from . import _coerce, _describe
     from ._meta import run_meta
     from ._registry import get_client
+
+    _loaded = True
+
+
+_loaded = False
 
 
 class _Step:
@@ -165,9 +173,8 @@ class RunTracker:
         if self.run_id is not None:
             warn(f"start_run while run {self.run_id} is open; that run is left unfinished")
             self._restore_env()
-        parent_id = _coerce.uid(
-            parent if parent is not None else os.environ.get(PARENT_ENV), "parent"
-        )
+        inherited = os.environ.get(PARENT_ENV)
+        parent_id = _coerce.uid(parent if parent is not None else inherited, "parent")
         ts = now_ms()
         run_id = uuid7(ts)
         self._emit(
@@ -185,7 +192,7 @@ class RunTracker:
         self._run_started = time.monotonic()
         self._steps.clear()
         self._noop_warned = False
-        self._env_token = (run_id, os.environ.get(PARENT_ENV))
+        self._env_token = (run_id, inherited)
         os.environ[PARENT_ENV] = run_id
         return run_id
 
@@ -249,7 +256,7 @@ class RunTracker:
         The seed's call shape ``end_step(sid, {"outcome": ..., "created": ...})``
         is accepted too.
         """
-        if isinstance(outcome, Mapping):  # the seed passed options as one object
+        if type(outcome) is not str and isinstance(outcome, Mapping):  # the seed's one object
             opts = dict(outcome)
             outcome = opts.get("outcome", "success")
             created = opts.get("created", created)
@@ -296,7 +303,7 @@ class RunTracker:
         ``error_message`` may be an exception: its text, and its traceback when
         no stack is given.  The seed's ``record_error({stepName: ...})`` works too.
         """
-        if isinstance(step_name, Mapping):
+        if type(step_name) is not str and isinstance(step_name, Mapping):
             opts = step_name
             step_name = _first(opts, "step_name", "stepName")
             step_id = _first(opts, "step_id", "stepId") or step_id

@@ -153,19 +153,21 @@ class ClientConnection:
         self, event_id: str, payload: bytes, *, resent: bool, spooled: bool = False
     ) -> bytes:
         frame = frame_payload(payload)
-        self._sent += 1
-        old = self._window.pop(event_id, None)  # sent again: the newer copy's reply counts
-        if old is not None and old.resent:
-            self._resent_unacked -= 1
-        self._window[event_id] = _Entry(self._sent, payload, resent, spooled or resent)
+        self._sent = seq = self._sent + 1
+        window = self._window
+        if event_id in window:  # sent again: the newer copy's reply counts
+            old = window.pop(event_id)
+            if old.resent:
+                self._resent_unacked -= 1
+        window[event_id] = _Entry(seq, payload, resent, spooled or resent)
         if resent:
             self._resent_unacked += 1
         return frame
 
     # -- receiving -------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Bytes read from the daemon (any split: replies are reassembled)."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes read from the daemon (any split: replies are reassembled; copied)."""
         self._decoder.receive_data(data)
 
     def next_reply(self) -> ServerMessage | Literal[NeedData.NEED_DATA]:
@@ -182,8 +184,10 @@ class ClientConnection:
         if frame is None:
             return NEED_DATA
         reply = decode_server_message(frame)
-        if isinstance(reply, Ack):
-            self._resolve(reply.id)
+        if type(reply) is Ack:  # nearly every reply: _resolve, inline
+            entry = self._window.pop(reply.id, None)
+            if entry is not None and entry.resent:
+                self._resent_unacked -= 1
         elif isinstance(reply, Nack):
             event_id = reply.id if reply.id in self._window else next(iter(self._window), None)
             if event_id is not None:

@@ -84,7 +84,8 @@ def encode_message(message: msgspec.Struct | dict) -> bytes:
     Raises ``LocalProtocolError`` when it is over MAX_FRAME bytes.
     """
     body = _encoder.encode(message)
-    check_length(len(body))
+    if not 1 <= len(body) <= MAX_FRAME:  # check_length's test, inline: once per event
+        check_length(len(body))
     return body
 
 
@@ -93,8 +94,10 @@ def frame_payload(payload: bytes) -> bytes:
 
     Raises ``LocalProtocolError`` unless ``1 <= len(payload) <= MAX_FRAME``.
     """
-    check_length(len(payload))
-    return _HEADER.pack(len(payload)) + payload
+    size = len(payload)
+    if not 1 <= size <= MAX_FRAME:
+        check_length(size)
+    return _HEADER.pack(size) + payload
 
 
 def encode_frame(message: msgspec.Struct | dict) -> bytes:
@@ -127,20 +130,22 @@ class FrameDecoder:
         """The first bytes not yet returned (after a FrameError: the bad header)."""
         return bytes(self._buf[self._pos : self._pos + n])
 
-    def receive_data(self, data: bytes) -> None:
-        """Append bytes read from the peer."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes read from the peer (copied: ``data`` may be reused after)."""
         self._buf += data
 
     def next_frame(self) -> bytes | None:
         """The next complete frame body; None for more bytes; FrameError for a bad length."""
         buf, pos = self._buf, self._pos
-        if len(buf) - pos < 4:
+        size = len(buf)
+        if size - pos < 4:
             self._compact()
             return None
         (length,) = _HEADER.unpack_from(buf, pos)
-        check_length(length, self._max_frame, FrameError)
+        if not 1 <= length <= self._max_frame:  # check_length's test, inline: once per reply
+            check_length(length, self._max_frame, FrameError)
         end = pos + 4 + length
-        if len(buf) < end:
+        if size < end:
             self._compact()
             return None
         self._pos = end

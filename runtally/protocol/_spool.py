@@ -53,8 +53,10 @@ def encode_record(payload: bytes) -> bytes:
     Raises LocalProtocolError unless ``1 <= len(payload) <= MAX_FRAME``: the reader
     would call such a record corrupt and quarantine the whole file.
     """
-    check_length(len(payload))
-    return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+    size = len(payload)
+    if not 1 <= size <= MAX_FRAME:  # check_length's test, inline: once per event
+        check_length(size)
+    return _RECORD.pack(size, zlib.crc32(payload)) + payload
 
 
 class SpoolTail(msgspec.Struct, frozen=True):
