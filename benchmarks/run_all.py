@@ -84,15 +84,19 @@ def _check(value: float | None, op: str, limit: float, why: str = "") -> dict[st
 
 #: Why a target does not hold when it does not (measured, see README Performance).
 WHY = {
-    "import": "msgspec's own import (typing_extensions, inspect) is most of it:"
-    " see import.msgspec_ms; runtally's share is import.ours_ms",
-    "b": "CPU-bound on 2 shared cores, not fsync-bound (see floor): a client spends"
-    " about a direct NORMAL writer's CPU per run (process_cpu_ms_per_run) and the"
-    " daemon adds daemon_cpu_us_per_event per event on top (README Performance)",
-    "c": "a runtally process pays msgspec's import (import.msgspec_ms) and the first"
-    " tracker call (import.first_call_ms) on top of what direct tracking costs",
-    "latency": "p99 includes preemption on 2 shared cores; every call also appends"
-    " to the write-ahead spool (issue 11)",
+    "import": "msgspec's own import (typing, re, enum, uuid and platform, decimal, datetime,"
+    " its inspect and json modules) is more than 8 ms by itself: import.msgspec_ms;"
+    " runtally's own import and first call are import.ours_ms (pipeline venv: the wheel)",
+    "b": "CPU-bound on 2 cores shared by 8 pipelines and the daemon, not fsync-bound"
+    " (see floor): per run a client spends process_cpu_ms_per_run and the daemon"
+    " 27 x daemon_cpu_us_per_event; a close waits for one to two commit cycles of"
+    " events_per_commit events each (README Performance)",
+    "c": "a runtally process pays msgspec's import (import.process_cpu_ms: msgspec minus"
+    " python) on top of its own work; the rest of runtally's cost per process is below"
+    " direct NORMAL's (README Performance)",
+    "latency": "start_run is 1 call in 27 (above the 99th percentile's rank) and costs"
+    " ~60-80 us after close() slept (run meta, cold caches); p99 also includes"
+    " preemption on 2 shared cores",
     "rss": "the queue holds up to queue_events (5,000) decoded events at full load;"
     " not lowered here (it trades memory for throughput)",
     "replay": "CPU-bound; shares 2 cores with other work",
