@@ -7,9 +7,12 @@ Real files and real Unix sockets throughout; the peers are small real servers
 
 from __future__ import annotations
 
+import array
+import fcntl
 import multiprocessing
 import os
 import signal
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -29,11 +32,11 @@ from client_helpers import (
 
 from runtally.client import Client, State
 from runtally.client._ids import uuid7
-from runtally.client._pump import EMIT_READ_EVERY
+from runtally.client._pump import EMIT_READ_EVERY, EMIT_REPLY_BUDGET
 from runtally.client._state import TRANSITIONS, Trigger, next_state
 from runtally.client._unix import wait_ready
 from runtally.client._warn import reset_after_fork
-from runtally.protocol import SPOOL_MAGIC, StepStart
+from runtally.protocol import SPOOL_MAGIC, Ack, StepStart, encode_frame
 
 
 @pytest.fixture
@@ -48,6 +51,13 @@ def _fresh_warnings() -> None:
 
 def ev(event_id: str) -> StepStart:
     return StepStart(id=event_id, ts=1_700_000_000_000, run="r1", step="s1", name="step")
+
+
+def _readable_bytes(fd: int) -> int:
+    """Bytes waiting in a socket's receive buffer (FIONREAD)."""
+    out = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, out)
+    return out[0]
 
 
 def _emit_in_child(client: Client, n: int) -> None:
@@ -208,6 +218,36 @@ class TestPeers:
             assert client.acked >= 1
             assert client.flush(5) is True
             assert client.acked == len(p.received) == EMIT_READ_EVERY + 2
+            client.close()
+
+    def test_an_emit_handles_a_few_replies_not_a_burst(self, sandbox: Sandbox) -> None:
+        """A group commit's acks arrive together; no single tracking call pays for all
+        of them (the call's p99): each emit handles at most EMIT_REPLY_BUDGET."""
+        assert EMIT_REPLY_BUDGET <= 4
+        with peer(sandbox.sock) as p:
+            client = sandbox.client()
+            first = [f"burst{i:02d}" for i in range(40)]  # one length: one ack size
+            for i in first:
+                client.emit(ev(i))
+            assert client._sock is not None
+            # Wait until all 40 acks are here: handled, buffered or in the socket.
+            size = len(encode_frame(Ack(id=first[0])))
+            deadline = time.monotonic() + 10
+            while (
+                client.acked * size + client._conn.buffered + _readable_bytes(client._sock.fileno())
+                < 40 * size
+            ):
+                assert time.monotonic() < deadline, "the peer never acked"
+                wait_ready(client._sock.fileno(), False, 0.1)
+            handled = []
+            for i in range(60):
+                before = client.acked
+                client.emit(ev(f"more{i}"))
+                handled.append(client.acked - before)
+            assert max(handled) <= EMIT_REPLY_BUDGET
+            assert sum(handled) >= 40  # ... and they are handled as emits go on
+            assert client.flush(5) is True
+            assert client.acked == len(p.received) == 100
             client.close()
 
     def test_own_spool_resent_first_then_truncated(self, sandbox: Sandbox) -> None:

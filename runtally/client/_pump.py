@@ -37,19 +37,20 @@ CONNECTED, RESENDING = State.CONNECTED, State.RESENDING
 
 RECV_SIZE = 1 << 18
 #: Replies an emit handles at most (acks arrive a whole group commit at a
-#: time; ~1 us each).  More than one, so the window drains faster than emits
-#: fill it; a full window and flush handle every reply there is.
-EMIT_REPLY_BUDGET = 32
+#: time; ~3 us each).  Two, so the window drains twice as fast as emits fill
+#: it, while no single call pays for a burst: a call's p99 is what this
+#: bounds.  A full window and flush handle every reply there is.
+EMIT_REPLY_BUDGET = 2
 #: And reads at most this much for them (~70 acks): copying a 256 kB burst
 #: into the decoder costs an emit ~300 us by itself.
 EMIT_RECV_SIZE = 4096
-#: An emit reads replies only once every this many sends (every one of them
-#: writes): acks come a whole group commit at a time, milliseconds apart, so
-#: a read per call mostly finds nothing and costs a failed ``recv`` (~1 us
-#: with its exception).  Below EMIT_REPLY_BUDGET, so reading drains the
-#: window faster than sending fills it; a full window, flush and close read
-#: at once whatever the count.
-EMIT_READ_EVERY = 16
+#: An emit reads the socket only once every this many sends (every one of
+#: them writes): acks come a whole group commit at a time, milliseconds
+#: apart, so a read per call mostly finds nothing and costs a failed ``recv``
+#: (~1 us with its exception).  The emits in between handle what the last
+#: read left buffered (EMIT_REPLY_BUDGET each, no system call).  A full
+#: window, flush and close read at once whatever the count.
+EMIT_READ_EVERY = 8
 #: Nack warnings shown per process before they are summarised.
 MAX_NACK_WARNINGS = 20
 #: An acked spool file is cut back on an ack once it is this big or its first
@@ -117,7 +118,8 @@ class ReplyPump:
 
     def _send_frame(self, frame: bytes) -> None:
         """An emit's I/O: write ``frame`` (what the kernel won't take waits in ``_out``),
-        and read replies every EMIT_READ_EVERY sends.
+        read replies every EMIT_READ_EVERY sends, and in between handle up to
+        EMIT_REPLY_BUDGET of the replies the last read left.
 
         The event itself is never held back (the daemon must see a run start
         when it starts); only the reading of replies, which just trims the
@@ -142,6 +144,8 @@ class ReplyPump:
         self._unread_sends += 1
         if self._unread_sends >= EMIT_READ_EVERY:
             self._pump(EMIT_REPLY_BUDGET)
+        elif self._conn.buffered:  # what the last read left: a few replies, no read
+            self._handle_replies(EMIT_REPLY_BUDGET)
 
     def _write_out(self) -> bool:
         """Non-blocking: write what the kernel takes of ``_out``; False if the connection broke."""

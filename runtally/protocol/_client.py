@@ -170,6 +170,11 @@ class ClientConnection:
         """Bytes read from the daemon (any split: replies are reassembled; copied)."""
         self._decoder.receive_data(data)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as replies (0: ``next_reply`` needs data)."""
+        return self._decoder.buffered
+
     def next_reply(self) -> ServerMessage | Literal[NeedData.NEED_DATA]:
         """The next reply, or ``NEED_DATA``; an ``Ack``/``Nack`` has left the window.
 
