@@ -12,7 +12,7 @@ DIST ?= dist
 INSTALL_VENV ?= $(HOME)/.local/share/runtally/venv
 INSTALL_BIN  ?= $(HOME)/.local/bin
 
-.PHONY: test run lint bench dist install uninstall system-deps clean
+.PHONY: test run lint bench profile dist install uninstall system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ lint: $(STAMP)
 ## bench: benchmarks/ figures as one JSON object (not part of test)
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/run_all.py
+
+## profile: where shape (b)'s time goes, by py-spy and perf (benchmarks/profile_b.py);
+## py-spy is installed here, perf is Debian's linux-perf (reported missing if absent)
+profile: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'py-spy>=0.3.14'
+	@$(BIN)/python benchmarks/profile_b.py
 
 ## dist: a wheel and an sdist of this checkout in $(DIST)/ (python -m build).
 ## --no-isolation builds with the venv's own setuptools (the test extra pins the
