@@ -248,6 +248,39 @@ def socket_round_trip(n: int = 5000) -> dict[str, float]:
     }
 
 
+def wake_penalty(folder: Path, n: int = 400) -> dict[str, float]:
+    """A tracking call's system calls (a 300-byte append to a file, a 300-byte
+    send on a Unix socket), back to back vs. right after a 2 ms sleep (us, p50).
+
+    A pipeline's ``start_run`` comes right after ``close()`` slept waiting for
+    acks; on this VM the first microseconds after a sleep run several times
+    slower (caches, the vCPU's wake-up), whatever the code does.
+    """
+    import socket
+
+    fd = os.open(folder / "wake.spool", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    record = b"x" * 300
+    took: dict[str, list[int]] = {"back_to_back": [], "after_sleep": []}
+    try:
+        for i in range(2 * n):
+            case = "after_sleep" if i % 2 else "back_to_back"
+            if i % 2:
+                time.sleep(0.002)
+            t0 = time.perf_counter_ns()
+            os.write(fd, record)
+            a.send(record)
+            took[case].append(time.perf_counter_ns() - t0)
+            b.recv(4096)
+            if i % 64 == 63:
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+        a.close()
+        b.close()
+    return {f"{k}_p50_us": round(percentile(sorted(v), 50) / 1e3, 1) for k, v in took.items()}
+
+
 _IMPORT_PROBE = """
 import time, sys
 t0 = time.perf_counter()
@@ -375,7 +408,11 @@ def main() -> None:
     out: dict[str, Any] = {"benchmark": "shapes", "run_shape": RUN_SHAPE}
     with tempfile.TemporaryDirectory(prefix="bench-shapes-", dir=args.dir) as tmp:
         base = Path(tmp)
-        out["floor"] = {"fsync": fsync_floor(base), "unix_socket_round_trip": socket_round_trip()}
+        out["floor"] = {
+            "fsync": fsync_floor(base),
+            "unix_socket_round_trip": socket_round_trip(),
+            "wake_penalty": wake_penalty(base),
+        }
         PIPELINE["python"], out["pipeline_venv"] = pipeline_python()
         out["import"] = import_cost(base, PIPELINE["python"])
         variants = ("runtally", "direct_full", "direct_normal")
