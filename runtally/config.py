@@ -468,15 +468,17 @@ def resolve_or_defaults(
     warn: Callable[[str], object],
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """``resolve(overrides)``, or when that fails the same without the config file.
+    """``resolve(overrides)``, or when that fails the same setting by setting.
 
     For the pipeline side (client, ``runtally exec``), where a broken config
-    must not stop tracking.  The failure goes to ``warn`` as one sentence;
-    then only the broken file is skipped: overrides > environment > defaults
-    still hold for every setting (``RUNTALLY_SOCKET``/``RUNTALLY_SPOOL`` are
-    where the daemon was told to listen and replay).  A value that is itself
-    unusable (``RUNTALLY_CAPTURE_ARGV=maybe``) is skipped with its own
-    warning and the next layer's used.  Never raises for a config problem.
+    must not stop tracking.  Each problem goes to ``warn`` as one sentence,
+    and only what is broken is skipped: a config file that cannot be read or
+    parsed (then overrides > environment > defaults still hold for every
+    setting: ``RUNTALLY_SOCKET``/``RUNTALLY_SPOOL`` are where the daemon was
+    told to listen and replay), an unknown setting in it, or a value that is
+    itself unusable (``RUNTALLY_CAPTURE_ARGV=maybe``), for which the next
+    layer's value is used - so a typo in one variable never costs the file's
+    socket and spool.  Never raises for a config problem.
     """
     return _settings(*_resolve_or_defaults(overrides, warn, os.environ if env is None else env))
 
@@ -488,36 +490,77 @@ def _resolve_or_defaults(
 ) -> tuple[dict[str, Any], _Values]:
     try:
         return _resolve(overrides, env, {})
-    except (ConfigError, OSError, ValueError) as exc:
-        warn(f"{exc}; ignoring the config file (options, environment and defaults still apply)")
+    except (ConfigError, OSError, ValueError):
+        pass  # found again below, setting by setting, each with its own warning
     given = {}
     for name, value in (overrides or {}).items():
-        if value is None or name == "config_file":
+        if value is None:
             continue
         if name in _NAMES:
             given[name] = value
         else:
             warn(str(_unknown(name, f"argument {name!r}")))
-    converted: dict[str, Any] = {"config_file": None}
+    file_values, config_file = _file_layer(given, env, warn)
+    converted: dict[str, Any] = {}
     values: _Values = {}
-    # Lowest precedence first, each value on its own: a bad one leaves the one below.
-    for name, (value, source) in _each_layer(given, env):
+    # Lowest precedence first, each value on its own: a bad one leaves the one
+    # below, so a typo in one variable never costs the config file's socket
+    # and spool (where the daemon listens and replays).
+    for name, (value, source) in _each_layer(given, env, file_values):
         try:
             converted[name] = _convert(name, value, source)
         except ConfigError as exc:
             warn(f"{exc}; ignored")
         else:
             values[name] = (value, source)
+    converted["config_file"] = (
+        None if config_file is None else _convert("config_file", config_file, "the resolver")
+    )
+    values["config_file"] = (config_file, "the resolver")
     return converted, values
 
 
-def _each_layer(given: Mapping[str, Any], env: Mapping[str, str]) -> list[tuple[str, Any]]:
-    """(name, (value, source)) of defaults, environment and overrides, lowest first."""
+def _file_layer(
+    given: Mapping[str, Any], env: Mapping[str, str], warn: Callable[[str], object]
+) -> tuple[_Values, Any]:
+    """The config file's values and its path; ({}, None) with a warning when it is unusable.
+
+    An unknown setting in the file is skipped with its own warning; the rest
+    of the file still applies.
+    """
+    try:
+        config_file = _config_file(given, env, {})
+        if config_file is None:
+            return {}, None
+        loaded = _load_file(config_file)
+    except (ConfigError, OSError, ValueError) as exc:
+        warn(f"{exc}; ignoring the config file (options, environment and defaults still apply)")
+        return {}, None
+    where = f"config file {os.fspath(config_file)}"
+    file_values: _Values = {}
+    for key, value in loaded.items():
+        name = key.replace("-", "_")
+        if name in _NAMES:
+            file_values[name] = (value, where)
+        else:
+            warn(f"{_unknown(key, where)}; ignored")
+    return file_values, config_file
+
+
+def _each_layer(
+    given: Mapping[str, Any], env: Mapping[str, str], file_values: _Values
+) -> list[tuple[str, Any]]:
+    """(name, (value, source)) of defaults, config file, environment and overrides, lowest first."""
     out: list[tuple[str, Any]] = [(k, (v, "the defaults")) for k, v in _default_paths(env).items()]
+    out += file_values.items()
     for name, var in _ENV.items():
         if env.get(var):
             out.append((name, (env[var], f"environment variable {var}")))
-    out += [(name, (value, f"argument {name!r}")) for name, value in given.items()]
+    out += [
+        (name, (value, f"argument {name!r}"))
+        for name, value in given.items()
+        if name != "config_file"
+    ]
     return out
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtally import config
-from runtally.config import ConfigError, Settings, resolve, resolve_or_defaults
+from runtally.config import ConfigError, Settings, client_settings, resolve, resolve_or_defaults
 from runtally.errors import RuntallyError
 
 
@@ -196,7 +196,7 @@ class TestFallback:
     def test_a_broken_config_falls_back_with_one_warning(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        broken = write(tmp_path / "c.toml", "synchronus = 1\n")
+        broken = write(tmp_path / "c.toml", "[runtally\nspool = 1\n")  # not TOML
         monkeypatch.setenv("RUNTALLY_CONFIG", str(broken))
         monkeypatch.setenv("HOME", str(tmp_path / "home"))
         said: list[str] = []
@@ -204,8 +204,46 @@ class TestFallback:
         assert settings.socket == tmp_path / "s.sock"
         assert settings.spool == tmp_path / "home" / ".local" / "state" / "runtally" / "spool"
         (line,) = said
-        assert "did you mean 'synchronous'" in line
+        assert str(broken) in line
         assert "ignoring the config file" in line
+
+    def test_an_unknown_setting_costs_only_itself(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A typo in the file is skipped with its warning; the file's paths still apply."""
+        config = write(
+            tmp_path / "c.toml", f"synchronus = 1\nspool = '{tmp_path / 'file-spool'}'\n"
+        )
+        monkeypatch.setenv("RUNTALLY_CONFIG", str(config))
+        said: list[str] = []
+        settings = resolve_or_defaults({}, warn=said.append)
+        assert settings.spool == tmp_path / "file-spool"
+        assert settings.config_file == config
+        (line,) = said
+        assert "did you mean 'synchronous'" in line
+        assert "ignoring the config file" not in line
+
+    def test_a_bad_variable_costs_only_itself(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """RUNTALLY_CAPTURE_ARGV=maybe: that one setting falls back, the file's socket and
+        spool (where the daemon listens and replays) still apply, for the client too."""
+        config = write(
+            tmp_path / "c.toml",
+            f"socket = '{tmp_path / 'f.sock'}'\nspool = '{tmp_path / 'f-spool'}'\n"
+            "capture_argv = false\n",
+        )
+        monkeypatch.setenv("RUNTALLY_CONFIG", str(config))
+        monkeypatch.setenv("RUNTALLY_CAPTURE_ARGV", "maybe")
+        said: list[str] = []
+        settings = resolve_or_defaults({}, warn=said.append)
+        assert (settings.socket, settings.spool) == (tmp_path / "f.sock", tmp_path / "f-spool")
+        assert settings.capture_argv is False  # the file's, the layer below the bad one
+        (line,) = said
+        assert "RUNTALLY_CAPTURE_ARGV" in line
+        client = client_settings({}, warn=said.append)
+        expected = (str(tmp_path / "f.sock"), str(tmp_path / "f-spool"))
+        assert (client.socket, client.spool) == expected
 
     def test_a_good_config_is_used(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("RUNTALLY_SPOOL", str(tmp_path / "sp"))

@@ -87,7 +87,7 @@ class TestBrokenFileKeepsTheEnvironment:
         assert got.socket == tmp_path / "flag.sock"  # the flag
         assert got.spool == tmp_path / "env-spool"  # the environment, not the default
         assert got.capture_argv is True  # the default, the variable being unusable
-        assert got.config_file is None
+        assert got.config_file == bogus  # read: only its unknown key is skipped
         assert got.source_of("spool") == "environment variable RUNTALLY_SPOOL"
         assert len(said) == 2
         assert "bogus_key" in said[0] and "RUNTALLY_CAPTURE_ARGV" in said[1]
