@@ -217,9 +217,20 @@ def _normal_path(path: str) -> str:
 
 
 def _path_str(value: str | os.PathLike[str]) -> str:
-    """``str(Path(value).expanduser())``, the resolver's spelling of a path, without pathlib."""
+    """``str(Path(value).expanduser().absolute())``, the resolver's spelling of a path,
+    without pathlib.
+
+    Absolute, from the working directory at resolution: a relative path kept
+    as such would name another file after a ``chdir`` (a forked worker's new
+    spool file nobody replays), and the daemon, the CLI and the client each
+    resolve from a directory of their own.
+    """
     path = _normal_path(os.fspath(value))
-    return _normal_path(os.path.expanduser(path)) if path.startswith("~") else path
+    if path.startswith("~"):
+        path = _normal_path(os.path.expanduser(path))
+    if not path.startswith("/"):
+        path = _normal_path(os.path.join(os.getcwd(), path))
+    return path
 
 
 def _home(env: Mapping[str, str]) -> str:

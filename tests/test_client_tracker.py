@@ -550,6 +550,36 @@ class TestSharedClient:
         assert first.client.socket_path.endswith("a.sock")
         assert second.client.socket_path.endswith("b.sock")
 
+    def test_relative_paths_name_the_same_files_after_a_chdir(
+        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Resolved to absolute paths once: a worker that chdirs (and its forked
+        children, which open spool files of their own) still spools where the
+        daemon replays, not in a new directory under the new working directory."""
+        monkeypatch.chdir(sandbox.root)
+        spool = sandbox.spool.relative_to(sandbox.root)
+        tracker = RunTracker("people", socket="absent.sock", spool=spool)
+        assert tracker.client is not None
+        assert tracker.client.socket_path == str(sandbox.root / "absent.sock")
+        elsewhere = sandbox.root / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        pid = os.fork()
+        if pid == 0:  # a forked worker tracks a run: its own spool file
+            try:
+                tracker.start_run()
+                tracker.end_run()
+                tracker.close(timeout=0.5)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        again = RunTracker("people", socket="absent.sock", spool=spool)
+        assert again.client is not None  # relative text after the chdir: resolved afresh
+        assert again.client.socket_path == str(elsewhere / "absent.sock")
+        assert list(elsewhere.iterdir()) == []  # the child spooled in the daemon's spool
+        assert any(sandbox.spool.glob("*.spool"))
+        tracker.client.close()
+
 
 class TestRunMeta:
     def test_argv_follows_sys_argv_from_run_to_run(

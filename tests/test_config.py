@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +258,16 @@ def test_importing_config_reads_no_toml() -> None:
     code = "import sys, runtally.config; print('tomllib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_relative_paths_resolve_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Absolute once resolved, wherever they came from: the daemon, the CLI and the
+    client each resolve in a working directory of their own."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RUNTALLY_SPOOL", "sp/./ool/")
+    settings = resolve({"db": "rel/x.sqlite", "socket": "./s.sock"}, env=dict(os.environ))
+    assert settings.db == tmp_path / "rel" / "x.sqlite"
+    assert settings.socket == tmp_path / "s.sock"
+    assert settings.spool == tmp_path / "sp" / "ool"

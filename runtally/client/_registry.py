@@ -48,10 +48,11 @@ def get_client(
 
 
 def _given_key(socket: object, spool: object) -> tuple[str, str] | None:
-    """Both paths, when both are given as text that resolves alike in any environment.
+    """Both paths, when both are given as absolute text (it resolves alike in any environment).
 
     None otherwise: a missing one comes from the environment or the config
-    file, and ``~`` from $HOME, any of which may change between calls.
+    file, ``~`` from $HOME and a relative one from the working directory, any
+    of which may change between calls.
     """
     if socket is None or spool is None:
         return None
@@ -60,8 +61,8 @@ def _given_key(socket: object, spool: object) -> tuple[str, str] | None:
     except TypeError:
         return None
     for path in pair:
-        if not isinstance(path, str) or path.startswith("~"):
-            return None
+        if not isinstance(path, str) or not path.startswith("/"):
+            return None  # ~ reads $HOME, a relative path the working directory
     return pair  # type: ignore[return-value]
 
 
