@@ -44,13 +44,17 @@ function defaultPaths(env = process.env) {
   return { socket: path.join(runtime, 'runtally.sock'), spool: path.join(state, 'spool') };
 }
 
-/** `{socket, spool}`: the options, else the environment, else the defaults. */
+/**
+ * `{socket, spool}`: the options, else the environment, else the defaults;
+ * absolute, from the working directory now (as the Python client resolves
+ * them), so a later `process.chdir` never moves them.
+ */
 function resolvePaths({ socket, spool } = {}, env = process.env) {
   let defaults;
   const fallback = () => (defaults ??= defaultPaths(env));
   return {
-    socket: String(socket || env.RUNTALLY_SOCKET || fallback().socket),
-    spool: String(spool || env.RUNTALLY_SPOOL || fallback().spool),
+    socket: path.resolve(String(socket || env.RUNTALLY_SOCKET || fallback().socket)),
+    spool: path.resolve(String(spool || env.RUNTALLY_SPOOL || fallback().spool)),
   };
 }
 

@@ -6,6 +6,7 @@ const { test } = require('node:test');
 const { decode } = require('@msgpack/msgpack');
 const codec = require('../lib/codec');
 const coerce = require('../lib/coerce');
+const { resolvePaths } = require('../lib/paths');
 const { RunTracker, redactArgv, uuid7 } = require('..');
 
 /** A Client stand-in that keeps the events it is given (the tracker's seam). */
@@ -165,4 +166,10 @@ test('nothing throws into the pipeline, whatever it passes', (t) => {
     ok.t.close();
   });
   assert.ok(lines.every((l) => l.startsWith('[runtally] ')), lines.join(''));
+});
+
+test('relative socket and spool paths are made absolute once, from the working directory', () => {
+  const got = resolvePaths({ socket: 'rel/d.sock' }, { RUNTALLY_SPOOL: './sp/' });
+  assert.equal(got.socket, require('node:path').join(process.cwd(), 'rel', 'd.sock'));
+  assert.equal(got.spool, require('node:path').join(process.cwd(), 'sp'));
 });
