@@ -259,7 +259,10 @@ def _default_paths(env: Mapping[str, str]) -> dict[str, str]:
             "db": "/var/lib/runtally/dashboard.sqlite",
             "spool": "/var/spool/runtally",
         }
-    state_home = env.get("XDG_STATE_HOME") or os.path.join(_home(env), ".local", "state")
+    # $HOME only, not $XDG_STATE_HOME: cron sets HOME but no XDG variable, so a
+    # daemon started from a shell that sets one would listen where cron's
+    # pipelines never look (the reason $XDG_RUNTIME_DIR is not read either).
+    state_home = os.path.join(_home(env), ".local", "state")
     state = os.path.join(state_home, "runtally")
     uid = os.getuid()
     user_run = os.path.join(RUN_USER, str(uid))
@@ -279,8 +282,10 @@ def default_paths(env: Mapping[str, str] | None = None) -> dict[str, Path]:
     socket goes in ``/run/user/<uid>/runtally`` when that directory is the
     user's own (logind makes it; ``$XDG_RUNTIME_DIR`` is not read, since cron
     does not set it), else in ``runtally/run`` under the user's state
-    directory.  Never in a shared directory such as ``/tmp``, where another
-    user could create it first.
+    directory ``~/.local/state/runtally`` (from ``$HOME``; ``$XDG_STATE_HOME``
+    is not read, for the same reason), where the database and the spool go
+    too.  Never in a shared directory such as ``/tmp``, where another user
+    could create it first.
     """
     from pathlib import Path  # see the module doc
 
@@ -360,15 +365,16 @@ def _pipelines(tables: dict[str, Any], source: str) -> dict[str, PipelineConfig]
 
 
 def _user_config(env: Mapping[str, str]) -> str:
-    config_home = env.get("XDG_CONFIG_HOME") or os.path.join(_home(env), ".config")
-    return _normal_path(os.path.join(config_home, "runtally", "runtally.toml"))
+    # $HOME only, not $XDG_CONFIG_HOME: see _default_paths.
+    return _normal_path(os.path.join(_home(env), ".config", "runtally", "runtally.toml"))
 
 
 def user_config(env: Mapping[str, str] | None = None) -> Path:
-    """The user's own config file: ``~/.config/runtally/runtally.toml``
-    (``$XDG_CONFIG_HOME`` if set).  Read before ``/etc/runtally/runtally.toml``
-    when it exists, so one user without root configures the daemon, cron jobs
-    and shells alike with no variable to export."""
+    """The user's own config file: ``~/.config/runtally/runtally.toml`` (from
+    ``$HOME``; ``$XDG_CONFIG_HOME`` is not read: cron does not set it).  Read
+    before ``/etc/runtally/runtally.toml`` when it exists, so one user without
+    root configures the daemon, cron jobs and shells alike with no variable to
+    export."""
     from pathlib import Path  # see the module doc
 
     return Path(_user_config(os.environ if env is None else env))

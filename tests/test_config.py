@@ -96,10 +96,11 @@ class TestPrecedence:
         write(mine, "[runtally]\nmax_connections = 7\n")
         settings = resolve(env=env)
         assert (settings.max_connections, settings.config_file) == (7, mine)
+        # Cron sets no XDG variable: a shell's $XDG_CONFIG_HOME must not change the file.
         (tmp_path / "xdg" / "runtally").mkdir(parents=True)
-        xdg = write(tmp_path / "xdg" / "runtally" / "runtally.toml", "queue_events = 3\n")
+        write(tmp_path / "xdg" / "runtally" / "runtally.toml", "queue_events = 3\n")
         settings = resolve(env={**env, "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
-        assert (settings.queue_events, settings.config_file) == (3, xdg)
+        assert (settings.max_connections, settings.config_file) == (7, mine)
 
     def test_values_are_converted_to_their_types(self, tmp_path: Path) -> None:
         settings = resolve(
@@ -271,3 +272,13 @@ def test_relative_paths_resolve_from_the_working_directory(
     assert settings.db == tmp_path / "rel" / "x.sqlite"
     assert settings.socket == tmp_path / "s.sock"
     assert settings.spool == tmp_path / "sp" / "ool"
+
+
+def test_the_defaults_are_the_same_with_or_without_xdg_variables(tmp_path: Path) -> None:
+    """A login shell may set $XDG_STATE_HOME, cron never does: both must find one daemon."""
+    cron = {"HOME": str(tmp_path / "home")}
+    shell = {**cron, "XDG_STATE_HOME": str(tmp_path / "xdg-state")}
+    assert config.default_paths(shell) == config.default_paths(cron)
+    assert config.default_paths(cron)["spool"] == (
+        tmp_path / "home" / ".local" / "state" / "runtally" / "spool"
+    )

@@ -4,7 +4,8 @@
  * client resolves them (`runtally/config.py` `default_paths`): an explicit
  * option, else `RUNTALLY_SOCKET` / `RUNTALLY_SPOOL`, else the defaults:
  * the system paths when `/run/runtally` exists, else `/run/user/<uid>/runtally`
- * (when that directory is the user's own) and `$XDG_STATE_HOME/runtally`.
+ * (when that directory is the user's own) and `~/.local/state/runtally` (from
+ * `$HOME`: cron sets no XDG variable, so none is read).
  * The TOML config file is not read by this client: set the variables instead.
  */
 
@@ -37,7 +38,7 @@ function defaultPaths(env = process.env) {
     return { socket: path.join(SYSTEM_RUNTIME_DIR, 'runtally.sock'), spool: '/var/spool/runtally' };
   }
   const home = env.HOME || os.homedir();
-  const state = path.join(env.XDG_STATE_HOME || path.join(home, '.local', 'state'), 'runtally');
+  const state = path.join(home, '.local', 'state', 'runtally');
   const uid = process.getuid();
   const userRun = path.join('/run/user', String(uid));
   const runtime = privateDir(userRun, uid) ? path.join(userRun, 'runtally') : path.join(state, 'run');
