@@ -595,7 +595,9 @@ class ClientSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The settings a pipeline's client uses, paths as str (``client_settings``).
 
     ``socket``/``spool``: the daemon's socket and the spool directory;
-    ``flush_timeout_s``: ``client_flush_timeout_s``; the others as in ``Settings``.
+    ``flush_timeout_s``: ``client_flush_timeout_s``; ``config_file``: the
+    file read (None: none, or it could not be read); the others as in
+    ``Settings``.
     """
 
     socket: str
@@ -604,6 +606,7 @@ class ClientSettings(msgspec.Struct, frozen=True, kw_only=True):
     default_club: str
     daemon_user: str
     capture_argv: bool
+    config_file: str | None = None
 
 
 def client_settings(
@@ -631,4 +634,5 @@ def client_settings(
         default_club=get("default_club"),
         daemon_user=get("daemon_user"),
         capture_argv=get("capture_argv"),
+        config_file=None if converted["config_file"] is None else str(converted["config_file"]),
     )

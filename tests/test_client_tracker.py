@@ -580,6 +580,28 @@ class TestSharedClient:
         assert any(sandbox.spool.glob("*.spool"))
         tracker.client.close()
 
+    def test_a_config_file_broken_mid_process_keeps_its_earlier_paths(
+        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A tracker per run, the config file rewritten non-atomically between two runs:
+        the run in between still goes to the file's socket and spool (where the daemon
+        listens and replays), not to the defaults, and says so every time."""
+        config = sandbox.root / "c.toml"
+        good = f"socket = '{sandbox.root / 'f.sock'}'\nspool = '{sandbox.spool}'\n"
+        config.write_text(good)
+        monkeypatch.setenv("RUNTALLY_CONFIG", str(config))
+        monkeypatch.setenv("HOME", str(sandbox.root / "home"))
+        first = RunTracker("people")
+        for _ in range(2):
+            config.write_text("socket = '")  # half written
+            during = RunTracker("people")
+            assert during.client is first.client is not None
+            assert "keeping the paths it gave earlier" in capsys.readouterr().err
+            config.write_text(good)
+        assert RunTracker("people").client is first.client
+        assert not (sandbox.root / "home").exists()  # no default spool was made
+        first.client.close()  # type: ignore[union-attr]
+
 
 class TestRunMeta:
     def test_argv_follows_sys_argv_from_run_to_run(
