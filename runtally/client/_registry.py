@@ -35,8 +35,10 @@ def get_client(
 ) -> Client:
     """The per-process Client for this socket and spool (resolved settings by default).
 
-    Never raises: settings that cannot be read fall back to the default paths,
-    with one warning.
+    Never raises: a setting that cannot be used falls back to the layer below
+    it, with one warning (``config.resolve_or_defaults``); a config file that
+    gave this process its paths and cannot be read now keeps those paths,
+    with a warning each time.
     """
     given = _given_key(socket, spool)
     if given is not None and (client := _given.get(given)) is not None:
