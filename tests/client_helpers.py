@@ -194,6 +194,12 @@ class Peer:
                 except OSError:
                     return  # the client hung up (after an error reply, say): as the daemon does
 
+    def hang_up(self) -> None:
+        """Close every connection accepted so far (as the daemon's idle timeout does)."""
+        for conn in self._held:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         self._stop.set()
         for t in self._threads:

@@ -32,11 +32,11 @@ from client_helpers import (
 
 from runtally.client import Client, State
 from runtally.client._ids import uuid7
-from runtally.client._pump import EMIT_READ_EVERY, EMIT_REPLY_BUDGET
+from runtally.client._pump import EMIT_READ_EVERY, EMIT_REPLY_BUDGET, TRUNCATE_BYTES
 from runtally.client._state import TRANSITIONS, Trigger, next_state
 from runtally.client._unix import wait_ready
 from runtally.client._warn import reset_after_fork
-from runtally.protocol import SPOOL_MAGIC, Ack, StepStart, encode_frame
+from runtally.protocol import SPOOL_MAGIC, Ack, ErrorEvent, StepStart, encode_frame
 
 
 @pytest.fixture
@@ -250,6 +250,37 @@ class TestPeers:
             assert client.acked == len(p.received) == 100
             client.close()
 
+    def test_an_event_is_in_the_spool_until_acked_when_a_full_window_drains(
+        self, sandbox: Sandbox
+    ) -> None:
+        """The event whose send finds the window full is written ahead first; the acks
+        that then empty the window must not cut the file back under it (a SIGKILL
+        before its own ack would lose it)."""
+
+        def big(event_id: str) -> ErrorEvent:  # 4 of them stay under TRUNCATE_BYTES, 5 not
+            stack = "x" * (TRUNCATE_BYTES // 4 - 400)
+            return ErrorEvent(id=event_id, ts=1, run="r1", step_name="s", message="m", stack=stack)
+
+        with peer(sandbox.sock):
+            client = sandbox.client(window=4)
+            for i in range(4):
+                client.emit(big(f"full{i}"))
+            assert client.unacked == 4
+            assert client.spool.size < TRUNCATE_BYTES
+            assert client._sock is not None
+            size = len(encode_frame(Ack(id="full0")))
+            deadline = time.monotonic() + 10
+            while client._conn.buffered + _readable_bytes(client._sock.fileno()) < 4 * size:
+                assert time.monotonic() < deadline, "the peer never acked"
+                wait_ready(client._sock.fileno(), False, 0.1)
+            client.emit(big("fifth"))  # over TRUNCATE_BYTES; the full window's acks read
+            assert client.unacked == 1  # the four acked, the fifth in flight ...
+            assert client.spool.path is not None
+            assert "fifth" in [e.id for e in read_events(client.spool.path)]  # ... and kept
+            assert client.flush(5) is True
+            assert client.spool.records == 0  # all acked: cut back now
+            client.close(0.1)
+
     def test_own_spool_resent_first_then_truncated(self, sandbox: Sandbox) -> None:
         clock = SteppedClock()
         client = sandbox.client(clock=clock)
@@ -349,6 +380,33 @@ class TestPeers:
         spooled = set(ids_of(sandbox.spooled()))
         assert acked | spooled == set(ids)
         assert set(ids[5:]) <= spooled
+
+    def test_acks_sent_before_an_idle_hangup_are_not_resent(self, sandbox: Sandbox) -> None:
+        """A process tracks now and then without close(): the daemon acks a run, then
+        drops the idle connection before the client read those acks.  The next event
+        still counts them, cuts the spool back and resends none of them."""
+        clock = SteppedClock()
+        with peer(sandbox.sock) as p:
+            client = sandbox.client(clock=clock)
+            for i in range(5):
+                client.emit(ev(f"h{i}"))
+            assert client._sock is not None
+            fd = client._sock.fileno()
+            size = len(encode_frame(Ack(id="h0")))
+            deadline = time.monotonic() + 10
+            while client._conn.buffered + _readable_bytes(fd) < 5 * size:  # all five acked
+                assert time.monotonic() < deadline, "the peer never acked"
+                wait_ready(fd, False, 0.1)
+            p.hang_up()  # the daemon's idle timeout
+            clock.advance(600)
+            assert client.acked < 5  # not all read yet: an emit handles a few
+            client.emit(ev("h5"))
+            assert client.acked >= 5  # (h5's own ack may come on the new connection at once)
+            assert client.flush(5) is True
+            assert client.acked == 6
+            client.close()
+        assert p.received == [f"h{i}" for i in range(6)]  # nothing sent twice
+        assert sandbox.spool_files() == []
 
     @pytest.mark.parametrize("count", [50, 20_000])
     def test_wedged_daemon_emits_return_and_flush_spools(

@@ -68,7 +68,7 @@ from ._guard import SignalSafeLock
 from ._lost import LostEvents
 from ._options import ClientOptions
 from ._process import adopt
-from ._pump import EMIT_REPLY_BUDGET, ReplyPump
+from ._pump import ReplyPump
 from ._spool import SpoolWriter
 from ._state import LIVE, State, Trigger, next_state
 from ._unix import connect_nowait, trusted_uids, untrusted_daemon, wait_ready
@@ -123,6 +123,7 @@ class Client(ReplyPump):
         self._out = bytearray()
         self._conn = ClientConnection()
         self._got_ack = False  # this connection has been useful: reconnect promptly
+        self._unsent_in_spool = False  # see _deliver
         self._unread_sends = 0
         self._recv_buf = None
         options = self.options
@@ -229,12 +230,22 @@ class Client(ReplyPump):
         if self._state not in LIVE:
             self._maybe_connect()
         if self._state in LIVE and self._conn.unacked and self._truncate_due():
-            # Acks first: if they empty the window the file is cut back before
-            # this event goes in (else the window always holds the last one).
-            self._pump(EMIT_REPLY_BUDGET)
+            # Acks first, all that are there (at most once per TRUNCATE_AGE_S or
+            # TRUNCATE_BYTES): if they empty the window the file is cut back
+            # before this event goes in (else the window always holds the last
+            # one).  After an idle spell this also reads the acks a daemon sent
+            # before it dropped the connection, so they are not resent with it.
+            self._pump()
         in_spool = self.spool.append(payload)
         if self._state in LIVE:
-            self._send_payload(event_id, payload, in_spool)
+            # Until send_payload puts it in the window, the file holds a record
+            # the window does not: acks that empty the window meanwhile (a full
+            # window drained) must not cut the file back (``_settle``).
+            self._unsent_in_spool = True
+            try:
+                self._send_payload(event_id, payload, in_spool)
+            finally:
+                self._unsent_in_spool = False
             if self._state is SPOOLING:
                 # The connection just broke (often: the daemon dropped an
                 # idle one).  If it had been useful, reconnect and resend.
@@ -324,6 +335,10 @@ class Client(ReplyPump):
         """
         if stuck:
             warn_once("stuck", f"{reason}; spooling events to {self.spool.directory}")
+        else:
+            self._salvage_replies()  # the acks it sent before it went are acks
+            if self._sock is None:
+                return  # a reply in there broke it already (an error reply)
         useful = self._got_ack
         self._disconnect()
         self._backoff.retry_later(useful=useful)

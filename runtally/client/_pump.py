@@ -51,6 +51,8 @@ EMIT_RECV_SIZE = 4096
 #: read left buffered (EMIT_REPLY_BUDGET each, no system call).  A full
 #: window, flush and close read at once whatever the count.
 EMIT_READ_EVERY = 8
+#: Reads at most when salvaging a broken connection's last replies (of RECV_SIZE).
+SALVAGE_READS = 64
 #: Nack warnings shown per process before they are summarised.
 MAX_NACK_WARNINGS = 20
 #: An acked spool file is cut back on an ack once it is this big or its first
@@ -69,6 +71,7 @@ class ReplyPump:
         _conn: ClientConnection
         _state: State
         _got_ack: bool
+        _unsent_in_spool: bool  # an event is in the spool file and not yet in the window
         _unread_sends: int  # sends since the socket was last read
         _recv_buf: memoryview | None  # what replies are read into (RECV_SIZE), made on first use
         _clock: Callable[[], float]
@@ -115,6 +118,31 @@ class ReplyPump:
             budget = self._handle_replies(budget)
             if received < size:
                 return
+
+    def _salvage_replies(self) -> None:
+        """Before a connection is given up: handle every reply the daemon sent before it went.
+
+        An emit handles only a few replies (EMIT_REPLY_BUDGET), so when the
+        daemon drops a connection that went idle (``idle_timeout_s``) or
+        restarts, its last acks are often still unread in the socket; without
+        them every event they answer would stay in the spool and be resent.
+        Non-blocking, and bounded (SALVAGE_READS reads).
+        """
+        sock = self._sock
+        if sock is None or self._state not in LIVE:
+            return
+        if self._recv_buf is None:
+            self._recv_buf = memoryview(bytearray(RECV_SIZE))
+        buf = self._recv_buf
+        for _ in range(SALVAGE_READS):
+            try:
+                received = sock.recv_into(buf, RECV_SIZE)
+            except OSError:  # nothing more (EAGAIN), or the stream is gone
+                break
+            if not received:
+                break
+            self._conn.receive_data(buf[:received])
+        self._handle_replies(math.inf)
 
     def _send_frame(self, frame: bytes) -> None:
         """An emit's I/O: write ``frame`` (what the kernel won't take waits in ``_out``),
@@ -230,8 +258,8 @@ class ReplyPump:
         cost more than the write itself, and acked records left in the file
         are only duplicates to a replay.  Flush and close cut it back always.
         """
-        if self._state not in LIVE or self._conn.unacked:
-            return
+        if self._state not in LIVE or self._conn.unacked or self._unsent_in_spool:
+            return  # (the last: an event written ahead is not in the window yet)
         spool = self.spool
         if spool.records and (not lazy or self._truncate_due()):
             spool.truncate()
