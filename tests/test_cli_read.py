@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -713,3 +715,36 @@ class TestHostileArguments:
         assert [r["pipeline"] for r in shown["runs"]] == ["blob-\\xff"]
         assert "blob-" in ok("runs", "--db", str(path))
         assert "Traceback" not in cli("status", "--db", str(path)).output
+
+
+@pytest.mark.parametrize("name", [b"nu\xff\xfe", b"a?b#c", b"sp ace%20"])
+def test_read_commands_open_any_file_name(tmp_path: Path, name: bytes) -> None:
+    """The daemon writes a database at any path it is given (not UTF-8, ``?``, ``#``,
+    ``%``); every read command opens the same file (its name percent-encoded in the
+    SQLite URI), the monitor's reader too."""
+    from runtally.daemon._monitor_read import open_reader
+
+    folder = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), name)))
+    folder.mkdir()
+    path = folder / "dashboard.sqlite"
+    build(path)
+    assert as_json("runs", "--db", str(path))["runs"]
+    assert "email rejected" in ok("errors", "--db", str(path))
+    assert ok("db", "doctor", "--db", str(path))
+    reader = open_reader(path)
+    try:
+        assert reader.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
+    finally:
+        reader.close()
+    # A real process, its real stdout: the name is printed, not a traceback.
+    for args in (["db", "doctor"], ["status", "--socket", str(folder / "no.sock")]):
+        done = subprocess.run(
+            [sys.executable, "-m", "runtally.cli", *args, "--db", str(path)],
+            capture_output=True,
+            env={**os.environ, "RUNTALLY_CONFIG": "", "RUNTALLY_SPOOL": str(folder / "spool")},
+            timeout=60,
+            check=False,
+        )
+        assert b"Traceback" not in done.stderr, done.stderr
+        assert done.returncode in (0, 1), done.stderr
+        assert b"dashboard.sqlite" in done.stdout + done.stderr

@@ -6,6 +6,9 @@ Every error a user can cause ends as one line on stderr and a non-zero exit
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import click
 
 from .._version import __version__
@@ -26,6 +29,7 @@ __all__ = ["daemon_main", "main"]
 @click.version_option(__version__, prog_name="runtally")
 def main() -> None:
     """Record every run, step and error of your pipelines in dashboard.sqlite."""
+    _printable_streams()
 
 
 main.add_command(daemon)
@@ -46,7 +50,18 @@ main.add_command(metrics)
 
 def daemon_main() -> None:
     """Entry point of the ``runtallyd`` script."""
+    _printable_streams()
     daemon(prog_name="runtallyd")
+
+
+def _printable_streams() -> None:
+    """A file name that is not UTF-8 (held as surrogate escapes) prints as ``\\udcff``
+    instead of ending the command with a UnicodeEncodeError traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 if __name__ == "__main__":

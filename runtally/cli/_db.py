@@ -13,12 +13,12 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import click
 import msgspec
 
 from ..config import Settings
+from ..daemon._dbfiles import sqlite_uri
 from ..daemon._doctor import DoctorReport, doctor
 from ..daemon._migrations import SCHEMA_VERSION, MigrationError, applied, migration_status
 from ..daemon._probe import Silence, probe
@@ -183,7 +183,7 @@ def vacuum(settings: Settings, timeout: float) -> None:
     with _database_errors(path):
         size_before = path.stat().st_size
         # mode=rw: never create a database that is not there.
-        conn = sqlite3.connect(f"file:{_uri_path(path)}?mode=rw", uri=True, isolation_level=None)
+        conn = sqlite3.connect(sqlite_uri(path, "mode=rw"), uri=True, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
             conn.execute("VACUUM")
@@ -193,10 +193,6 @@ def vacuum(settings: Settings, timeout: float) -> None:
         size_after = path.stat().st_size
     note = "" if not busy else " (WAL not fully checkpointed: a reader held it)"
     click.echo(f"{path}: vacuumed, {size_before:,} -> {size_after:,} bytes{note}")
-
-
-def _uri_path(path: Path) -> str:
-    return quote(str(path.absolute()))
 
 
 def _vacuum_through_daemon(settings: Settings, why: str, timeout: float) -> None:

@@ -12,13 +12,33 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["JOURNAL_SIZE_LIMIT", "Identity", "changed", "identity", "wal_bytes", "wal_path"]
+__all__ = [
+    "JOURNAL_SIZE_LIMIT",
+    "Identity",
+    "changed",
+    "identity",
+    "sqlite_uri",
+    "wal_bytes",
+    "wal_path",
+]
 
 #: PRAGMA journal_size_limit: bytes of WAL kept after a checkpoint resets it.
 JOURNAL_SIZE_LIMIT = 8 << 20
 
 #: (st_dev, st_ino) of the database file, and of its WAL (None if it has none).
 Identity = tuple[tuple[int, int] | None, tuple[int, int] | None]
+
+
+def sqlite_uri(path: str | os.PathLike[str], query: str) -> str:
+    """``file:<absolute path>?<query>`` for ``sqlite3.connect(uri=True)``.
+
+    The path's bytes (``os.fsencode``: a name that is not UTF-8 too) are
+    percent-encoded, so any file name survives, ``?`` and ``#`` included
+    (SQLite's URI rules: https://www.sqlite.org/uri.html).
+    """
+    from urllib.parse import quote  # only where a read-only connection is opened
+
+    return f"file:{quote(os.fsencode(os.path.abspath(path)))}?{query}"
 
 
 def wal_path(db: Path) -> Path:

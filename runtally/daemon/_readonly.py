@@ -23,9 +23,9 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import quote
 
 from ..errors import RuntallyError
+from ._dbfiles import sqlite_uri
 
 __all__ = ["SIDE_FILES", "CannotOpen", "Opened", "read_only", "table_names"]
 
@@ -53,7 +53,7 @@ def _stamp(path: Path) -> tuple[int, ...] | None:
 
 
 def _connect(path: Path, *, immutable: bool, busy_timeout_ms: int) -> sqlite3.Connection:
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
+    uri = sqlite_uri(path, "mode=ro&immutable=1" if immutable else "mode=ro")
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error as exc:

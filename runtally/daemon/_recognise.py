@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import RuntallyError
+from ._dbfiles import sqlite_uri
 
 __all__ = ["ForeignDatabase", "Kind", "recognise"]
 
@@ -82,7 +83,7 @@ def recognise(path: Path) -> Kind:
     except FileNotFoundError:
         return "empty"
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(sqlite_uri(path.resolve(), "mode=ro"), uri=True)
         try:
             found = _columns(conn)
         finally:
