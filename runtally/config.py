@@ -81,6 +81,15 @@ class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 SPOOL_STALE_S = 3600.0
 
 
+#: A duration in seconds: finite and not negative (nan and inf are refused:
+#: no one means a wait of nan, and inf would block an exit for ever).
+_Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
+#: An interval or timeout in seconds that must be more than zero.
+_Interval = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
+_Count = Annotated[int, msgspec.Meta(ge=1)]
+_Size = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class Settings(msgspec.Struct, frozen=True):
     """Everything the daemon, the client and the CLI may be told."""
 
@@ -91,67 +100,68 @@ class Settings(msgspec.Struct, frozen=True):
     #: fsync per group commit).  NORMAL is an opt-in: acks of the last seconds
     #: may be lost on power loss (never on a crash of the daemon alone).
     synchronous: Literal["NORMAL", "FULL"] = "FULL"
-    busy_timeout_ms: int = 5000  # SQLite's busy_timeout, milliseconds
+    busy_timeout_ms: _Size = 5000  # SQLite's busy_timeout, milliseconds
     socket_group: str | None = None  # group owning the socket (the right to emit)
     allow_uids: tuple[int, ...] | None = None  # peers allowed to emit (None: anyone)
     allow_gids: tuple[int, ...] | None = None
     admin_uids: tuple[int, ...] | None = None  # peers allowed admin messages
-    max_connections: int = 1024
-    idle_timeout_s: float = 300.0  # seconds before an idle connection is closed
-    queue_events: int = 5000  # the writer's queue bound, events
-    replay_interval_s: float = 1.0  # seconds between spool scans
+    max_connections: _Count = 1024
+    idle_timeout_s: _Interval = 300.0  # seconds before an idle connection is closed
+    queue_events: _Count = 5000  # the writer's queue bound, events
+    replay_interval_s: _Interval = 1.0  # seconds between spool scans
     #: Seconds unchanged after which a lockless (Node.js) spool file whose
     #: writer the daemon cannot see (named with another host) is replayed.
-    spool_stale_s: float = SPOOL_STALE_S
-    client_flush_timeout_s: float = 2.0  # seconds a client waits for acks on close
+    spool_stale_s: _Interval = SPOOL_STALE_S
+    #: seconds a client waits for acks on close (at most an hour: an exit must end)
+    client_flush_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
     web_host: str = "127.0.0.1"  # where `runtally web` binds
-    web_port: int = 8390  # its TCP port
+    web_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8390  # its TCP port
     web_password_hash: str | None = None  # HTTP basic auth for `runtally web` (see docs)
     #: club_slug of a run started without one (``runtally exec`` without
     #: ``--club``, ``RunTracker(pipeline)``); ``rondo`` is the seed schema's default.
     default_club: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] = "rondo"
-    max_connections_per_uid: int = 64  # connections one uid may hold open at once
+    max_connections_per_uid: _Count = 64  # connections one uid may hold open at once
     #: bytes of incomplete frames buffered across all connections (at least 2 MiB)
-    max_partial_bytes: int = 16 << 20
+    max_partial_bytes: _Size = 16 << 20
     daemon_user: str = DAEMON_USER  # a daemon socket may belong to it, root or oneself
     capture_argv: bool = True  # record the pipeline's argv (secrets redacted) in run meta
     config_file: Path | None = None  # the file read, if any
     #: Seconds the writer may fail to commit (read-only, replaced, broken
     #: database) before the daemon exits non-zero for systemd to restart it.
-    wedged_exit_s: float = 60.0
+    wedged_exit_s: _Interval = 60.0
     #: Seconds a SIGTERM waits for a failing commit before exiting anyway
     #: (unacked events stay with the clients, who spool them).
-    stop_timeout_s: float = 5.0
+    stop_timeout_s: _Seconds = 5.0
     #: Seconds between the writer's checkpoints while idle (PASSIVE, then
     #: TRUNCATE when no reader holds the WAL).
-    checkpoint_interval_s: float = 5.0
+    checkpoint_interval_s: _Interval = 5.0
     #: Bytes of parked events (waiting for their run or step) kept at most,
     #: in total and per peer uid; beyond them events are refused.
-    parked_max_bytes: int = 256 << 20
-    parked_max_bytes_per_peer: int = 64 << 20
+    parked_max_bytes: _Size = 256 << 20
+    parked_max_bytes_per_peer: _Size = 64 << 20
     #: Seconds before a parked event is moved to dead_letters ("its run never started").
-    parked_max_age_s: float = 7 * 86400.0
+    parked_max_age_s: _Interval = 7 * 86400.0
     #: ``status`` fails when the writer has not committed for this many
     #: seconds with events queued, ...
-    status_stall_s: float = 30.0
+    status_stall_s: _Interval = 30.0
     #: ... when an event has been parked longer than this (seconds), ...
-    status_parked_age_s: float = 600.0
+    status_parked_age_s: _Interval = 600.0
     #: ... or when the WAL is larger than this (bytes).
-    status_wal_bytes: int = 64 << 20
+    status_wal_bytes: _Size = 64 << 20
     # -- monitoring and alerts (README "Schedules, states and alerts") --
     #: declared pipelines by name: ``[pipelines.<name>]`` tables (see PipelineConfig)
     pipelines: dict[str, PipelineConfig] = msgspec.field(default_factory=dict)
-    monitor_interval_s: float = 5.0  # seconds between the monitor's looks at the pipelines
-    crash_grace_s: float = 30.0  # seconds a run's dead process waits for its spool's replay
+    monitor_interval_s: _Interval = 5.0  # seconds between the monitor's looks at the pipelines
+    crash_grace_s: _Seconds = 30.0  # seconds a run's dead process waits for its spool's replay
     alert_urls: tuple[str, ...] = ()  # Apprise URLs every alert goes to
     alert_command: str | tuple[str, ...] | None = None  # gets each alert as JSON on stdin
-    alert_after_failures: int = 1  # consecutive failed runs before a "failing" alert
-    alert_reminder_hours: float | None = None  # repeat a standing alert this often
-    alert_timeout_s: float = 10.0  # seconds one channel may take to send one alert
+    alert_after_failures: _Count = 1  # consecutive failed runs before a "failing" alert
+    alert_reminder_hours: _Interval | None = None  # repeat a standing alert this often
+    alert_timeout_s: _Interval = 10.0  # seconds one channel may take to send one alert
     web_url: str | None = None  # the dashboard's public URL, for links in alerts
     #: days kept per table, purged by the daemon in small batches (None: forever)
     retention_days: Retention = msgspec.field(default_factory=Retention)
-    retention_interval_s: float = 3600.0  # seconds between retention passes
+    retention_interval_s: _Interval = 3600.0  # seconds between retention passes
     #: node_exporter textfile written by `runtally metrics` (None: --textfile or nothing)
     metrics_textfile: Path | None = None
     #: Where each resolved value came from, for messages: ``(("db", "environment
@@ -329,6 +339,11 @@ def _path(kind: type, value: Any) -> Any:
     if kind is _PathArg and isinstance(value, str | os.PathLike):
         path = os.fspath(value)
         if isinstance(path, str):
+            # msgspec makes these a ValidationError with our message.
+            if not path:
+                raise ValueError("expected a path, got an empty string")
+            if "\0" in path:
+                raise ValueError("a path cannot contain a NUL character")
             return _PathArg(_path_str(path))
     raise TypeError(f"expected a path, got {type(value).__name__}")  # msgspec: ValidationError
 

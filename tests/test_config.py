@@ -282,3 +282,36 @@ def test_the_defaults_are_the_same_with_or_without_xdg_variables(tmp_path: Path)
     assert config.default_paths(cron)["spool"] == (
         tmp_path / "home" / ".local" / "state" / "runtally" / "spool"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("client_flush_timeout_s", "inf", "<= 3600"),  # an exit that waits for ever
+        ("client_flush_timeout_s", "nan", ">= 0"),
+        ("client_flush_timeout_s", -1, ">= 0"),
+        ("stop_timeout_s", float("inf"), "<="),
+        ("idle_timeout_s", 0, "> 0"),
+        ("replay_interval_s", "nan", "> 0"),
+        ("queue_events", 0, ">= 1"),
+        ("web_port", 70000, "<= 65535"),
+        ("spool", "", "empty"),
+        ("socket", "/tmp/a\0b", "NUL"),
+    ],
+)
+def test_unusable_values_are_refused_by_name(name: str, value: object, says: str) -> None:
+    with pytest.raises(ConfigError, match=f"setting '{name}' from argument '{name}'") as err:
+        resolve({name: value}, env={})
+    assert says in str(err.value)
+
+
+def test_the_client_skips_an_endless_flush_timeout(tmp_path: Path) -> None:
+    """A pipeline's exit must end: inf in the config file falls back to the default."""
+    said: list[str] = []
+    config_file = write(tmp_path / "c.toml", "client_flush_timeout_s = inf\n")
+    env = {"HOME": str(tmp_path), "RUNTALLY_CONFIG": str(config_file)}
+    got = client_settings({}, warn=said.append, env=env)
+    assert got.flush_timeout_s == 2.0
+    assert got.config_file == str(config_file)  # the rest of the file still applies
+    (line,) = said
+    assert "client_flush_timeout_s" in line
