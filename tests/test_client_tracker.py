@@ -602,6 +602,28 @@ class TestSharedClient:
         assert not (sandbox.root / "home").exists()  # no default spool was made
         first.client.close()  # type: ignore[union-attr]
 
+    def test_an_argv_opt_out_between_runs_counts(
+        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The Client is shared per (socket, spool); a tracker's own settings are its own:
+        RUNTALLY_CAPTURE_ARGV=0 set before the second run keeps its argv out."""
+        monkeypatch.setattr(sys, "argv", ["sync.py", "secret-arg"])
+        # Paths from the environment (resolved per tracker), then given (memoised).
+        for paths in ({}, {"socket": sandbox.sock}):
+            monkeypatch.setenv("RUNTALLY_CAPTURE_ARGV", "1")
+            tracker = RunTracker("people", spool=sandbox.spool, **paths)
+            tracker.start_run()
+            tracker.end_run()
+            monkeypatch.setenv("RUNTALLY_CAPTURE_ARGV", "0")
+            tracker = RunTracker("people", spool=sandbox.spool, **paths)
+            tracker.start_run()
+            tracker.end_run()
+            assert tracker.client is not None
+            events_now = of(RunStart, events(sandbox, tracker))
+            assert "argv" in events_now[-2].meta
+            assert "argv" not in events_now[-1].meta
+            tracker.client.close()
+
 
 class TestRunMeta:
     def test_argv_follows_sys_argv_from_run_to_run(

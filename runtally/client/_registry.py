@@ -15,18 +15,31 @@ from ._warn import warn, warn_once
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["get_client"]
+__all__ = ["Resolved", "get_client", "resolve_tracker"]
 
-#: The Client each (socket, spool) pair *as given* resolved to.  Given paths
-#: outrank the environment and the config file, and the shared key is made of
-#: them alone, so a pair seen once resolves to the same Client for the rest of
-#: the process: a pipeline that makes a RunTracker per run pays the resolver
-#: (~70 us: the config file read and parsed, a dozen paths built) once.
-_given: dict[tuple[str, str], Client] = {}
-#: The Client each (socket, spool) pair of arguments (and RUNTALLY_CONFIG and
-#: HOME: where the file is looked for) last resolved to while a config file
-#: was read: kept while that file cannot be read or parsed.
-_with_file: dict[tuple[object, ...], Client] = {}
+
+class Resolved(tuple):  # (client, default_club, capture_argv)
+    """What a tracker resolves to: the shared Client, and its own default club and
+    argv capture (per tracker: the shared Client keeps the first tracker's options,
+    and an opt-out such as RUNTALLY_CAPTURE_ARGV=0 set between runs must count)."""
+
+    __slots__ = ()
+
+    @property
+    def client(self) -> Client:
+        return self[0]  # type: ignore[no-any-return]
+
+
+#: What each (socket, spool) pair *as given* resolved to, by RUNTALLY_CAPTURE_ARGV
+#: too (the one other variable).  Given paths outrank the environment and the
+#: config file, so a pair seen once resolves alike for the rest of the process:
+#: a pipeline that makes a RunTracker per run pays the resolver (~70 us: the
+#: config file read and parsed, a dozen paths built) once.
+_given: dict[tuple[str, str, str | None], Resolved] = {}
+#: What each (socket, spool) pair of arguments (and RUNTALLY_CONFIG and HOME:
+#: where the file is looked for) last resolved to while a config file was
+#: read: kept while that file cannot be read or parsed.
+_with_file: dict[tuple[object, ...], Resolved] = {}
 
 
 def get_client(
@@ -40,19 +53,24 @@ def get_client(
     gave this process its paths and cannot be read now keeps those paths,
     with a warning each time.
     """
+    return resolve_tracker(socket, spool).client
+
+
+def resolve_tracker(
+    socket: str | os.PathLike[str] | None = None,
+    spool: str | os.PathLike[str] | None = None,
+) -> Resolved:
+    """``(client, default_club, capture_argv)`` for a new RunTracker (see ``get_client``)."""
+    environ = os.environ
     given = _given_key(socket, spool)
-    if given is not None and (client := _given.get(given)) is not None:
-        return client
+    if given is not None:
+        found = _given.get((*given, environ.get("RUNTALLY_CAPTURE_ARGV")))
+        if found is not None:
+            return found
     said: list[str] = []
     settings = _settings(socket, spool, said.append)
     # The same arguments and the same place to look for the file.
-    environ = os.environ
-    args = (
-        _arg_key(socket),
-        _arg_key(spool),
-        environ.get("RUNTALLY_CONFIG"),
-        environ.get("HOME"),
-    )
+    args = (_arg_key(socket), _arg_key(spool), environ.get("RUNTALLY_CONFIG"), environ.get("HOME"))
     kept = _with_file.get(args)
     if settings.config_file is None and said and kept is not None:
         # The file that gave this process its paths is unusable now (a config
@@ -60,7 +78,7 @@ def get_client(
         # listening, the defaults would name a spool nobody replays.
         warn(
             f"{said[0]}; keeping the paths it gave earlier in this process"
-            f" (socket {kept.socket_path}, spool {kept.spool.directory})"
+            f" (socket {kept.client.socket_path}, spool {kept.client.spool.directory})"
         )
         return kept
     for message in said:
@@ -73,11 +91,12 @@ def get_client(
         capture_argv=settings.capture_argv,
     )
     client = shared(key, lambda: Client(settings.socket, settings.spool, options))
+    resolved = Resolved((client, settings.default_club, settings.capture_argv))
     if given is not None:
-        _given[given] = client
+        _given[(*given, environ.get("RUNTALLY_CAPTURE_ARGV"))] = resolved
     if settings.config_file is not None:
-        _with_file[args] = client
-    return client
+        _with_file[args] = resolved
+    return resolved
 
 
 def _arg_key(path: object) -> object:

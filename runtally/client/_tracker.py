@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from . import _coerce, _describe
     from ._connection import Client
     from ._meta import run_meta
-    from ._registry import get_client
+    from ._registry import resolve_tracker
 
 __all__ = ["PARENT_ENV", "RunTracker"]
 
@@ -77,7 +77,7 @@ def _load() -> None:
     pay it (nor a module that imports the tracker and never tracks).
     """
     global MAX_MESSAGE, MAX_NAME, MAX_STACK, ErrorEvent, RunEnd, RunStart  # noqa: PLW0603
-    global StepEnd, StepStart, _coerce, _describe, run_meta, get_client  # noqa: PLW0603
+    global StepEnd, StepStart, _coerce, _describe, run_meta, resolve_tracker  # noqa: PLW0603
     global _loaded  # noqa: PLW0603
     if _loaded:
         return  # ~5 us of import statements per RunTracker otherwise
@@ -94,7 +94,7 @@ def _load() -> None:
 
     from . import _coerce, _describe
     from ._meta import run_meta
-    from ._registry import get_client
+    from ._registry import resolve_tracker
 
     _loaded = True
 
@@ -143,6 +143,7 @@ class RunTracker:
         self._run_started = 0.0
         self._env_token: tuple[str, str | None] | None = None
         self._noop_warned = False
+        self._capture = True  # this tracker's capture_argv setting
         try:
             _load()
             self.pipeline = _coerce.name(pipeline, "pipeline", "unknown")
@@ -151,14 +152,17 @@ class RunTracker:
                 keys = [member_keys] if isinstance(member_keys, str) else member_keys
                 self.member_keys = tuple(str(k) for k in keys)
             if client is None:
-                self._client = get_client(socket, spool)
-            if self.club_slug is None and self._client is not None:
-                self.club_slug = self._client.options.default_club
+                self._client, default_club, self._capture = resolve_tracker(socket, spool)
+            else:
+                options = client.options
+                default_club, self._capture = options.default_club, options.capture_argv
+            if self.club_slug is None:
+                self.club_slug = default_club
         except Exception as exc:  # noqa: BLE001
             warn(f"RunTracker could not be set up ({exc!r}); tracking is disabled")
 
     def _capture_argv(self) -> bool:
-        return self._client is None or self._client.options.capture_argv
+        return self._capture
 
     @property
     def client(self) -> Client | None:
