@@ -1089,3 +1089,29 @@ class TestDocExamples:
         else:
             assert shown == encode_frame(msg)
             assert decode_stream([shown]) == [body]
+
+
+class TestAckFrame:
+    """The daemon's ack frames, built from a fixed prefix, are msgspec's bytes exactly."""
+
+    @staticmethod
+    def by_hand(event_id: str) -> bytes:
+        body = msgpack.packb({"type": "ack", "id": event_id})
+        return struct.pack(">I", len(body)) + body
+
+    @given(st.text(min_size=1, max_size=300))
+    def test_any_id(self, event_id):
+        from runtally.daemon._conn import ack_frame
+
+        assert ack_frame(event_id) == encode_frame(Ack(event_id)) == self.by_hand(event_id)
+
+    # Every str header msgpack has: fixstr up to 31 bytes, str8, str16, str32;
+    # "é" is 2 bytes in UTF-8, so characters and bytes differ.
+    @pytest.mark.parametrize("size", [1, 31, 32, 255, 256, 65535, 65536])
+    @pytest.mark.parametrize("char", ["a", "é"])
+    def test_every_str_header(self, size, char):
+        from runtally.daemon._conn import ack_frame
+
+        event_id = char * (size // len(char.encode()))
+        assert ack_frame(event_id) == encode_frame(Ack(event_id)) == self.by_hand(event_id)
+        assert decode_server_message(ack_frame(event_id)[4:]) == Ack(event_id)

@@ -44,10 +44,12 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
 import trio
 
 from ..protocol import (
@@ -74,6 +76,7 @@ from ..protocol import (
     Welcome,
     decode_client_message,
     encode_frame,
+    encode_message,
 )
 from ..protocol import ErrorEvent as ErrorEventMsg
 from ._budget import PartialBudget
@@ -81,12 +84,28 @@ from ._store import DeadLetter, Origin
 from ._timefmt import now_ms
 from ._writer import Job
 
-__all__ = ["Batch", "Connection", "ServerHooks"]
+__all__ = ["Batch", "Connection", "ServerHooks", "ack_frame", "render_replies"]
 
 _READ_SIZE = 65536
 _MAX_PENDING_BATCHES = 8
 _EVENT_TYPES = (RunStart, StepStart, StepEnd, ErrorEventMsg, RunEnd, Dropped)
 _PONG = encode_frame(Pong())
+#: An ``Ack`` body up to its id: ``{"type": "ack", "id": `` as msgspec encodes it
+#: (the tag first, then the one field).  What follows is the id as MessagePack.
+_ACK_HEAD = encode_message(Ack(""))[:-1]
+_encode = msgspec.msgpack.Encoder().encode
+_pack_length = struct.Struct(">I").pack
+
+
+def ack_frame(event_id: str) -> bytes:
+    """``encode_frame(Ack(event_id))``, byte for byte, without building the Struct.
+
+    One per event committed, so it is worth the fixed prefix: the id is
+    encoded by msgspec itself (the same str header it would choose).
+    """
+    body = _ACK_HEAD + _encode(event_id)
+    return _pack_length(len(body)) + body
+
 
 #: A reply rendered when its turn comes (after the commit of the events before it).
 Render = Callable[[], Awaitable[bytes]]
@@ -103,6 +122,26 @@ class Batch:
     ids: list[str] = field(default_factory=list)
     #: Close the connection once these replies are sent (a broken frame).
     close: bool = False
+    #: Some entries are Renders, to be awaited before ``render_replies``.
+    renders: bool = False
+
+
+def render_replies(batch: Batch) -> bytes:
+    """Every reply of a committed ``batch``, in order, as the bytes to send.
+
+    Its Renders must have been replaced by their bytes already (``_sender``).
+    """
+    ids, results = batch.ids, batch.job.results
+    out: list[bytes] = []
+    for entry in batch.entries:
+        if type(entry) is int:
+            reason = results[entry]
+            out.append(
+                ack_frame(ids[entry]) if reason is None else encode_frame(Nack(ids[entry], reason))
+            )
+        else:
+            out.append(entry)  # type: ignore[arg-type]  # bytes: Renders are gone
+    return b"".join(out)
 
 
 class ServerHooks(Protocol):
@@ -282,14 +321,18 @@ class Connection:
                 entries.append(self._welcome(message))
             elif isinstance(message, Status):
                 entries.append(self._status)  # rendered after the events before it commit
+                batch.renders = True
             elif isinstance(message, Replay):
                 entries.append(functools.partial(self.hooks.run_replay, self.origin))
+                batch.renders = True
             elif isinstance(message, Pause | Resume):
                 paused = isinstance(message, Pause)
                 run = self.hooks.run_pause
                 entries.append(functools.partial(run, self.origin, message.pipeline, paused))
+                batch.renders = True
             elif isinstance(message, Vacuum):
                 entries.append(functools.partial(self.hooks.run_vacuum, self.origin))
+                batch.renders = True
         return batch
 
     async def _status(self) -> bytes:
@@ -326,19 +369,14 @@ class Connection:
         async with batches:
             async for batch in batches:
                 await batch.job.done.wait()
-                out = bytearray()
-                ids, results = batch.ids, batch.job.results
-                for entry in batch.entries:
-                    if type(entry) is int:
-                        reason = results[entry]
-                        event_id = ids[entry]
-                        out += encode_frame(
-                            Ack(event_id) if reason is None else Nack(event_id, reason)
-                        )
-                    elif type(entry) is bytes:
-                        out += entry
-                    else:
-                        out += await entry()
+                if batch.renders:
+                    # In order, each after the replies before it are due (a status
+                    # after the commit of the events sent before it).
+                    entries = batch.entries
+                    for index, entry in enumerate(entries):
+                        if not isinstance(entry, int | bytes):
+                            entries[index] = await entry()
+                out = render_replies(batch)
                 try:
                     await self.stream.send_all(out)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
