@@ -864,3 +864,39 @@ class TestBusyWait:
             assert self._timeout(store) == 1234
         finally:
             store.close()
+
+
+class TestPeer:
+    """A run_start from a socket records its peer's pid and start time on the run."""
+
+    SOCKET = Origin(uid=1000, pid=4242, start=99)
+    OTHER = Origin(uid=1000, pid=5151, start=7)
+
+    def peer(self, store: Store, run: str = "R") -> tuple[Any, ...]:
+        return tuple(store.query("SELECT peer_pid, peer_start FROM runs WHERE uid = ?", (run,))[0])
+
+    def test_a_new_run_records_its_peer(self, dbs: Databases) -> None:
+        store = dbs.open()
+        assert store.apply([RS, SS1], origins=[self.SOCKET, self.SOCKET]) == [None, None]
+        assert self.peer(store) == (4242, 99)
+
+    @pytest.mark.parametrize("origin", [Origin(source="spool:x.rts", pid=4242), Origin()])
+    def test_no_peer_from_a_spool_or_without_a_pid(self, dbs: Databases, origin: Origin) -> None:
+        store = dbs.open()
+        store.apply([RS], origins=[origin])
+        store.apply([CS])  # no origins at all
+        assert self.peer(store) == (None, None)
+        assert self.peer(store, "C") == (None, None)
+
+    @pytest.mark.parametrize("cached", [True, False], ids=["cached", "reopened"])
+    def test_a_duplicate_from_a_socket_fills_in_a_missing_peer_only(
+        self, dbs: Databases, cached: bool
+    ) -> None:
+        store = dbs.open()
+        store.apply([RS], origins=[Origin(source="spool:x.rts")])
+        if not cached:
+            store.forget_cached()  # the duplicate goes through the INSERT's conflict
+        store.apply([RS], origins=[self.SOCKET])
+        assert self.peer(store) == (4242, 99)
+        store.apply([RS], origins=[self.OTHER])  # the first peer stays
+        assert self.peer(store) == (4242, 99)

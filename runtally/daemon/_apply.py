@@ -84,6 +84,9 @@ class Applier:
         self.parking = Parking(conn) if parking is None else parking
         #: The uid of the peer whose event is being applied (parked bytes are counted per uid).
         self.peer_uid: int | None = None
+        #: For a run_start from a socket: the peer's (pid, start time) its run records
+        #: (``Store.apply`` sets it; None for a spool's or a parked event).
+        self.peer: tuple[int, int | None] | None = None
         #: Milliseconds since the epoch, for ``parked_at`` (tests inject their own).
         self.clock = clock
         #: This batch's first step_end per step uid, where it follows the step's

@@ -58,19 +58,24 @@ def _json_or_none(value: Any) -> str | None:
 
 
 def _run_start(self: Applier, e: RunStart) -> None:
+    peer = self.peer
     if e.run in self._runs:
+        if peer is not None:
+            _record_peer(self, e, peer)
         return  # a duplicate
     parent_id = None
     if e.parent is not None:
         parent = self._run(e.parent)
         parent_id = parent.id if parent is not None else None
     club = e.club_slug if e.club_slug is not None else "rondo"
-    # A new run is the rule: insert, and let the uid index say "already
-    # there" rather than looking it up first.
+    pid, start = peer if peer is not None else (None, None)
+    # A new run is the rule: insert (with the peer that sent it: the monitor's
+    # crash detection), and let the uid index say "already there" rather than
+    # looking it up first.
     cur = self._conn.execute(
         "INSERT INTO runs (uid, club_slug, pipeline, started_at, outcome,"
-        " parent_uid, parent_run_id, meta_json) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)"
-        " ON CONFLICT (uid) DO NOTHING",
+        " parent_uid, parent_run_id, meta_json, peer_pid, peer_start)"
+        " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
         (
             e.run,
             club,
@@ -79,9 +84,13 @@ def _run_start(self: Applier, e: RunStart) -> None:
             e.parent,
             parent_id,
             _json_or_none(e.meta),
+            pid,
+            start,
         ),
     )
     if not cur.rowcount:
+        if peer is not None:
+            _record_peer(self, e, peer)
         return  # a duplicate
     run_id = cur.lastrowid
     assert run_id is not None
@@ -92,6 +101,14 @@ def _run_start(self: Applier, e: RunStart) -> None:
         (run_id, e.run),
     )
     self._release("run:" + e.run)
+
+
+def _record_peer(self: Applier, e: RunStart, peer: tuple[int, int | None]) -> None:
+    """A duplicate run_start: the peer goes on a run that has none yet (one from a spool)."""
+    self._conn.execute(
+        "UPDATE runs SET peer_pid = ?, peer_start = ? WHERE uid = ? AND peer_pid IS NULL",
+        (*peer, e.run),
+    )
 
 
 def _step_start(self: Applier, e: StepStart) -> None:
