@@ -449,6 +449,39 @@ class TestFrameDecoder:
         assert frames == [encode_frame(m)[4:] for m in msgs]
         assert [decode_client_message(f) for f in frames] == msgs
 
+    @HYP
+    @given(
+        msgs=st.lists(client_messages, max_size=12),
+        sizes=chunk_sizes,
+        kinds=st.lists(st.sampled_from([bytes, bytearray]), min_size=1),
+    )
+    def test_drain_gives_what_next_frame_gives(self, msgs, sizes, kinds):
+        stream = b"".join(encode_frame(m) for m in msgs)
+        dec, got = FrameDecoder(), []
+        for i, chunk in enumerate(split(stream, sizes)):
+            frames, error = dec.drain(kinds[i % len(kinds)](chunk))
+            assert error is None
+            assert all(type(f) is bytes for f in frames)
+            got += frames
+            assert dec.buffered == sum(map(len, split(stream, sizes)[: i + 1])) - sum(
+                4 + len(f) for f in got
+            )
+        assert got == [encode_frame(m)[4:] for m in msgs]
+        assert dec.buffered == 0
+
+    @pytest.mark.parametrize("kind", [bytes, bytearray])
+    @pytest.mark.parametrize("buffered", [b"", encode_frame(Ping())[:3]])
+    def test_drain_stops_at_an_impossible_length(self, kind, buffered):
+        dec = FrameDecoder()
+        dec.receive_data(buffered)
+        rest = encode_frame(Ping())[len(buffered) :]
+        bad = struct.pack(">I", MAX_FRAME + 1) + b"xyz"
+        frames, error = dec.drain(kind(rest + encode_frame(Status()) + bad))
+        assert frames == [encode_frame(Ping())[4:], encode_frame(Status())[4:]]
+        assert isinstance(error, FrameError)
+        assert str(error) == f"frame length {MAX_FRAME + 1} outside 1..{MAX_FRAME}"
+        assert dec.head() == bad  # what the daemon dead-letters
+
     def test_one_byte_chunks(self):
         msgs = [Hello(client="c"), *(Ping() for _ in range(3)), Status(), Replay()]
         stream = b"".join(encode_frame(m) for m in msgs)

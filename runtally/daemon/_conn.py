@@ -58,7 +58,6 @@ from ..protocol import (
     Dropped,
     ErrorReply,
     FrameDecoder,
-    FrameError,
     Hello,
     Nack,
     Pause,
@@ -289,15 +288,8 @@ class Connection:
         batch = Batch(job)
         events, frames, entries, ids = job.events, job.frames, batch.entries, batch.ids
         decoder = self._decoder
-        decoder.receive_data(data)
-        while True:
-            try:
-                frame = decoder.next_frame()
-            except FrameError as exc:
-                self._refuse(batch, decoder.head(), str(exc), close=True)
-                break
-            if frame is None:
-                break
+        frames_in, error = decoder.drain(data)
+        for frame in frames_in:
             message = decode_client_message(frame)
             if isinstance(message, _EVENT_TYPES):
                 entries.append(len(events))
@@ -333,6 +325,9 @@ class Connection:
             elif isinstance(message, Vacuum):
                 entries.append(functools.partial(self.hooks.run_vacuum, self.origin))
                 batch.renders = True
+        else:
+            if error is not None:
+                self._refuse(batch, decoder.head(), str(error), close=True)
         return batch
 
     async def _status(self) -> bytes:

@@ -146,6 +146,47 @@ class FrameDecoder:
         self._pos = end
         return bytes(buf[pos + 4 : end])
 
+    def drain(self, data: bytes) -> tuple[list[bytes], FrameError | None]:
+        """``receive_data(data)``, then every complete frame: what ``next_frame`` would give.
+
+        The frames in order, and the FrameError that stopped them (None when
+        the rest is an incomplete frame, kept for the next call).  One call
+        per chunk read: the daemon's reader gets ~25 frames from each.  When
+        nothing is buffered, the frames are sliced from ``data`` itself (one
+        copy each instead of two) and only an incomplete tail is kept.
+        """
+        if self._pos == len(self._buf) and type(data) is bytes:
+            buf, pos = data, 0
+        else:
+            self._buf += data
+            buf, pos = self._buf, self._pos
+        frames: list[bytes] = []
+        error = None
+        unpack, max_frame, size = _HEADER.unpack_from, self._max_frame, len(buf)
+        while size - pos >= 4:
+            (length,) = unpack(buf, pos)
+            if not 1 <= length <= max_frame:
+                try:
+                    check_length(length, max_frame, FrameError)  # its message
+                except FrameError as exc:
+                    error = exc
+                break
+            end = pos + 4 + length
+            if size < end:
+                break
+            frames.append(buf[pos + 4 : end] if buf is data else bytes(buf[pos + 4 : end]))
+            pos = end
+        if buf is data:
+            # A fresh buffer with only the rest (none, usually); on an error, the
+            # bytes from the bad header on, as ``head`` shows them.
+            self._buf, self._pos = bytearray(data[pos:]), 0
+        elif error is None:
+            self._pos = pos
+            self._compact()
+        else:
+            self._pos = pos
+        return frames, error
+
     def _compact(self) -> None:
         # Once per chunk (when the frames in it are used up), not once per frame.
         # A fresh buffer holding only the rest: the frames returned must not stay
