@@ -100,7 +100,8 @@ def _run_start(self: Applier, e: RunStart) -> None:
         "UPDATE runs SET parent_run_id = ? WHERE parent_uid = ? AND parent_run_id IS NULL",
         (run_id, e.run),
     )
-    self._release("run:" + e.run)
+    if self.parking.waiting:  # else nothing can be waiting for it: no call
+        self._release("run:" + e.run)
 
 
 def _record_peer(self: Applier, e: RunStart, peer: tuple[int, int | None]) -> None:
@@ -112,8 +113,8 @@ def _record_peer(self: Applier, e: RunStart, peer: tuple[int, int | None]) -> No
 
 
 def _step_start(self: Applier, e: StepStart) -> None:
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     if e.step in self._steps:
@@ -138,7 +139,8 @@ def _step_start(self: Applier, e: StepStart) -> None:
     if end is not None:
         self._merged.add(id(end))
         self._dirty_runs.add(run.id)
-    self._release("step:" + e.step)
+    if self.parking.waiting:
+        self._release("step:" + e.step)
 
 
 def _insert_finished(self: Applier, e: StepStart, run: _Run, end: StepEnd) -> sqlite3.Cursor:
@@ -172,8 +174,8 @@ def _step_end(self: Applier, e: StepEnd) -> None:
     if self._merged and id(e) in self._merged:
         self._merged.discard(id(e))
         return  # inserted with its step's start
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     step = self._step_of(run, e.step, e)
@@ -205,13 +207,15 @@ def _step_end(self: Applier, e: StepEnd) -> None:
 
 
 def _error(self: Applier, e: ErrorEvent) -> None:
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     step_id = None
     if e.step is not None:
-        step = self._step_of(run, e.step, e)
+        step = self._steps.get(e.step)
+        if step is None or step.run_id != run.id:
+            step = self._step_of(run, e.step, e)  # Rejected if it is another run's
         if step is None:
             self._park(e, "step:" + e.step)
             return
@@ -236,8 +240,8 @@ def _error(self: Applier, e: ErrorEvent) -> None:
 
 
 def _run_end(self: Applier, e: RunEnd) -> None:
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     duration = e.duration_ms if e.duration_ms is not None else max(0, e.ts - run.started_ms)
@@ -261,8 +265,8 @@ _LOST_END_KEY = "9" * 15 + ":dropped"
 
 def _dropped(self: Applier, e: Dropped) -> None:
     """A client lost ``e.events`` events of the run: an error row, and the run is a failure."""
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     self._conn.execute(
