@@ -255,7 +255,12 @@ class Connection:
                 await self.hooks.submit(batch.job)
             else:
                 batch.job.done.set()
-            await batches.send(batch)
+            try:
+                # No trip through the scheduler when there is room (the rule):
+                # the next receive_some is this loop's checkpoint.
+                batches.send_nowait(batch)
+            except trio.WouldBlock:
+                await batches.send(batch)
             # A frame completed; and time spent waiting on the writer or on our
             # own send queue is ours, not the client's.
             self._progress_at = trio.current_time()
@@ -363,7 +368,8 @@ class Connection:
     async def _sender(self, batches: trio.MemoryReceiveChannel[Batch]) -> None:
         async with batches:
             async for batch in batches:
-                await batch.job.done.wait()
+                if not batch.job.done.is_set():  # else no trip through the scheduler
+                    await batch.job.done.wait()  # (send_all below is the checkpoint)
                 if batch.renders:
                     # In order, each after the replies before it are due (a status
                     # after the commit of the events sent before it).
