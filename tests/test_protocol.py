@@ -60,6 +60,7 @@ from runtally.protocol import (
     Vacuumed,
     Welcome,
     decode_client_message,
+    decode_client_messages,
     decode_server_message,
     encode_frame,
     encode_message,
@@ -354,6 +355,14 @@ def split(data: bytes, sizes: list[int]) -> list[bytes]:
 chunk_sizes = st.one_of(st.just([1]), st.lists(st.integers(1, 64), min_size=1, max_size=8))
 
 
+def nest(levels: int) -> Any:
+    """A list nested ``levels`` deep (around the daemon's MAX_DEPTH of 32 for a detail)."""
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def mutate(data: bytes, flips: list[tuple[int, int]]) -> bytes:
     """``data`` with the byte at each ``pos % len`` replaced."""
     buf = bytearray(data)
@@ -579,6 +588,35 @@ class TestGarbage:
     def test_random_bodies_in_valid_frames(self, bodies):
         stream = b"".join(struct.pack(">I", len(b)) + b for b in bodies)
         assert len(self.feed([stream])) == len(bodies)
+
+    @HYP_MANY
+    @given(
+        frames=st.lists(
+            st.one_of(
+                client_messages.map(lambda m: encode_frame(m)[4:]),
+                st.tuples(
+                    client_messages, st.lists(st.tuples(st.integers(0), st.integers(0, 255)))
+                ).map(lambda mf: mutate(encode_frame(mf[0])[4:], mf[1])),
+                st.binary(min_size=1, max_size=64),
+                st.integers(30, 40).map(
+                    lambda n: msgpack.packb(
+                        {
+                            "type": "step_end",
+                            "id": "e",
+                            "ts": 1,
+                            "run": "r",
+                            "step": "s",
+                            "outcome": "success",
+                            "detail": nest(n),
+                        }
+                    )
+                ),
+            ),
+            max_size=12,
+        )
+    )
+    def test_decoding_a_chunk_at_once_is_decoding_frame_by_frame(self, frames):
+        assert decode_client_messages(frames) == [decode_client_message(f) for f in frames]
 
     @HYP_MANY
     @given(msg=client_messages, flips=st.lists(st.tuples(st.integers(0), st.integers(0, 255))))

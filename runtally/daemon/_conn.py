@@ -73,7 +73,7 @@ from ..protocol import (
     StepStart,
     Vacuum,
     Welcome,
-    decode_client_message,
+    decode_client_messages,
     encode_frame,
     encode_message,
 )
@@ -294,8 +294,7 @@ class Connection:
         events, frames, entries, ids = job.events, job.frames, batch.entries, batch.ids
         decoder = self._decoder
         frames_in, error = decoder.drain(data)
-        for frame in frames_in:
-            message = decode_client_message(frame)
+        for frame, message in zip(frames_in, decode_client_messages(frames_in), strict=True):
             if isinstance(message, _EVENT_TYPES):
                 entries.append(len(events))
                 events.append(message)

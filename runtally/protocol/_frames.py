@@ -33,6 +33,7 @@ __all__ = [
     "FrameDecoder",
     "Refusal",
     "decode_client_message",
+    "decode_client_messages",
     "decode_server_message",
     "encode_frame",
     "encode_message",
@@ -246,6 +247,29 @@ def decode_client_message(frame: bytes) -> ClientMessage | Refusal:
         reason = f"invalid {tag}: {field} nested deeper than {MAX_DEPTH} levels"
         return Refusal("invalid", reason, message.id, is_event=True)  # type: ignore[union-attr]
     return message
+
+
+def decode_client_messages(frames: list[bytes]) -> list[ClientMessage | Refusal]:
+    """``[decode_client_message(f) for f in frames]``, with less work per frame.
+
+    For the daemon's reader (~25 frames per chunk read): one decoder lookup per
+    call; a frame that is refused goes through ``decode_client_message``
+    again, the one place that words refusals.
+    """
+    decode, free_form = _client_decoder().decode, _FREE_FORM
+    out: list[ClientMessage | Refusal] = []
+    for frame in frames:
+        try:
+            message = decode(frame)
+        except _MALFORMED:  # ValidationError is a DecodeError
+            out.append(decode_client_message(frame))
+            continue
+        field = free_form.get(type(message))
+        if field is not None and depth_exceeds(getattr(message, field)):
+            out.append(decode_client_message(frame))
+            continue
+        out.append(message)
+    return out
 
 
 def _classify(frame: bytes, error: Exception) -> Refusal:
