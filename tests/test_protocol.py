@@ -1186,3 +1186,23 @@ class TestAckFrame:
         event_id = char * (size // len(char.encode()))
         assert ack_frame(event_id) == encode_frame(Ack(event_id)) == self.by_hand(event_id)
         assert decode_server_message(ack_frame(event_id)[4:]) == Ack(event_id)
+
+    @given(ids=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=8), data=st.data())
+    def test_a_batch_renders_as_its_frames_one_by_one(self, ids, data):
+        from runtally.daemon._conn import Batch, Job, render_replies
+
+        results = [data.draw(st.sampled_from([None, "cannot be applied: x"])) for _ in ids]
+        pong = encode_frame(Pong())
+        job = Job(results=results)
+        entries: list[Any] = []
+        for index in range(len(ids)):
+            entries += [index, pong] if index % 2 else [index]
+        expected = b"".join(
+            encode_frame(
+                (Ack(ids[e]) if results[e] is None else Nack(ids[e], results[e]))
+                if isinstance(e, int)
+                else Pong()
+            )
+            for e in entries
+        )
+        assert render_replies(Batch(job, entries, ids)) == expected
