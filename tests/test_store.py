@@ -900,3 +900,46 @@ class TestPeer:
         assert self.peer(store) == (4242, 99)
         store.apply([RS], origins=[self.OTHER])  # the first peer stays
         assert self.peer(store) == (4242, 99)
+
+
+class TestParentLinks:
+    """A child that started before its parent is linked when the parent's run_start comes,
+    whatever happened in between (the store keeps which parents children wait for)."""
+
+    def parent_of(self, store: Store, run: str = "C") -> Any:
+        (row,) = store.query(
+            "SELECT p.uid FROM runs c LEFT JOIN runs p ON p.id = c.parent_run_id WHERE c.uid = ?",
+            (run,),
+        )
+        return row[0]
+
+    def test_across_a_restart(self, dbs: Databases) -> None:
+        store = dbs.open()
+        assert store.apply([CS]) == [None]
+        store.close()
+        store = Store.open(store.path)
+        assert store.apply([RS]) == [None]
+        assert self.parent_of(store) == "R"
+
+    def test_across_a_rolled_back_batch(self, dbs: Databases) -> None:
+        store = dbs.open()
+        assert store.apply([CS]) == [None]
+        with pytest.raises(ApplyError, match="Ext"):
+            store.apply([RS, _unencodable_step_end()])  # links C, then rolls back
+        assert self.parent_of(store) is None
+        assert store.apply([RS]) == [None]
+        assert self.parent_of(store) == "R"
+
+    def test_a_rolled_back_child_leaves_no_link_to_make(self, dbs: Databases) -> None:
+        store = dbs.open()
+        with pytest.raises(ApplyError, match="Ext"):
+            store.apply([CS, _unencodable_step_end()])
+        assert store.apply([RS, CS]) == [None, None]
+        assert self.parent_of(store) == "R"
+
+    def test_a_run_that_names_itself_as_parent(self, dbs: Databases) -> None:
+        store = dbs.open()
+        me = RunStart(id="ev-me", ts=T, run="ME", pipeline="p", parent="ME")
+        assert store.apply([me]) == [None]
+        assert self.parent_of(store, "ME") == "ME"  # as before: the UPDATE linked it to itself
+        assert store.apply([me]) == [None]

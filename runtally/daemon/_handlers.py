@@ -95,11 +95,17 @@ def _run_start(self: Applier, e: RunStart) -> None:
     run_id = cur.lastrowid
     assert run_id is not None
     self._runs[e.run] = _Run(run_id, club, e.ts)
-    # Children that started before their parent's run_start arrived.
-    self._conn.execute(
-        "UPDATE runs SET parent_run_id = ? WHERE parent_uid = ? AND parent_run_id IS NULL",
-        (run_id, e.run),
-    )
+    orphans = self.orphan_parents()
+    if e.parent is not None and parent_id is None:
+        orphans.add(e.parent)  # linked when its run_start arrives
+    if e.run in orphans:
+        # Children that started before their parent's run_start arrived (the
+        # rare case: no UPDATE for every run).
+        orphans.discard(e.run)
+        self._conn.execute(
+            "UPDATE runs SET parent_run_id = ? WHERE parent_uid = ? AND parent_run_id IS NULL",
+            (run_id, e.run),
+        )
     if self.parking.waiting:  # else nothing can be waiting for it: no call
         self._release("run:" + e.run)
 
