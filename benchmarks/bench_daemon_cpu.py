@@ -32,6 +32,7 @@ from bench_apply import EVENTS_PER_RUN, run_events
 from runtally.daemon._batch import apply_jobs
 from runtally.daemon._conn import Connection
 from runtally.daemon._store import Origin, Store
+from runtally.daemon._writer import Job, Writer
 from runtally.protocol import Ack, Nack, encode_frame
 
 try:
@@ -69,6 +70,49 @@ def drive(store: Store, data: list[bytes], per_commit: int) -> int:
     return out
 
 
+class _Hooks:
+    """A daemon's hooks as far as events need them: the real Writer."""
+
+    name = "bench"
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    async def submit(self, job: Job) -> None:
+        await self.writer.submit(job)
+
+
+async def through_trio(store: Store, data: list[bytes], clients: int) -> int:
+    """The daemon's path with its event loop: ``clients`` Connections on socket pairs,
+    each client sending one run's chunk and reading its 27 replies before the next
+    (as ``close()`` waits in shape (b)), into the real Writer.  The reply bytes read."""
+    writer = Writer(store)
+    hooks = _Hooks(writer)
+    received = 0
+
+    async def client(stream: trio.SocketStream, chunks: list[bytes]) -> None:
+        nonlocal received
+        for chunk in chunks:
+            await stream.send_all(chunk)
+            got = 0
+            while got < EVENTS_PER_RUN:  # every ack is one 4-byte header + body
+                piece = await stream.receive_some(65536)
+                received += len(piece)
+                got += piece.count(b"\x82\xa4type\xa3ack")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        async with trio.open_nursery() as conns:
+            for index in range(clients):
+                a, b = trio.socket.socketpair()
+                server = Connection(trio.SocketStream(a), Origin(pid=4242, uid=1000), hooks)  # type: ignore[arg-type]
+                conns.start_soon(server.serve)
+                conns.start_soon(client, trio.SocketStream(b), data[index::clients])
+        writer.close()
+    return received
+
+
 async def _in_trio(fn: Callable[..., int], *args: Any) -> int:
     # A Connection reads trio's clock when made: the work itself awaits nothing.
     return fn(*args)
@@ -78,13 +122,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=3, help="chunks (runs) per commit")
+    parser.add_argument(
+        "--trio",
+        type=int,
+        default=0,
+        metavar="CLIENTS",
+        help="through Connections and the Writer on socket pairs, this many clients at once",
+    )
     args = parser.parse_args()
     data = chunks(args.runs)
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(Path(tmp) / "db.sqlite", synchronous="FULL")
         store.set_autocheckpoint(0)
         began = time.process_time()
-        replied = trio.run(_in_trio, drive, store, data, args.chunks)
+        if args.trio:
+            replied = trio.run(through_trio, store, data, args.trio)
+        else:
+            replied = trio.run(_in_trio, drive, store, data, args.chunks)
         cpu = time.process_time() - began
         store.close()
     events = args.runs * EVENTS_PER_RUN
@@ -92,7 +146,8 @@ def main() -> None:
         {
             "runs": args.runs,
             "events": events,
-            "events_per_commit": args.chunks * EVENTS_PER_RUN,
+            "mode": f"trio, {args.trio} clients" if args.trio else "in line",
+            **({} if args.trio else {"events_per_commit": args.chunks * EVENTS_PER_RUN}),
             "reply_bytes": replied,
             "cpu_us_per_event": round(cpu / events * 1e6, 2),
         },
