@@ -60,6 +60,7 @@ from runtally.protocol import (
     Vacuumed,
     Welcome,
     decode_client_message,
+    decode_client_messages,
     decode_server_message,
     encode_frame,
     encode_message,
@@ -354,6 +355,14 @@ def split(data: bytes, sizes: list[int]) -> list[bytes]:
 chunk_sizes = st.one_of(st.just([1]), st.lists(st.integers(1, 64), min_size=1, max_size=8))
 
 
+def nest(levels: int) -> Any:
+    """A list nested ``levels`` deep (around the daemon's MAX_DEPTH of 32 for a detail)."""
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def mutate(data: bytes, flips: list[tuple[int, int]]) -> bytes:
     """``data`` with the byte at each ``pos % len`` replaced."""
     buf = bytearray(data)
@@ -448,6 +457,39 @@ class TestFrameDecoder:
         frames = decode_stream(split(stream, sizes))
         assert frames == [encode_frame(m)[4:] for m in msgs]
         assert [decode_client_message(f) for f in frames] == msgs
+
+    @HYP
+    @given(
+        msgs=st.lists(client_messages, max_size=12),
+        sizes=chunk_sizes,
+        kinds=st.lists(st.sampled_from([bytes, bytearray]), min_size=1),
+    )
+    def test_drain_gives_what_next_frame_gives(self, msgs, sizes, kinds):
+        stream = b"".join(encode_frame(m) for m in msgs)
+        dec, got = FrameDecoder(), []
+        for i, chunk in enumerate(split(stream, sizes)):
+            frames, error = dec.drain(kinds[i % len(kinds)](chunk))
+            assert error is None
+            assert all(type(f) is bytes for f in frames)
+            got += frames
+            assert dec.buffered == sum(map(len, split(stream, sizes)[: i + 1])) - sum(
+                4 + len(f) for f in got
+            )
+        assert got == [encode_frame(m)[4:] for m in msgs]
+        assert dec.buffered == 0
+
+    @pytest.mark.parametrize("kind", [bytes, bytearray])
+    @pytest.mark.parametrize("buffered", [b"", encode_frame(Ping())[:3]])
+    def test_drain_stops_at_an_impossible_length(self, kind, buffered):
+        dec = FrameDecoder()
+        dec.receive_data(buffered)
+        rest = encode_frame(Ping())[len(buffered) :]
+        bad = struct.pack(">I", MAX_FRAME + 1) + b"xyz"
+        frames, error = dec.drain(kind(rest + encode_frame(Status()) + bad))
+        assert frames == [encode_frame(Ping())[4:], encode_frame(Status())[4:]]
+        assert isinstance(error, FrameError)
+        assert str(error) == f"frame length {MAX_FRAME + 1} outside 1..{MAX_FRAME}"
+        assert dec.head() == bad  # what the daemon dead-letters
 
     def test_one_byte_chunks(self):
         msgs = [Hello(client="c"), *(Ping() for _ in range(3)), Status(), Replay()]
@@ -546,6 +588,35 @@ class TestGarbage:
     def test_random_bodies_in_valid_frames(self, bodies):
         stream = b"".join(struct.pack(">I", len(b)) + b for b in bodies)
         assert len(self.feed([stream])) == len(bodies)
+
+    @HYP_MANY
+    @given(
+        frames=st.lists(
+            st.one_of(
+                client_messages.map(lambda m: encode_frame(m)[4:]),
+                st.tuples(
+                    client_messages, st.lists(st.tuples(st.integers(0), st.integers(0, 255)))
+                ).map(lambda mf: mutate(encode_frame(mf[0])[4:], mf[1])),
+                st.binary(min_size=1, max_size=64),
+                st.integers(30, 40).map(
+                    lambda n: msgpack.packb(
+                        {
+                            "type": "step_end",
+                            "id": "e",
+                            "ts": 1,
+                            "run": "r",
+                            "step": "s",
+                            "outcome": "success",
+                            "detail": nest(n),
+                        }
+                    )
+                ),
+            ),
+            max_size=12,
+        )
+    )
+    def test_decoding_a_chunk_at_once_is_decoding_frame_by_frame(self, frames):
+        assert decode_client_messages(frames) == [decode_client_message(f) for f in frames]
 
     @HYP_MANY
     @given(msg=client_messages, flips=st.lists(st.tuples(st.integers(0), st.integers(0, 255))))
@@ -1089,3 +1160,49 @@ class TestDocExamples:
         else:
             assert shown == encode_frame(msg)
             assert decode_stream([shown]) == [body]
+
+
+class TestAckFrame:
+    """The daemon's ack frames, built from a fixed prefix, are msgspec's bytes exactly."""
+
+    @staticmethod
+    def by_hand(event_id: str) -> bytes:
+        body = msgpack.packb({"type": "ack", "id": event_id})
+        return struct.pack(">I", len(body)) + body
+
+    @given(st.text(min_size=1, max_size=300))
+    def test_any_id(self, event_id):
+        from runtally.daemon._conn import ack_frame
+
+        assert ack_frame(event_id) == encode_frame(Ack(event_id)) == self.by_hand(event_id)
+
+    # Every str header msgpack has: fixstr up to 31 bytes, str8, str16, str32;
+    # "é" is 2 bytes in UTF-8, so characters and bytes differ.
+    @pytest.mark.parametrize("size", [1, 31, 32, 255, 256, 65535, 65536])
+    @pytest.mark.parametrize("char", ["a", "é"])
+    def test_every_str_header(self, size, char):
+        from runtally.daemon._conn import ack_frame
+
+        event_id = char * (size // len(char.encode()))
+        assert ack_frame(event_id) == encode_frame(Ack(event_id)) == self.by_hand(event_id)
+        assert decode_server_message(ack_frame(event_id)[4:]) == Ack(event_id)
+
+    @given(ids=st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=8), data=st.data())
+    def test_a_batch_renders_as_its_frames_one_by_one(self, ids, data):
+        from runtally.daemon._conn import Batch, Job, render_replies
+
+        results = [data.draw(st.sampled_from([None, "cannot be applied: x"])) for _ in ids]
+        pong = encode_frame(Pong())
+        job = Job(results=results)
+        entries: list[Any] = []
+        for index in range(len(ids)):
+            entries += [index, pong] if index % 2 else [index]
+        expected = b"".join(
+            encode_frame(
+                (Ack(ids[e]) if results[e] is None else Nack(ids[e], results[e]))
+                if isinstance(e, int)
+                else Pong()
+            )
+            for e in entries
+        )
+        assert render_replies(Batch(job, entries, ids)) == expected

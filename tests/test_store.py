@@ -864,3 +864,82 @@ class TestBusyWait:
             assert self._timeout(store) == 1234
         finally:
             store.close()
+
+
+class TestPeer:
+    """A run_start from a socket records its peer's pid and start time on the run."""
+
+    SOCKET = Origin(uid=1000, pid=4242, start=99)
+    OTHER = Origin(uid=1000, pid=5151, start=7)
+
+    def peer(self, store: Store, run: str = "R") -> tuple[Any, ...]:
+        return tuple(store.query("SELECT peer_pid, peer_start FROM runs WHERE uid = ?", (run,))[0])
+
+    def test_a_new_run_records_its_peer(self, dbs: Databases) -> None:
+        store = dbs.open()
+        assert store.apply([RS, SS1], origins=[self.SOCKET, self.SOCKET]) == [None, None]
+        assert self.peer(store) == (4242, 99)
+
+    @pytest.mark.parametrize("origin", [Origin(source="spool:x.rts", pid=4242), Origin()])
+    def test_no_peer_from_a_spool_or_without_a_pid(self, dbs: Databases, origin: Origin) -> None:
+        store = dbs.open()
+        store.apply([RS], origins=[origin])
+        store.apply([CS])  # no origins at all
+        assert self.peer(store) == (None, None)
+        assert self.peer(store, "C") == (None, None)
+
+    @pytest.mark.parametrize("cached", [True, False], ids=["cached", "reopened"])
+    def test_a_duplicate_from_a_socket_fills_in_a_missing_peer_only(
+        self, dbs: Databases, cached: bool
+    ) -> None:
+        store = dbs.open()
+        store.apply([RS], origins=[Origin(source="spool:x.rts")])
+        if not cached:
+            store.forget_cached()  # the duplicate goes through the INSERT's conflict
+        store.apply([RS], origins=[self.SOCKET])
+        assert self.peer(store) == (4242, 99)
+        store.apply([RS], origins=[self.OTHER])  # the first peer stays
+        assert self.peer(store) == (4242, 99)
+
+
+class TestParentLinks:
+    """A child that started before its parent is linked when the parent's run_start comes,
+    whatever happened in between (the store keeps which parents children wait for)."""
+
+    def parent_of(self, store: Store, run: str = "C") -> Any:
+        (row,) = store.query(
+            "SELECT p.uid FROM runs c LEFT JOIN runs p ON p.id = c.parent_run_id WHERE c.uid = ?",
+            (run,),
+        )
+        return row[0]
+
+    def test_across_a_restart(self, dbs: Databases) -> None:
+        store = dbs.open()
+        assert store.apply([CS]) == [None]
+        store.close()
+        store = Store.open(store.path)
+        assert store.apply([RS]) == [None]
+        assert self.parent_of(store) == "R"
+
+    def test_across_a_rolled_back_batch(self, dbs: Databases) -> None:
+        store = dbs.open()
+        assert store.apply([CS]) == [None]
+        with pytest.raises(ApplyError, match="Ext"):
+            store.apply([RS, _unencodable_step_end()])  # links C, then rolls back
+        assert self.parent_of(store) is None
+        assert store.apply([RS]) == [None]
+        assert self.parent_of(store) == "R"
+
+    def test_a_rolled_back_child_leaves_no_link_to_make(self, dbs: Databases) -> None:
+        store = dbs.open()
+        with pytest.raises(ApplyError, match="Ext"):
+            store.apply([CS, _unencodable_step_end()])
+        assert store.apply([RS, CS]) == [None, None]
+        assert self.parent_of(store) == "R"
+
+    def test_a_run_that_names_itself_as_parent(self, dbs: Databases) -> None:
+        store = dbs.open()
+        me = RunStart(id="ev-me", ts=T, run="ME", pipeline="p", parent="ME")
+        assert store.apply([me]) == [None]
+        assert self.parent_of(store, "ME") == "ME"  # as before: the UPDATE linked it to itself
+        assert store.apply([me]) == [None]

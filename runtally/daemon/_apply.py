@@ -41,8 +41,10 @@ have left, and any other end of the step in the batch is still compared by
 
 The handler of each event type is in ``_handlers``; the Applier dispatches to
 it and keeps the bookkeeping: lookups, parking, the totals of a batch's runs.
-It keeps uid -> id caches; they are only valid because the daemon is
-the one writer.  ``forget()`` must be called whenever a transaction rolls back.
+It keeps uid -> id caches, and the parent uids that children wait for (so
+that a run_start looks for children to link only when some wait); they are
+only valid because the daemon is the one writer.  ``forget()`` must be
+called whenever a transaction rolls back.
 """
 
 from __future__ import annotations
@@ -84,12 +86,19 @@ class Applier:
         self.parking = Parking(conn) if parking is None else parking
         #: The uid of the peer whose event is being applied (parked bytes are counted per uid).
         self.peer_uid: int | None = None
+        #: For a run_start from a socket: the peer's (pid, start time) its run records
+        #: (``Store.apply`` sets it; None for a spool's or a parked event).
+        self.peer: tuple[int, int | None] | None = None
         #: Milliseconds since the epoch, for ``parked_at`` (tests inject their own).
         self.clock = clock
         #: This batch's first step_end per step uid, where it follows the step's
         #: start in the batch (``plan``); and those already merged into an INSERT.
         self._ends: dict[str, StepEnd] = {}
         self._merged: set[int] = set()
+        #: Uids named as parent by runs not linked to it yet (their parent's run_start
+        #: has not arrived): only a run_start of one of these has children to link.
+        #: None: not read yet (``orphan_parents``); dropped with the other caches.
+        self._orphans: set[str] | None = None
 
     def forget(self) -> None:
         """Drop cached ids and pending work (after a rollback)."""
@@ -99,6 +108,7 @@ class Applier:
         self.refused.clear()
         self._ends.clear()
         self._merged.clear()
+        self._orphans = None
         self.parking.load()
 
     @property
@@ -149,6 +159,22 @@ class Applier:
             self._steps.clear()
 
     # -- lookups ----------------------------------------------------------------
+
+    def orphan_parents(self) -> set[str]:
+        """Parent uids that runs name but are not linked to yet (read once, then kept).
+
+        One query over the runs that name a parent, when first needed after a
+        start or a ``forget``; kept up to date by ``_run_start`` from then on.
+        """
+        if self._orphans is None:
+            self._orphans = {
+                uid
+                for (uid,) in self._conn.execute(
+                    "SELECT DISTINCT parent_uid FROM runs"
+                    " WHERE parent_uid IS NOT NULL AND parent_run_id IS NULL"
+                )
+            }
+        return self._orphans
 
     def _run(self, uid: str) -> _Run | None:
         run = self._runs.get(uid)

@@ -44,10 +44,12 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
 import trio
 
 from ..protocol import (
@@ -56,7 +58,6 @@ from ..protocol import (
     Dropped,
     ErrorReply,
     FrameDecoder,
-    FrameError,
     Hello,
     Nack,
     Pause,
@@ -72,8 +73,9 @@ from ..protocol import (
     StepStart,
     Vacuum,
     Welcome,
-    decode_client_message,
+    decode_client_messages,
     encode_frame,
+    encode_message,
 )
 from ..protocol import ErrorEvent as ErrorEventMsg
 from ._budget import PartialBudget
@@ -81,12 +83,28 @@ from ._store import DeadLetter, Origin
 from ._timefmt import now_ms
 from ._writer import Job
 
-__all__ = ["Batch", "Connection", "ServerHooks"]
+__all__ = ["Batch", "Connection", "ServerHooks", "ack_frame", "render_replies"]
 
 _READ_SIZE = 65536
 _MAX_PENDING_BATCHES = 8
 _EVENT_TYPES = (RunStart, StepStart, StepEnd, ErrorEventMsg, RunEnd, Dropped)
 _PONG = encode_frame(Pong())
+#: An ``Ack`` body up to its id: ``{"type": "ack", "id": `` as msgspec encodes it
+#: (the tag first, then the one field).  What follows is the id as MessagePack.
+_ACK_HEAD = encode_message(Ack(""))[:-1]
+_encode = msgspec.msgpack.Encoder().encode
+_pack_length = struct.Struct(">I").pack
+
+
+def ack_frame(event_id: str) -> bytes:
+    """``encode_frame(Ack(event_id))``, byte for byte, without building the Struct.
+
+    One per event committed, so it is worth the fixed prefix: the id is
+    encoded by msgspec itself (the same str header it would choose).
+    """
+    body = _ACK_HEAD + _encode(event_id)
+    return _pack_length(len(body)) + body
+
 
 #: A reply rendered when its turn comes (after the commit of the events before it).
 Render = Callable[[], Awaitable[bytes]]
@@ -103,6 +121,28 @@ class Batch:
     ids: list[str] = field(default_factory=list)
     #: Close the connection once these replies are sent (a broken frame).
     close: bool = False
+    #: Some entries are Renders, to be awaited before ``render_replies``.
+    renders: bool = False
+
+
+def render_replies(batch: Batch) -> bytes:
+    """Every reply of a committed ``batch``, in order, as the bytes to send.
+
+    Its Renders must have been replaced by their bytes already (``_sender``).
+    """
+    ids, results = batch.ids, batch.job.results
+    head, encode, pack = _ACK_HEAD, _encode, _pack_length  # ack_frame, inlined: ~25 a batch
+    out: list[bytes] = []
+    for entry in batch.entries:
+        if type(entry) is int:
+            if results[entry] is None:
+                body = head + encode(ids[entry])
+                out.append(pack(len(body)) + body)
+            else:
+                out.append(encode_frame(Nack(ids[entry], results[entry])))
+        else:
+            out.append(entry)  # type: ignore[arg-type]  # bytes: Renders are gone
+    return b"".join(out)
 
 
 class ServerHooks(Protocol):
@@ -217,7 +257,12 @@ class Connection:
                 await self.hooks.submit(batch.job)
             else:
                 batch.job.done.set()
-            await batches.send(batch)
+            try:
+                # No trip through the scheduler when there is room (the rule):
+                # the next receive_some is this loop's checkpoint.
+                batches.send_nowait(batch)
+            except trio.WouldBlock:
+                await batches.send(batch)
             # A frame completed; and time spent waiting on the writer or on our
             # own send queue is ours, not the client's.
             self._progress_at = trio.current_time()
@@ -250,16 +295,8 @@ class Connection:
         batch = Batch(job)
         events, frames, entries, ids = job.events, job.frames, batch.entries, batch.ids
         decoder = self._decoder
-        decoder.receive_data(data)
-        while True:
-            try:
-                frame = decoder.next_frame()
-            except FrameError as exc:
-                self._refuse(batch, decoder.head(), str(exc), close=True)
-                break
-            if frame is None:
-                break
-            message = decode_client_message(frame)
+        frames_in, error = decoder.drain(data)
+        for frame, message in zip(frames_in, decode_client_messages(frames_in), strict=True):
             if isinstance(message, _EVENT_TYPES):
                 entries.append(len(events))
                 events.append(message)
@@ -282,14 +319,21 @@ class Connection:
                 entries.append(self._welcome(message))
             elif isinstance(message, Status):
                 entries.append(self._status)  # rendered after the events before it commit
+                batch.renders = True
             elif isinstance(message, Replay):
                 entries.append(functools.partial(self.hooks.run_replay, self.origin))
+                batch.renders = True
             elif isinstance(message, Pause | Resume):
                 paused = isinstance(message, Pause)
                 run = self.hooks.run_pause
                 entries.append(functools.partial(run, self.origin, message.pipeline, paused))
+                batch.renders = True
             elif isinstance(message, Vacuum):
                 entries.append(functools.partial(self.hooks.run_vacuum, self.origin))
+                batch.renders = True
+        else:
+            if error is not None:
+                self._refuse(batch, decoder.head(), str(error), close=True)
         return batch
 
     async def _status(self) -> bytes:
@@ -325,20 +369,16 @@ class Connection:
     async def _sender(self, batches: trio.MemoryReceiveChannel[Batch]) -> None:
         async with batches:
             async for batch in batches:
-                await batch.job.done.wait()
-                out = bytearray()
-                ids, results = batch.ids, batch.job.results
-                for entry in batch.entries:
-                    if type(entry) is int:
-                        reason = results[entry]
-                        event_id = ids[entry]
-                        out += encode_frame(
-                            Ack(event_id) if reason is None else Nack(event_id, reason)
-                        )
-                    elif type(entry) is bytes:
-                        out += entry
-                    else:
-                        out += await entry()
+                if not batch.job.done.is_set():  # else no trip through the scheduler
+                    await batch.job.done.wait()  # (send_all below is the checkpoint)
+                if batch.renders:
+                    # In order, each after the replies before it are due (a status
+                    # after the commit of the events sent before it).
+                    entries = batch.entries
+                    for index, entry in enumerate(entries):
+                        if not isinstance(entry, int | bytes):
+                            entries[index] = await entry()
+                out = render_replies(batch)
                 try:
                     await self.stream.send_all(out)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):

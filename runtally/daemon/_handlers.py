@@ -58,19 +58,24 @@ def _json_or_none(value: Any) -> str | None:
 
 
 def _run_start(self: Applier, e: RunStart) -> None:
+    peer = self.peer
     if e.run in self._runs:
+        if peer is not None:
+            _record_peer(self, e, peer)
         return  # a duplicate
     parent_id = None
     if e.parent is not None:
         parent = self._run(e.parent)
         parent_id = parent.id if parent is not None else None
     club = e.club_slug if e.club_slug is not None else "rondo"
-    # A new run is the rule: insert, and let the uid index say "already
-    # there" rather than looking it up first.
+    pid, start = peer if peer is not None else (None, None)
+    # A new run is the rule: insert (with the peer that sent it: the monitor's
+    # crash detection), and let the uid index say "already there" rather than
+    # looking it up first.
     cur = self._conn.execute(
         "INSERT INTO runs (uid, club_slug, pipeline, started_at, outcome,"
-        " parent_uid, parent_run_id, meta_json) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)"
-        " ON CONFLICT (uid) DO NOTHING",
+        " parent_uid, parent_run_id, meta_json, peer_pid, peer_start)"
+        " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
         (
             e.run,
             club,
@@ -79,24 +84,43 @@ def _run_start(self: Applier, e: RunStart) -> None:
             e.parent,
             parent_id,
             _json_or_none(e.meta),
+            pid,
+            start,
         ),
     )
     if not cur.rowcount:
+        if peer is not None:
+            _record_peer(self, e, peer)
         return  # a duplicate
     run_id = cur.lastrowid
     assert run_id is not None
     self._runs[e.run] = _Run(run_id, club, e.ts)
-    # Children that started before their parent's run_start arrived.
+    orphans = self.orphan_parents()
+    if e.parent is not None and parent_id is None:
+        orphans.add(e.parent)  # linked when its run_start arrives
+    if e.run in orphans:
+        # Children that started before their parent's run_start arrived (the
+        # rare case: no UPDATE for every run).
+        orphans.discard(e.run)
+        self._conn.execute(
+            "UPDATE runs SET parent_run_id = ? WHERE parent_uid = ? AND parent_run_id IS NULL",
+            (run_id, e.run),
+        )
+    if self.parking.waiting:  # else nothing can be waiting for it: no call
+        self._release("run:" + e.run)
+
+
+def _record_peer(self: Applier, e: RunStart, peer: tuple[int, int | None]) -> None:
+    """A duplicate run_start: the peer goes on a run that has none yet (one from a spool)."""
     self._conn.execute(
-        "UPDATE runs SET parent_run_id = ? WHERE parent_uid = ? AND parent_run_id IS NULL",
-        (run_id, e.run),
+        "UPDATE runs SET peer_pid = ?, peer_start = ? WHERE uid = ? AND peer_pid IS NULL",
+        (*peer, e.run),
     )
-    self._release("run:" + e.run)
 
 
 def _step_start(self: Applier, e: StepStart) -> None:
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     if e.step in self._steps:
@@ -121,7 +145,8 @@ def _step_start(self: Applier, e: StepStart) -> None:
     if end is not None:
         self._merged.add(id(end))
         self._dirty_runs.add(run.id)
-    self._release("step:" + e.step)
+    if self.parking.waiting:
+        self._release("step:" + e.step)
 
 
 def _insert_finished(self: Applier, e: StepStart, run: _Run, end: StepEnd) -> sqlite3.Cursor:
@@ -155,8 +180,8 @@ def _step_end(self: Applier, e: StepEnd) -> None:
     if self._merged and id(e) in self._merged:
         self._merged.discard(id(e))
         return  # inserted with its step's start
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     step = self._step_of(run, e.step, e)
@@ -188,13 +213,15 @@ def _step_end(self: Applier, e: StepEnd) -> None:
 
 
 def _error(self: Applier, e: ErrorEvent) -> None:
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     step_id = None
     if e.step is not None:
-        step = self._step_of(run, e.step, e)
+        step = self._steps.get(e.step)
+        if step is None or step.run_id != run.id:
+            step = self._step_of(run, e.step, e)  # Rejected if it is another run's
         if step is None:
             self._park(e, "step:" + e.step)
             return
@@ -219,8 +246,8 @@ def _error(self: Applier, e: ErrorEvent) -> None:
 
 
 def _run_end(self: Applier, e: RunEnd) -> None:
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     duration = e.duration_ms if e.duration_ms is not None else max(0, e.ts - run.started_ms)
@@ -244,8 +271,8 @@ _LOST_END_KEY = "9" * 15 + ":dropped"
 
 def _dropped(self: Applier, e: Dropped) -> None:
     """A client lost ``e.events`` events of the run: an error row, and the run is a failure."""
-    run = self._run(e.run)
-    if run is None:
+    run = self._runs.get(e.run)  # the cache first: no call on the common path
+    if run is None and (run := self._run(e.run)) is None:
         self._park(e, "run:" + e.run)
         return
     self._conn.execute(

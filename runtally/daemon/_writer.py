@@ -298,7 +298,7 @@ class Writer:
         self.last_commit_ms = time.time_ns() // 1_000_000
         freed = freed_bytes = 0
         for job in jobs:
-            self.events_committed += sum(1 for r in job.results if r is None)
+            self.events_committed += job.results.count(None)
             freed += job.queued_cost  # what it took, whatever it holds now
             freed_bytes += job.nbytes
             job.drop_payload()
