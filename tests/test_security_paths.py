@@ -103,6 +103,28 @@ def test_a_socket_in_a_directory_others_may_write_gets_no_events(
     assert count(squatted.db, "runs") == 0
 
 
+def test_the_daemon_will_not_listen_where_clients_refuse_to_send(short_root: Path) -> None:
+    """A socket in a directory anyone may write (/tmp): the daemon says so and exits,
+    instead of serving where every client spools (and ``status`` looks healthy)."""
+    shared = short_root / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    paths = ["--socket", str(shared / "d.sock"), "--db", str(short_root / "db.sqlite")]
+    done = subprocess.run(
+        [sys.executable, "-m", "runtally.cli", "daemon", *paths, "--spool", str(short_root / "sp")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RUNTALLY_CONFIG": ""},
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "not listening on" in last and "writable by others" in last
+    assert not (shared / "d.sock").exists()
+
+
 @needs_root
 def test_a_listener_running_as_another_user_gets_no_events(
     short_root: Path, capfd: pytest.CaptureFixture[str]

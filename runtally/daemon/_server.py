@@ -29,6 +29,7 @@ from pathlib import Path
 
 import trio
 
+from .._trust import trusted_uids, untrusted_directory
 from .._version import __version__
 from ..config import Settings
 from ._accept import serve_listeners
@@ -103,6 +104,20 @@ def _lock_database(db: Path) -> int:
 def _bind(settings: Settings) -> socket.socket:
     path = settings.socket
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The clients' own rule (runtally._trust): a socket in a directory anyone
+    # may write (/tmp) could be anyone's, so no client sends to it; serving
+    # there would only look healthy while every pipeline spools.
+    try:
+        why = untrusted_directory(
+            str(path.parent), os.stat(path.parent), trusted_uids(settings.daemon_user)
+        )
+    except OSError as exc:
+        why = f"cannot check {path.parent}: {exc}"
+    if why is not None:
+        raise DaemonError(
+            f"not listening on {path}: {why}, so clients would refuse it;"
+            " choose a socket in a directory of its own"
+        )
     _claim_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
