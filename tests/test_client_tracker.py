@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_helpers import Sandbox, make_sandbox
+from client_helpers import Sandbox, make_sandbox, peer
 
 from runtally import RunTracker, track_run
 from runtally.client import PARENT_ENV, RUN_STEP_NAME, uuid7
@@ -519,6 +519,19 @@ class TestUuid7:
         assert not parent & child
 
 
+def _open_spool_files() -> list[str]:
+    """The spool files this process holds open (/proc/self/fd)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own descriptor, gone already
+        if target.endswith(".spool"):
+            found.append(target)
+    return found
+
+
 class TestSharedClient:
     """A tracker per run (as pipelines make them) shares the process's one Client."""
 
@@ -623,6 +636,34 @@ class TestSharedClient:
             assert "argv" in events_now[-2].meta
             assert "argv" not in events_now[-1].meta
             tracker.client.close()
+
+    def test_many_socket_spool_pairs_keep_few_connections_open(
+        self, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A long-running process that tracks to a new spool per run: the Clients it
+        no longer uses give their connection and spool file back (a file descriptor
+        and a daemon connection per pair ever used ran into both limits)."""
+        from runtally.client._registry import MAX_OPEN_CLIENTS
+
+        with peer(sandbox.sock) as p:
+            trackers = []
+            for i in range(3 * MAX_OPEN_CLIENTS):
+                tracker = RunTracker("people", socket=sandbox.sock, spool=sandbox.root / f"sp{i}")
+                tracker.start_run()
+                tracker.end_run()
+                tracker.close()
+                trackers.append(tracker)
+            clients = [t.client for t in trackers]
+            connected = sum(1 for c in clients if c is not None and c._sock is not None)
+            assert connected <= MAX_OPEN_CLIENTS + 1
+            assert len(_open_spool_files()) <= MAX_OPEN_CLIENTS + 1
+            first = trackers[0]  # released, still usable: it reconnects
+            first.start_run()
+            first.end_run()
+            first.close()
+            assert len(p.received) == 2 * (3 * MAX_OPEN_CLIENTS + 1)
+            for tracker in trackers:
+                tracker.client.close()  # type: ignore[union-attr]
 
 
 class TestRunMeta:

@@ -173,6 +173,21 @@ class Client(ReplyPump):
         except Exception as exc:  # noqa: BLE001
             warn_once(f"close-{type(exc).__name__}", f"close failed: {exc!r}")
 
+    def release_if_idle(self) -> None:
+        """Close the socket and the spool file if nothing is unacked or spooled (never waits).
+
+        The Client stays usable: its next event reconnects (``_process.release_idle``).
+        """
+        try:
+            self._check_fork()
+            self._guard.run(self._release_if_idle)
+        except Exception as exc:  # noqa: BLE001
+            warn_once(f"close-{type(exc).__name__}", f"close failed: {exc!r}")
+
+    def _release_if_idle(self) -> None:
+        if self._state in LIVE and not self._conn.unacked and not self.spool.records:
+            self._close()
+
     def _close(self) -> None:
         if self.lost:
             self._report_lost()

@@ -61,6 +61,22 @@ def shared(key: Hashable, factory: Callable[[], _T]) -> _T:
     return obj
 
 
+def release_idle(keep: Any, limit: int) -> None:
+    """Once the process has more than ``limit`` shared objects, let the others that
+    hold nothing unacked close their connection and spool file (``release_if_idle``).
+
+    A process that tracks to many (socket, spool) pairs over its life otherwise
+    keeps a connection and a file per pair for ever (the daemon's per-uid
+    connection limit, then the fd limit); a released Client reconnects when
+    used again.
+    """
+    if len(_shared) <= limit:
+        return
+    for obj in list(_shared.values()):
+        if obj is not keep:
+            obj.release_if_idle()
+
+
 def _after_fork_in_child() -> None:
     global _lock, _shared_lock  # noqa: PLW0603 - the parent's may be held forever here
     _lock = _thread.allocate_lock()

@@ -9,13 +9,18 @@ from runtally.config import ClientSettings, client_settings
 
 from ._connection import Client
 from ._options import ClientOptions
-from ._process import shared
+from ._process import release_idle, shared
 from ._warn import warn, warn_once
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ["Resolved", "get_client", "resolve_tracker"]
+
+
+#: Shared Clients a process keeps connected at most when it has used more
+#: (socket, spool) pairs; the others that hold nothing unacked are released.
+MAX_OPEN_CLIENTS = 8
 
 
 class Resolved(tuple):  # (client, default_club, capture_argv)
@@ -91,6 +96,7 @@ def resolve_tracker(
         capture_argv=settings.capture_argv,
     )
     client = shared(key, lambda: Client(settings.socket, settings.spool, options))
+    release_idle(client, MAX_OPEN_CLIENTS)
     resolved = Resolved((client, settings.default_club, settings.capture_argv))
     if given is not None:
         _given[(*given, environ.get("RUNTALLY_CAPTURE_ARGV"))] = resolved
