@@ -539,6 +539,37 @@ class TestSignalHandlers:
             signal.signal(signal.SIGUSR1, old)
         assert sandbox.spool_files() == []
 
+    def test_a_handler_that_exits_keeps_the_event_it_emitted(self, sandbox: Sandbox) -> None:
+        """The handler interrupts an emit (its event is parked until that emit ends),
+        then exits with ``os._exit``: the parked event is in the spool file already."""
+
+        class Interrupted(Client):
+            def _deliver(self, event_id: str, payload: bytes, **kw: object) -> bool:
+                if event_id == "e3":
+                    signal.raise_signal(signal.SIGUSR1)  # inside the locked emit
+                return super()._deliver(event_id, payload, **kw)  # type: ignore[arg-type]
+
+        pid = os.fork()
+        if pid == 0:  # the pipeline: dies in its handler
+            try:
+                reset_after_fork()
+                client = Interrupted(sandbox.root / "absent.sock", sandbox.spool)
+
+                def handler(signum: int, frame: object) -> None:
+                    client.emit(ev("last-words"))
+                    os._exit(7)
+
+                signal.signal(signal.SIGUSR1, handler)
+                for i in range(5):
+                    client.emit(ev(f"e{i}"))
+            finally:
+                os._exit(1)  # not reached: the handler exits first
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 7
+        got = ids_of(sandbox.spooled())
+        assert "last-words" in got
+        assert got[:3] == ["e0", "e1", "e2"]
+
 
 class TestStateTable:
     # The table in runtally/client/_state.py's docstring, spelled out again.

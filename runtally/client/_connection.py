@@ -146,7 +146,7 @@ class Client(ReplyPump):
         try:
             if self._pid != os.getpid():  # _check_fork, inline: once per event
                 self._forget_after_fork()
-            self._guard.run(self._emit, event, park=True)
+            self._guard.run(self._emit, event, park=True, on_park=self._write_ahead_parked)
         except Exception as exc:  # noqa: BLE001 - tracking never raises into a pipeline
             warn_once(f"emit-{type(exc).__name__}", f"event not recorded: {exc!r}")
 
@@ -225,6 +225,13 @@ class Client(ReplyPump):
 
     def _set_state(self, trigger: Trigger) -> None:
         self._state = next_state(self._state, trigger)
+
+    def _write_ahead_parked(self, event: Event) -> None:
+        """A signal handler's event, parked until the call it interrupted ends: its
+        record goes in the spool file now, so a handler that exits (``os._exit``)
+        does not take the event with it.  When the parked emit runs, the event is
+        written (and sent) again: a duplicate the daemon applies once, by id."""
+        self.spool.append_unrecorded(_encode(event))
 
     def _emit(self, event: Event) -> None:
         try:

@@ -37,7 +37,13 @@ class SignalSafeLock:
         """True while a call runs (seen as True only by a re-entering signal handler)."""
         return self._busy
 
-    def run(self, fn: Callable[..., _R], *args: Any, park: bool = False) -> _R | None:
+    def run(
+        self,
+        fn: Callable[..., _R],
+        *args: Any,
+        park: bool = False,
+        on_park: Callable[..., object] | None = None,
+    ) -> _R | None:
         """``fn(*args)`` under the lock; its own result, or None when re-entered.
 
         Re-entered (from a signal handler, while a call runs on this thread),
@@ -46,11 +52,19 @@ class SignalSafeLock:
         busy flag is cleared, so nothing parked can be left behind.  The
         caller gets ``fn``'s own result, never a parked call's, and a parked
         call that raises is reported on stderr, not to the caller.
+        ``on_park(*args)`` runs at once when ``fn`` is parked (in the handler:
+        what must not wait, such as writing an event ahead; its errors are
+        reported, not raised).
         """
         with self._lock:
             if self._busy:
                 if park:
                     self._pending.append((fn, args))
+                    if on_park is not None:
+                        try:
+                            on_park(*args)
+                        except Exception as exc:  # noqa: BLE001 - a signal handler's caller
+                            warn_once(f"park-{type(exc).__name__}", f"event parked: {exc!r}")
                 return None
             self._busy = True
             try:

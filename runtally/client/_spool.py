@@ -174,6 +174,24 @@ class SpoolWriter:
         self._dirty = True
         return True
 
+    def append_unrecorded(self, payload: bytes) -> bool:
+        """Append one event's record to the open file, leaving this writer's own
+        figures (records, size) as they are; False if no file is open.
+
+        For a signal handler that interrupted this writer half-way (``Client``'s
+        parked emits): one ``write`` on the ``O_APPEND`` descriptor keeps the
+        records whole, and the figures are the interrupted code's to update.
+        The event is appended again, counted, when its parked emit runs.
+        """
+        fd = self._fd
+        if fd is None or self._pid != os.getpid():
+            return False  # opening a file (and its flock) is no work for a handler
+        record = encode_record(payload)
+        try:
+            return os.write(fd, record) == len(record)
+        except OSError:
+            return False
+
     def append_many(self, payloads: Iterable[bytes]) -> int:
         """Append events with one ``os.write``; returns how many were kept (all or none)."""
         payloads = list(payloads)  # read twice below if one is refused
