@@ -149,7 +149,10 @@ class TestDaemonAbsent:
         client.close()
         got = ids_of(sandbox.spooled())
         assert fired
-        assert sorted(got) == sorted([f"m{i}" for i in range(20_000)] + fired)
+        assert sorted(i for i in got if i.startswith("m")) == sorted(f"m{i}" for i in range(20_000))
+        # Every handler's event; one parked behind an interrupted emit is written
+        # ahead at once and again when it runs (a duplicate the daemon applies once).
+        assert {i for i in got if i.startswith("sig")} == set(fired)
 
     def test_forked_child_writes_its_own_spool_file(self, sandbox: Sandbox) -> None:
         client = sandbox.client()
