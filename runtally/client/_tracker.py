@@ -73,8 +73,11 @@ MAX_MEMBER = 512
 
 #: Our open runs' uids, in the order they started: the variable shows the last.
 _open: list[str] = []
-#: The uids of the last runs ended: still ours for a reader that saw one just before.
-_ended: deque[str] = deque(maxlen=256)
+#: The uids of the last ENDED_KEPT runs ended (a set, for an O(1) lookup, and
+#: their order, to forget the oldest): still ours for a reader that saw one just before.
+_ended: set[str] = set()
+_ended_order: deque[str] = deque()
+ENDED_KEPT = 256
 #: The parent from outside our trackers: the variable as the process started
 #: with it, or as the program itself last set it.
 _outside: str | None = os.environ.get(PARENT_ENV)
@@ -452,9 +455,15 @@ class RunTracker:
         global _generation  # noqa: PLW0603
         run_id, mine = token
         _discard(mine, run_id)
-        _generation = next(_ends)  # before _ended may push out an id a reader holds
-        _ended.append(run_id)  # before it leaves _open: it is always one or the other
+        _generation = next(_ends)  # before _ended may forget an id a reader holds
+        _ended.add(run_id)  # before it leaves _open: it is always one or the other
+        _ended_order.append(run_id)
         _discard(_open, run_id)
+        if len(_ended_order) > ENDED_KEPT:
+            try:
+                _ended.discard(_ended_order.popleft())
+            except IndexError:  # another thread took the last one meanwhile
+                pass
         _show_latest()
 
 
