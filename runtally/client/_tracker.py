@@ -121,7 +121,8 @@ def _load() -> None:
     global _loaded, _threads  # noqa: PLW0603
     if _loaded:
         return  # ~5 us of import statements per RunTracker otherwise
-    import threading  # the client's own threads import it anyway
+    # _thread's, not threading's: a cron process does not pay for threading.
+    from _thread import _local
 
     from runtally.protocol import (
         MAX_MESSAGE,
@@ -138,7 +139,7 @@ def _load() -> None:
     from ._meta import run_meta
     from ._registry import get_client
 
-    _threads = threading.local()
+    _threads = _local()
     _loaded = True
 
 
