@@ -302,6 +302,61 @@ class TestWithDaemon:
         assert inner_run["parent_run_id"] == outer_run["id"]
 
 
+#: A command that tracks a run of its own (pipeline argv[1]) from another
+#: directory, with no path given: it relies on what `runtally exec` exported.
+TRACKING_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    os.chdir("/")
+    from runtally import RunTracker
+    t = RunTracker(sys.argv[1])
+    t.start_run()
+    t.end_run(True)
+    t.close()
+    """
+)
+
+
+class TestCommandTracksToTheSameDaemon:
+    """The command's own runs reach the daemon and spool exec was told to use (F10)."""
+
+    def run_child(
+        self, d: DaemonProcess, exec_options: list[str], pipeline: str, cwd: Path | None = None
+    ) -> None:
+        env = d.env()
+        env["HOME"] = str(d.root / "home")  # the defaults: a spool nobody replays
+        argv = [PY, "-m", "runtally.cli", "exec", *exec_options, "-p", f"{pipeline}-exec"]
+        argv += ["--", PY, "-c", TRACKING_CHILD, pipeline]
+        done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        assert b"runtally:" not in done.stderr
+        outer = finished_run(d.db, f"{pipeline}-exec")
+        (inner,) = wait_until(
+            lambda: rows(
+                d.db, "SELECT * FROM runs WHERE pipeline = ? AND outcome = 'success'", [pipeline]
+            ),
+            8,
+            what=f"the command's own run ({pipeline}) to land",
+        )
+        assert inner["parent_uid"] == outer["uid"]
+
+    def test_socket_and_spool_options(self, daemon_proc: DaemonProcess) -> None:
+        d = daemon_proc
+        self.run_child(d, ["--socket", str(d.socket), "--spool", str(d.spool)], "opts")
+
+    def test_relative_options_hold_after_the_command_changes_directory(
+        self, daemon_proc: DaemonProcess
+    ) -> None:
+        d = daemon_proc
+        self.run_child(d, ["--socket", "d.sock", "--spool", "spool"], "relative", cwd=d.root)
+
+    def test_config_option(self, daemon_proc: DaemonProcess) -> None:
+        d = daemon_proc
+        config = d.root / "exec.toml"
+        config.write_text(f'socket = "{d.socket}"\nspool = "{d.spool}"\n')
+        self.run_child(d, ["--config", str(config)], "config")
+
+
 class TestWithoutDaemon:
     def test_same_behaviour_and_the_events_land_in_the_spool(self, short_root: Path) -> None:
         d = DaemonProcess(short_root)  # not started: nobody listens on its socket

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -460,6 +461,112 @@ class TestNesting:
         tracker.start_run(parent=parent)
         tracker.end_run()
         assert of(RunStart, events(sandbox, tracker))[0].parent == parent
+
+    def test_same_thread_run_nests_under_the_open_one(
+        self, sandbox: Sandbox, tracker: RunTracker
+    ) -> None:
+        outer = tracker.start_run()
+        inner_tracker = RunTracker("inner", client=tracker.client)
+        inner = inner_tracker.start_run()
+        inner_tracker.end_run()
+        assert os.environ[PARENT_ENV] == outer
+        tracker.end_run()
+        starts = {e.run: e for e in of(RunStart, events(sandbox, tracker))}
+        assert starts[inner].parent == outer
+
+    def test_runs_of_other_threads_are_not_parents(
+        self, sandbox: Sandbox, tracker: RunTracker, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Thread A's run is open while thread B starts and ends its own, and a
+        # tracker abandoned in a third thread is left open: B's run (and A's)
+        # keep the parent the process inherited.
+        inherited = uuid7()
+        monkeypatch.setenv(PARENT_ENV, inherited)
+        a_open, b_done = threading.Event(), threading.Event()
+        ids: dict[str, str | None] = {}
+
+        def abandon() -> None:
+            ids["abandoned"] = RunTracker("gone", client=tracker.client).start_run()
+
+        def a() -> None:
+            t = RunTracker("a", client=tracker.client)
+            ids["a"] = t.start_run()
+            a_open.set()
+            b_done.wait(30)
+            t.end_run()
+
+        def b() -> None:
+            a_open.wait(30)
+            t = RunTracker("b", client=tracker.client)
+            ids["b"] = t.start_run()
+            t.end_run()
+            b_done.set()
+
+        _in_threads(abandon)
+        _in_threads(a, b)
+        later = tracker.start_run()
+        tracker.end_run()
+        starts = {e.run: e for e in of(RunStart, events(sandbox, tracker))}
+        assert {name: starts[run].parent for name, run in ids.items() if run} == {
+            "abandoned": inherited,
+            "a": inherited,
+            "b": inherited,
+        }
+        assert starts[later].parent == inherited
+
+    def test_concurrent_runs_keep_the_inherited_parent(
+        self, sandbox: Sandbox, tracker: RunTracker, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        inherited = uuid7()
+        monkeypatch.setenv(PARENT_ENV, inherited)
+        start = threading.Barrier(8)
+        runs: list[str | None] = []
+
+        def worker() -> None:
+            start.wait(30)
+            for _ in range(40):
+                t = RunTracker("worker", client=tracker.client)
+                runs.append(t.start_run())
+                t.start_step("s")
+                t.end_run()
+
+        _in_threads(*[worker] * 8)
+        starts = {e.run: e for e in of(RunStart, events(sandbox, tracker))}
+        assert len(runs) == 320
+        assert [starts[run].parent for run in runs if run] == [inherited] * 320
+        # Nothing of ours is left in the variable: later child processes get the inherited one.
+        assert os.environ[PARENT_ENV] == inherited
+
+    def test_forked_child_nests_under_its_thread_run(
+        self, sandbox: Sandbox, tracker: RunTracker
+    ) -> None:
+        run = tracker.start_run()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                t = RunTracker("forked", socket=sandbox.sock, spool=sandbox.spool)
+                t.start_run()
+                t.end_run()
+                t.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        tracker.end_run()
+        starts = [e for e in of(RunStart, events(sandbox, tracker)) if e.pipeline == "forked"]
+        assert [e.parent for e in starts] == [run]
+
+
+def _in_threads(*targets: Any) -> None:
+    """Run each target in its own thread, all at once; wait for them all."""
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive()
 
 
 class TestUuid7:

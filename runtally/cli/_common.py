@@ -28,6 +28,7 @@ __all__ = [
     "Seconds",
     "command_errors",
     "fits",
+    "given_as_options",
     "setting_option",
     "source_note",
     "uses_settings",
@@ -122,6 +123,13 @@ def _settings(ctx: click.Context, *, fallback: bool) -> Settings:
     if fallback:
         return resolve_or_defaults(overrides, warn=warn)
     return resolve(overrides, sources={name: src for name, (_, src) in remembered.items()})
+
+
+def given_as_options() -> dict[str, Any]:
+    """The settings this command was given by a flag (``--socket``, ``--config``, ...),
+    not by their variable: name -> value as given."""
+    remembered: dict[str, tuple[Any, str]] = click.get_current_context().meta.get(_OVERRIDES, {})
+    return {name: value for name, (value, src) in remembered.items() if src.startswith("option ")}
 
 
 def source_note(settings: Settings, name: str) -> str:

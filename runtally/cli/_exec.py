@@ -20,7 +20,11 @@ command must behave exactly as without us, whatever happens to tracking:
   whole foreground process group (``SI_KERNEL``: Ctrl-C) already reached the
   command and is not sent twice, nor is one the command sent itself;
 * the command's environment has ``RUNTALLY_PARENT_RUN`` set to our run's uid,
-  so a run it tracks itself is recorded as a child of this one;
+  so a run it tracks itself is recorded as a child of this one; and when we
+  were told where events go by ``--socket``, ``--spool`` or ``--config``,
+  ``RUNTALLY_SOCKET`` and ``RUNTALLY_SPOOL`` (as we resolved them, absolute)
+  and ``RUNTALLY_CONFIG`` too: otherwise the command's own runs go to the
+  default paths, to a daemon that may not exist, and never land;
 * tracking goes through ``RunTracker`` (``runtally.client``), which never
   raises and spools when the daemon is down; a tracking problem is at most a
   ``runtally: ...`` line on stderr.
@@ -41,7 +45,7 @@ import click
 
 from ..config import Settings
 from ..protocol import stack_tail
-from ._common import uses_settings, warn
+from ._common import given_as_options, uses_settings, warn
 from ._relay import Relay, start_relay
 from ._render import DurationType, fmt_duration
 
@@ -304,7 +308,8 @@ def exec_command(
         tracking = _Tracking(pipeline, club or settings.default_club, settings)
         tracking.start(step_name)
         clock = _Clock(timeout_s, kill_after_s)
-        end, cannot_start = _run(tracking, argv, relay, waited, old_mask, clock, closed)
+        env = _command_env(settings, tracking.run_id)
+        end, cannot_start = _run(env, argv, relay, waited, old_mask, clock, closed)
         end.stderr = tail_text(end.stderr_bytes, tail_lines)
         if capture_stdout:
             end.stdout = tail_text(end.stdout_bytes, tail_lines)
@@ -342,8 +347,38 @@ def _hold_closed_std_fds() -> frozenset[int]:
     return frozenset(closed)
 
 
+#: The settings that say where events go, given as options: the variable each
+#: is passed to the command in.
+_WHERE = {"socket": "RUNTALLY_SOCKET", "spool": "RUNTALLY_SPOOL", "config_file": "RUNTALLY_CONFIG"}
+
+
+def _command_env(settings: Settings, run_id: str | None) -> dict[str, str]:
+    """The command's environment: ours, plus what its own tracking needs to agree with ours.
+
+    ``RUNTALLY_PARENT_RUN``: our run, to nest its runs under.  What
+    ``--socket``/``--spool``/``--config`` told us is in no variable the
+    command inherits: once one of them is given, the socket and spool we
+    resolved are exported (absolute: the command may chdir), and the config
+    file when given, so the command's runs reach the same daemon and spool
+    as ours and it reads the same settings (capture_argv, default_club...).
+    Given by their variables instead, they are inherited already.
+    """
+    env = dict(os.environ)
+    if run_id:
+        from ..client import PARENT_ENV
+
+        env[PARENT_ENV] = run_id
+    given = given_as_options()
+    if any(name in given for name in _WHERE):
+        env[_WHERE["socket"]] = os.path.abspath(settings.socket)
+        env[_WHERE["spool"]] = os.path.abspath(settings.spool)
+    if given.get("config_file"):
+        env[_WHERE["config_file"]] = os.path.abspath(given["config_file"])
+    return env
+
+
 def _run(  # noqa: PLR0917 - private helper of one command
-    tracking: _Tracking,
+    env: dict[str, str],
     argv: list[str],
     relay: Relay | None,
     waited: set[signal.Signals],
@@ -352,11 +387,6 @@ def _run(  # noqa: PLR0917 - private helper of one command
     closed: frozenset[int] = frozenset(),
 ) -> tuple[Outcome, str | None]:
     """Start and wait for the command: how it ended, and why it could not start (or None)."""
-    env = dict(os.environ)
-    if tracking.run_id:
-        from ..client import PARENT_ENV
-
-        env[PARENT_ENV] = tracking.run_id
 
     def child_mask() -> None:  # runs in the child between fork and exec
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

@@ -9,13 +9,36 @@ one line on stderr, and calls without an open run are no-ops returning None.
 
 Durations are measured here with ``time.monotonic()`` (immune to clock steps)
 and sent as ``duration_ms``; ``ts`` is the wall clock in epoch milliseconds.
+
+Nesting.  A run's parent is the one passed to ``start_run``, else the run
+this *thread* opened last and has not ended, else ``$RUNTALLY_PARENT_RUN`` as
+the process was started with it or the program itself set it.  While a run is
+open its uid is exported in ``$RUNTALLY_PARENT_RUN`` so a child *process*
+(``subprocess``, a nested ``runtally exec``, a forked worker) nests its run
+under it.  ``os.environ`` is one for the whole process, so what a tracker
+exported is never read back as a parent by another thread's run: the
+variable's value counts as inherited only when it is none of our own run ids
+(``_open``: the open ones; ``_ended``: the last ones ended, for a thread that
+read the value just before its run ended).  Without that, concurrent runs of
+unrelated threads became each other's children.  No lock (a signal handler
+may track too): each step is one list/deque operation, atomic under the GIL,
+ordered so a run id is in ``_open`` or ``_ended`` while it can be seen in the
+variable, and a reader retries when runs ended while it looked.  The one
+window left: a thread held off for 256 run ends between picking the latest
+open run and writing it, whose write another thread reads in the few
+bytecodes before the first one corrects it.  A child process started by any
+thread gets the latest open run of the process (the variable is shared); a
+program running several runs in threads passes ``RUNTALLY_PARENT_RUN`` in the
+child's ``env`` to choose.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
 from ._ids import now_ms, uuid7
@@ -48,6 +71,23 @@ __all__ = ["PARENT_ENV", "RunTracker"]
 PARENT_ENV = "RUNTALLY_PARENT_RUN"
 MAX_MEMBER = 512
 
+#: Our open runs' uids, in the order they started: the variable shows the last.
+_open: list[str] = []
+#: The uids of the last ENDED_KEPT runs ended (a set, for an O(1) lookup, and
+#: their order, to forget the oldest): still ours for a reader that saw one just before.
+_ended: set[str] = set()
+_ended_order: deque[str] = deque()
+ENDED_KEPT = 256
+#: The parent from outside our trackers: the variable as the process started
+#: with it, or as the program itself last set it.
+_outside: str | None = os.environ.get(PARENT_ENV)
+#: Bumped (``next``, atomic) before each end: a reader that saw no change
+#: between reading the variable and finding it none of ours can trust that.
+_ends = itertools.count()
+_generation = next(_ends)
+#: Per thread: ``runs``, the uids of the runs this thread started and has not ended.
+_threads: Any = None
+
 if TYPE_CHECKING:
     _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -78,9 +118,12 @@ def _load() -> None:
     """
     global MAX_MESSAGE, MAX_NAME, MAX_STACK, ErrorEvent, RunEnd, RunStart  # noqa: PLW0603
     global StepEnd, StepStart, _coerce, _describe, run_meta, resolve_tracker  # noqa: PLW0603
-    global _loaded  # noqa: PLW0603
+    global _loaded, _threads  # noqa: PLW0603
     if _loaded:
         return  # ~5 us of import statements per RunTracker otherwise
+    # _thread's, not threading's: a cron process does not pay for threading.
+    from _thread import _local
+
     from runtally.protocol import (
         MAX_MESSAGE,
         MAX_NAME,
@@ -96,6 +139,7 @@ def _load() -> None:
     from ._meta import run_meta
     from ._registry import resolve_tracker
 
+    _threads = _local()
     _loaded = True
 
 
@@ -141,7 +185,8 @@ class RunTracker:
         self._client: Client | None = client
         self._steps: dict[str, _Step] = {}
         self._run_started = 0.0
-        self._env_token: tuple[str, str | None] | None = None
+        #: (run uid, the list of its thread's open runs) while exported
+        self._exported: tuple[str, list[str]] | None = None
         self._noop_warned = False
         self._capture = True  # this tracker's capture_argv setting
         try:
@@ -173,12 +218,16 @@ class RunTracker:
 
     @_safe
     def start_run(self, parent: str | None = None) -> str | None:
-        """Start a run; returns its uid.  Links it under ``parent`` or $RUNTALLY_PARENT_RUN."""
+        """Start a run; returns its uid.
+
+        Links it under ``parent``, else under the run this thread opened last
+        and has not ended, else under an inherited $RUNTALLY_PARENT_RUN (never
+        one another thread's tracker exported).
+        """
         if self.run_id is not None:
             warn(f"start_run while run {self.run_id} is open; that run is left unfinished")
-            self._restore_env()
-        inherited = os.environ.get(PARENT_ENV)
-        parent_id = _coerce.uid(parent if parent is not None else inherited, "parent")
+            self._unexport()
+        parent_id = _coerce.uid(parent if parent is not None else _inherited(), "parent")
         ts = now_ms()
         run_id = uuid7(ts)
         self._emit(
@@ -196,8 +245,7 @@ class RunTracker:
         self._run_started = time.monotonic()
         self._steps.clear()
         self._noop_warned = False
-        self._env_token = (run_id, inherited)
-        os.environ[PARENT_ENV] = run_id
+        self._export(run_id)
         return run_id
 
     @_safe
@@ -218,7 +266,7 @@ class RunTracker:
         )
         self.run_id = None
         self._steps.clear()
-        self._restore_env()
+        self._unexport()
 
     @_safe
     def close(self, timeout: float | None = None) -> None:
@@ -226,7 +274,7 @@ class RunTracker:
         if self.run_id is not None:
             warn(f"run {self.run_id} closed without end_run; recorded as a failure")
             self.end_run(False, {"reason": "closed without end_run"})
-        self._restore_env()
+        self._unexport()
         if self._client is not None:
             self._client.flush(timeout)
 
@@ -382,17 +430,97 @@ class RunTracker:
         if self._client is not None:
             self._client.emit(event)
 
-    def _restore_env(self) -> None:
-        token, self._env_token = self._env_token, None
+    def __del__(self) -> None:
+        # A tracker dropped with its run open (no end_run, no close) stops
+        # being exported: its run no longer parents this thread's later runs
+        # nor child processes.  Its run itself stays open (the daemon calls it
+        # crashed later), as before.
+        try:
+            if getattr(self, "_exported", None) is not None:
+                self._unexport()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer (interpreter exit)
+            pass
+
+    def _export(self, run_id: str) -> None:
+        """Show ``run_id`` to child processes and to this thread's later runs."""
+        try:
+            mine: list[str] = _threads.runs
+        except AttributeError:
+            mine = _threads.runs = []
+        mine.append(run_id)
+        _open.append(run_id)  # before it can be seen in the variable: see the module doc
+        self._exported = (run_id, mine)
+        os.environ[PARENT_ENV] = run_id
+
+    def _unexport(self) -> None:
+        """The run is over: children and later runs no longer see it."""
+        token, self._exported = self._exported, None
         if token is None:
             return
-        run_id, previous = token
-        if os.environ.get(PARENT_ENV) != run_id:
-            return  # someone else changed it since: leave theirs
-        if previous is None:
+        global _generation  # noqa: PLW0603
+        run_id, mine = token
+        _discard(mine, run_id)
+        _generation = next(_ends)  # before _ended may forget an id a reader holds
+        _ended.add(run_id)  # before it leaves _open: it is always one or the other
+        _ended_order.append(run_id)
+        _discard(_open, run_id)
+        if len(_ended_order) > ENDED_KEPT:
+            try:
+                _ended.discard(_ended_order.popleft())
+            except IndexError:  # another thread took the last one meanwhile
+                pass
+        _show_latest()
+
+
+def _ours(value: str) -> bool:
+    """Whether ``value`` is a run id one of this process's trackers exported."""
+    return value in _open or value in _ended
+
+
+def _inherited() -> str | None:
+    """The parent of a run started without one (see the module doc)."""
+    global _outside  # noqa: PLW0603
+    mine = getattr(_threads, "runs", None)
+    if mine:
+        return mine[-1]
+    while True:
+        seen = _generation
+        value = os.environ.get(PARENT_ENV)
+        if value is not None and _ours(value):
+            return _outside  # another thread's run: not ours to nest under
+        if _generation == seen:  # else a run ended meanwhile: its id may have left _ended
+            _outside = value  # the process's own (or the program's): remembered beneath ours
+            return value
+
+
+def _show_latest() -> None:
+    """After a run ended: the variable shows the latest open run, else the outside parent.
+
+    Left alone when it shows an open run or a value the program set itself.
+    Written, then checked again: a run that ended meanwhile (in another
+    thread, while this one waited for the GIL) is written over, and one that
+    ends after the check sees what was written in its own ``_show_latest``,
+    so no ended run is left in the variable.
+    """
+    value = os.environ.get(PARENT_ENV)
+    if value is None or value in _open or value not in _ended:
+        return
+    while True:
+        latest = _open[-1:]  # one atomic copy: another thread may change _open
+        value = latest[0] if latest else _outside
+        if value is None:
             os.environ.pop(PARENT_ENV, None)
         else:
-            os.environ[PARENT_ENV] = previous
+            os.environ[PARENT_ENV] = value
+        if not latest or value in _open:
+            return
+
+
+def _discard(runs: list[str], run_id: str) -> None:
+    try:
+        runs.remove(run_id)
+    except ValueError:
+        pass
 
 
 def _first(opts: Mapping[str, Any], *keys: str) -> Any:
