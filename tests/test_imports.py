@@ -91,7 +91,6 @@ def _heavy_loaded(code: str, tmp_path: Path, **env: str) -> list[str]:
         env={
             **os.environ,
             "HOME": str(tmp_path),
-            "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
             "RUNTALLY_CONFIG": "",
             "RUNTALLY_SOCKET": str(tmp_path / "absent.sock"),
             "RUNTALLY_SPOOL": str(tmp_path / "spool"),
@@ -181,7 +180,6 @@ def _as_installed(code: str, tmp_path: Path, **env: str) -> list:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(path),
             "HOME": str(tmp_path),
-            "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
             "RUNTALLY_CONFIG": "",
             "RUNTALLY_SOCKET": str(tmp_path / "absent.sock"),
             "RUNTALLY_SPOOL": str(tmp_path / "spool"),
