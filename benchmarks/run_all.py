@@ -97,8 +97,9 @@ WHY = {
     "latency": "start_run is 1 call in 27 (above the 99th percentile's rank) and costs"
     " ~60-80 us after close() slept (run meta, cold caches); p99 also includes"
     " preemption on 2 shared cores",
-    "rss": "the queue holds up to queue_events (5,000) decoded events at full load;"
-    " not lowered here (it trades memory for throughput)",
+    "rss": "beyond the queue's budget (queue_events, 2,000 events), each connection holds"
+    " the decoded events of its last 64 KiB read while waiting for the queue, and the"
+    " store caches up to 10,000 run and step ids (README Performance)",
     "replay": "CPU-bound; shares 2 cores with other work",
 }
 

@@ -107,7 +107,9 @@ class Settings(msgspec.Struct, frozen=True):
     admin_uids: tuple[int, ...] | None = None  # peers allowed admin messages
     max_connections: _Count = 1024
     idle_timeout_s: _Interval = 300.0  # seconds before an idle connection is closed
-    queue_events: _Count = 5000  # the writer's queue bound, events
+    #: The writer's queue bound, events (~1.4 kB resident each, decoded and raw):
+    #: group commits stay large at 2,000, and the daemon's peak RSS under load small.
+    queue_events: _Count = 2000
     replay_interval_s: _Interval = 1.0  # seconds between spool scans
     #: Seconds unchanged after which a lockless (Node.js) spool file whose
     #: writer the daemon cannot see (named with another host) is replayed.

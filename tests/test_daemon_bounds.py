@@ -319,3 +319,38 @@ def test_pid_is_written_into_the_lock_file(short_root: Path) -> None:
         assert os.path.exists(lock)
     finally:
         d.stop()
+
+
+# -- resident memory (issue 17) --------------------------------------------------------
+
+
+def test_the_daemons_connections_keep_a_small_page_cache(tmp_path: Path) -> None:
+    """The writer's and the monitor's connections, at most 512 KiB of pages each
+    (SQLite's default, 2 MiB each, stays resident once a long batch filled it)."""
+    from runtally.daemon._dbfiles import CACHE_SIZE
+    from runtally.daemon._monitor_read import open_reader
+
+    store = Store.open(tmp_path / "d.sqlite")
+    reader = open_reader(tmp_path / "d.sqlite")
+    try:
+        caches = [
+            store.query("PRAGMA cache_size")[0][0],
+            reader.execute("PRAGMA cache_size").fetchone()[0],
+        ]
+    finally:
+        reader.close()
+        store.close()
+    assert caches == [CACHE_SIZE, CACHE_SIZE]
+    assert -512 <= CACHE_SIZE < 0  # KiB, not pages
+
+
+def test_the_writer_queue_holds_2000_events_by_default(tmp_path: Path) -> None:
+    """The bound README documents, the same for the settings and a Writer built alone."""
+    import inspect
+
+    from runtally.config import Settings
+    from runtally.daemon._writer import Writer
+
+    settings = Settings(socket=tmp_path / "s", db=tmp_path / "d", spool=tmp_path / "sp")
+    writer_default = inspect.signature(Writer).parameters["max_queue_events"].default
+    assert (settings.queue_events, writer_default) == (2000, 2000)

@@ -216,3 +216,60 @@ def test_a_tracked_run_with_a_config_file_loads_no_pathlib(tmp_path: Path) -> No
     assert {m.split(".")[0] for m in loaded} == {"tomllib"}
     assert len(spooled) == 1
     assert spooled[0].endswith(".spool")
+
+
+#: What the daemon process must never load (issue 17: its resident memory): the other
+#: commands' libraries (rich for tables, the web server, alert and metrics libraries),
+#: the other commands' modules, and the client.
+DAEMON_NEVER = (
+    "rich",
+    "prometheus_client",
+    "starlette",
+    "hypercorn",
+    "jinja2",
+    "apprise",
+    "runtally.client",
+    "runtally.web",
+    "runtally.metrics",
+)
+#: Of the CLI, the daemon loads its own command and the plumbing it uses, nothing else.
+DAEMON_CLI = {"runtally.cli", "runtally.cli._common", "runtally.cli._daemon"}
+DAEMON_CLI |= {"runtally.cli._errors", "runtally.cli._text"}
+
+_MODULES_AT_EXIT = """
+import atexit, json, runpy, sys
+out = sys.argv.pop(1)
+def dump():
+    with open(out, "w") as f:
+        json.dump(sorted(sys.modules), f)
+atexit.register(dump)
+sys.argv[0] = "runtally"
+runpy.run_module("runtally.cli", run_name="__main__")
+"""
+
+
+def test_the_daemon_process_loads_no_other_command(tmp_path: Path, short_root: Path) -> None:
+    """A real ``runtally daemon`` serves an event, then stops on SIGTERM: the modules it
+    had loaded by then (what serving imports lazily included)."""
+    from daemon_helpers import DaemonProcess, RawClient, run_events
+
+    modules = tmp_path / "modules.json"
+
+    class Traced(DaemonProcess):
+        def argv(self) -> list[str]:
+            argv = super().argv()
+            return [argv[0], "-c", _MODULES_AT_EXIT, str(modules), *argv[3:]]
+
+    daemon = Traced(short_root).start()
+    try:
+        with RawClient(daemon.socket) as client:
+            client.send(*run_events("imports", steps=1, errors=1))
+            assert {m.__struct_config__.tag for m in client.recv(5)} == {"ack"}
+    finally:
+        assert daemon.stop() == 0, daemon.read_log()
+    loaded = json.loads(modules.read_text())
+    assert "runtally.daemon._server" in loaded  # it did serve
+    never = [m for m in loaded if m.split(".")[0] in DAEMON_NEVER or m.startswith(DAEMON_NEVER)]
+    cli = [m for m in loaded if m.startswith("runtally.cli") and m not in DAEMON_CLI]
+    assert never == []
+    assert cli == []

@@ -14,15 +14,17 @@ import functools
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
-from rich.console import Console
 
 from ..config import Settings, resolve, resolve_or_defaults
 from ..errors import RuntallyError
 from ._errors import DatabaseError
 from ._text import visible
+
+if TYPE_CHECKING:  # rich is the tables' and `runtally daemon` never loads it
+    from rich.console import Console
 
 __all__ = [
     "Seconds",

@@ -51,4 +51,5 @@ def connect(
     # What a checkpoint that resets the WAL leaves of it at most (SQLite's default
     # is no limit: a WAL grown under a long reader kept its size for ever).
     conn.execute(f"PRAGMA journal_size_limit = {files.JOURNAL_SIZE_LIMIT}")
+    conn.execute(f"PRAGMA cache_size = {files.CACHE_SIZE}")
     return conn

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "CACHE_SIZE",
     "JOURNAL_SIZE_LIMIT",
     "Identity",
     "changed",
@@ -24,6 +25,12 @@ __all__ = [
 
 #: PRAGMA journal_size_limit: bytes of WAL kept after a checkpoint resets it.
 JOURNAL_SIZE_LIMIT = 8 << 20
+
+#: PRAGMA cache_size of the daemon's connections (negative: KiB).  SQLite's default
+#: (2 MiB each) is resident memory for ever once a long batch has filled it; the
+#: pages a batch of appends touches (the tables' and indexes' right edges) fit in
+#: far less, and the OS page cache keeps the rest a read away (issue 17: RSS).
+CACHE_SIZE = -512
 
 #: (st_dev, st_ino) of the database file, and of its WAL (None if it has none).
 Identity = tuple[tuple[int, int] | None, tuple[int, int] | None]

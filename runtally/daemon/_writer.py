@@ -101,7 +101,7 @@ class Writer:
         self,
         store: Store,
         *,
-        max_queue_events: int = 5_000,
+        max_queue_events: int = 2_000,
         max_queue_bytes: int = _MAX_QUEUE_BYTES,
         tick_s: float = 1.0,
         broken_backoff_max_s: float = _BROKEN_BACKOFF_MAX_S,
