@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from ._spool import SpoolWriter
 
-__all__ = ["EMIT_READ_EVERY", "EMIT_REPLY_BUDGET", "ReplyPump"]
+__all__ = ["EMIT_READ_EVERY", "EMIT_REPLY_BUDGET", "IDLE_READ_ALL_S", "ReplyPump"]
 
 CONNECTED, RESENDING = State.CONNECTED, State.RESENDING
 
@@ -51,6 +51,9 @@ EMIT_RECV_SIZE = 4096
 #: read left buffered (EMIT_REPLY_BUDGET each, no system call).  A full
 #: window, flush and close read at once whatever the count.
 EMIT_READ_EVERY = 8
+#: Seconds without a send after which an emit reads every reply there is
+#: (the acks a daemon sent before it dropped an idle connection).
+IDLE_READ_ALL_S = 1.0
 #: Reads at most when salvaging a broken connection's last replies (of RECV_SIZE).
 SALVAGE_READS = 64
 #: Nack warnings shown per process before they are summarised.
@@ -71,6 +74,7 @@ class ReplyPump:
         _conn: ClientConnection
         _state: State
         _got_ack: bool
+        _sent_at: float  # _clock() of the last send
         _unsent_in_spool: bool  # an event is in the spool file and not yet in the window
         _unread_sends: int  # sends since the socket was last read
         _recv_buf: memoryview | None  # what replies are read into (RECV_SIZE), made on first use
@@ -153,6 +157,7 @@ class ReplyPump:
         when it starts); only the reading of replies, which just trims the
         window and the spool, waits for a few more sends.
         """
+        self._sent_at = self._clock()
         sock = self._sock
         if self._out or sock is None:
             self._out += frame  # behind what is waiting already: keep the order
