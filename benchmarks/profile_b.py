@@ -49,7 +49,7 @@ PERF_ARGS = ("perf", "record", "-e", "cpu-clock", "-F", "999")
 #: Area of a daemon sample: the first of these found in its stack (innermost
 #: frames are checked first, so "Applier.apply" wins over "Store.apply").
 DAEMON_AREAS = (
-    ("events: the handlers' SQL statements (Applier)", ("Applier.",)),
+    ("events: the handlers' SQL statements", ("_handlers.py", "_apply.py", "Applier.")),
     ("COMMIT and BEGIN (WAL writes, fsync)", ("Store.apply",)),
     ("writer bookkeeping (batching, status figures, checkpoints)", ("Writer.", "Store.")),
     ("reading and decoding frames", ("Connection._reader", "_decode_chunk", "FrameDecoder")),
