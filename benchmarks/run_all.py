@@ -98,9 +98,10 @@ WHY = {
     " ~60-80 us after close() slept (run meta, cold caches); p99 also includes"
     " preemption on 2 shared cores",
     "rss": "beyond the queue's budget (queue_events, 2,000 events), each connection holds"
-    " the decoded events of its last 64 KiB read while waiting for the queue, and the"
+    " the decoded events of its last 16 KiB read while waiting for the queue, and the"
     " store caches up to 10,000 run and step ids (README Performance)",
-    "replay": "CPU-bound; shares 2 cores with other work",
+    "replay": "CPU-bound, on 2 cores whose speed varies from hour to hour here (README"
+    " Performance: the code before issue 17 measured the same beside it)",
 }
 
 
