@@ -452,34 +452,12 @@ def _resolve(
         if name not in _NAMES:
             raise _unknown(name, sources.get(name, f"argument {name!r}"))
     config_file = _config_file(given, env, sources)
-    file_values: _Values = {}
-    if config_file is not None:
-        where = f"config file {os.fspath(config_file)}"
-        for key, value in _load_file(config_file).items():
-            name = key.replace("-", "_")
-            if name not in _NAMES:
-                raise _unknown(key, where)
-            file_values[name] = (value, where)
-    values = _layers(given, env, sources, file_values)
+    file_values = (
+        {} if config_file is None else _file_values(config_file, _load_file(config_file), _raise)
+    )
+    values = dict(_each_layer(given, env, file_values, sources))
     values["config_file"] = (config_file, "the resolver")
     return {name: _convert(name, v, src) for name, (v, src) in values.items()}, values
-
-
-def _layers(
-    given: Mapping[str, Any],
-    env: Mapping[str, str],
-    sources: Mapping[str, str],
-    file_values: _Values,
-) -> _Values:
-    """name -> (value, where it came from): defaults < file < environment < overrides."""
-    values: _Values = {k: (v, "the defaults") for k, v in _default_paths(env).items()}
-    values.update(file_values)
-    for name, var in _ENV.items():
-        if env.get(var):
-            values[name] = (env[var], f"environment variable {var}")
-    for name, value in given.items():
-        values[name] = (value, sources.get(name, f"argument {name!r}"))
-    return values
 
 
 def _settings(converted: dict[str, Any], values: _Values) -> Settings:
@@ -570,28 +548,47 @@ def _file_layer(
     except (ConfigError, OSError, ValueError) as exc:
         warn(f"{exc}; ignoring the config file (options, environment and defaults still apply)")
         return {}, None
+    return _file_values(config_file, loaded, lambda exc: warn(f"{exc}; ignored")), config_file
+
+
+def _file_values(
+    config_file: Any, loaded: dict[str, Any], on_unknown: Callable[[ConfigError], object]
+) -> _Values:
+    """The settings in ``loaded`` (``config_file``'s table), name -> (value, where);
+    ``on_unknown`` gets the error of each key that is not a setting (``resolve``
+    raises it, the pipeline side warns)."""
     where = f"config file {os.fspath(config_file)}"
-    file_values: _Values = {}
+    values: _Values = {}
     for key, value in loaded.items():
         name = key.replace("-", "_")
         if name in _NAMES:
-            file_values[name] = (value, where)
+            values[name] = (value, where)
         else:
-            warn(f"{_unknown(key, where)}; ignored")
-    return file_values, config_file
+            on_unknown(_unknown(key, where))
+    return values
+
+
+def _raise(exc: ConfigError) -> None:
+    raise exc
 
 
 def _each_layer(
-    given: Mapping[str, Any], env: Mapping[str, str], file_values: _Values
+    given: Mapping[str, Any],
+    env: Mapping[str, str],
+    file_values: _Values,
+    sources: Mapping[str, str] | None = None,
 ) -> list[tuple[str, Any]]:
-    """(name, (value, source)) of defaults, config file, environment and overrides, lowest first."""
+    """(name, (value, source)) of defaults, config file, environment and overrides,
+    lowest first (``dict()`` of it: each setting's winner).  ``sources`` names where
+    an override came from (``argument <name>`` otherwise)."""
+    sources = sources or {}
     out: list[tuple[str, Any]] = [(k, (v, "the defaults")) for k, v in _default_paths(env).items()]
     out += file_values.items()
     for name, var in _ENV.items():
         if env.get(var):
             out.append((name, (env[var], f"environment variable {var}")))
     out += [
-        (name, (value, f"argument {name!r}"))
+        (name, (value, sources.get(name, f"argument {name!r}")))
         for name, value in given.items()
         if name != "config_file"
     ]
