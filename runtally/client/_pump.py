@@ -101,14 +101,9 @@ class ReplyPump:
             return
         budget = self._handle_replies(budget)  # what an earlier read left
         size = RECV_SIZE if budget == math.inf else EMIT_RECV_SIZE
-        if self._recv_buf is None:
-            self._recv_buf = memoryview(bytearray(RECV_SIZE))
-        buf = self._recv_buf
+        buf = self._receive_buffer()
         while budget > 0:
             try:
-                # Into a buffer kept for the connection's life: recv(256 kB) would
-                # make (mmap) and free (munmap) 256 kB at every call, ~11 us even
-                # when nothing is there to read.
                 received = sock.recv_into(buf, size)
             except (BlockingIOError, InterruptedError):
                 return
@@ -123,6 +118,14 @@ class ReplyPump:
             if received < size:
                 return
 
+    def _receive_buffer(self) -> memoryview:
+        """What replies are read into (RECV_SIZE), kept for the connection's life:
+        ``recv(256 kB)`` would make (mmap) and free (munmap) 256 kB at every call,
+        ~11 us even when nothing is there to read."""
+        if self._recv_buf is None:
+            self._recv_buf = memoryview(bytearray(RECV_SIZE))
+        return self._recv_buf
+
     def _salvage_replies(self) -> None:
         """Before a connection is given up: handle every reply the daemon sent before it went.
 
@@ -135,9 +138,7 @@ class ReplyPump:
         sock = self._sock
         if sock is None or self._state not in LIVE:
             return
-        if self._recv_buf is None:
-            self._recv_buf = memoryview(bytearray(RECV_SIZE))
-        buf = self._recv_buf
+        buf = self._receive_buffer()
         for _ in range(SALVAGE_READS):
             try:
                 received = sock.recv_into(buf, RECV_SIZE)

@@ -37,12 +37,7 @@ class ForeignDatabase(RuntallyError):
 def _seed_columns() -> dict[str, tuple[str, ...]]:
     """Table -> column names of the seed schema, read from migration 0001 itself."""
     sql = (resources.files(__package__) / "migrations" / "0001_seed_schema.sql").read_text("utf-8")
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.executescript(sql)
-        return _columns(conn)
-    finally:
-        conn.close()
+    return _columns_made_by(sql)
 
 
 @cache
@@ -50,9 +45,14 @@ def _bootstrap_columns() -> dict[str, tuple[str, ...]]:
     """Table -> column names of ``schema_migrations`` and ``meta`` as ``migrate`` makes them."""
     from ._migrations import BOOTSTRAP
 
+    return _columns_made_by(BOOTSTRAP)
+
+
+def _columns_made_by(script: str) -> dict[str, tuple[str, ...]]:
+    """Table -> column names of what ``script`` creates in an empty database."""
     conn = sqlite3.connect(":memory:")
     try:
-        conn.executescript(BOOTSTRAP)
+        conn.executescript(script)
         return _columns(conn)
     finally:
         conn.close()
