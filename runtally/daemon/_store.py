@@ -352,11 +352,8 @@ class Store:
             busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if busy or log != done:
                 return False  # a reader pins part of the WAL: try again next time
-            self.busy_wait(False)
-            try:
+            with self.no_busy_wait():
                 busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            finally:
-                self.busy_wait(True)
         except sqlite3.Error:
             return False
         return not busy
