@@ -136,13 +136,11 @@ def render_replies(batch: Batch) -> bytes:
     Its Renders must have been replaced by their bytes already (``_sender``).
     """
     ids, results = batch.ids, batch.job.results
-    head, encode, pack = _ACK_HEAD, _encode, _pack_length  # ack_frame, inlined: ~25 a batch
     out: list[bytes] = []
     for entry in batch.entries:
         if type(entry) is int:
             if results[entry] is None:
-                body = head + encode(ids[entry])
-                out.append(pack(len(body)) + body)
+                out.append(ack_frame(ids[entry]))
             else:
                 out.append(encode_frame(Nack(ids[entry], results[entry])))
         else:
