@@ -189,10 +189,8 @@ class ClientConnection:
         if frame is None:
             return NEED_DATA
         reply = decode_server_message(frame)
-        if type(reply) is Ack:  # nearly every reply: _resolve, inline
-            entry = self._window.pop(reply.id, None)
-            if entry is not None and entry.resent:
-                self._resent_unacked -= 1
+        if type(reply) is Ack:  # nearly every reply
+            self._resolve(reply.id)
         elif isinstance(reply, Nack):
             event_id = reply.id if reply.id in self._window else next(iter(self._window), None)
             if event_id is not None:
