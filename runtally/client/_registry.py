@@ -69,7 +69,8 @@ def resolve_tracker(
     environ = os.environ
     given = _given_key(socket, spool)
     if given is not None:
-        found = _given.get((*given, environ.get("RUNTALLY_CAPTURE_ARGV")))
+        given_key = (*given, environ.get("RUNTALLY_CAPTURE_ARGV"))
+        found = _given.get(given_key)
         if found is not None:
             return found
     said: list[str] = []
@@ -99,7 +100,7 @@ def resolve_tracker(
     release_idle(client, MAX_OPEN_CLIENTS)
     resolved = Resolved((client, settings.default_club, settings.capture_argv))
     if given is not None:
-        _given[(*given, environ.get("RUNTALLY_CAPTURE_ARGV"))] = resolved
+        _given[given_key] = resolved
     if settings.config_file is not None:
         _with_file[args] = resolved
     return resolved
