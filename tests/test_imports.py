@@ -15,16 +15,33 @@ import textwrap
 from pathlib import Path
 
 
-def run_fresh(code: str) -> dict:
-    """Run ``code`` in a new interpreter; it prints one JSON object, returned here."""
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+def _python(code: str, *flags: str, env: dict[str, str] | None = None) -> str:
+    """Run ``code`` in a new interpreter (``flags`` before ``-c``); what it printed."""
+    return subprocess.run(
+        [sys.executable, *flags, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
-    )
-    return json.loads(out.stdout)
+        env=env,
+    ).stdout
+
+
+def _pipeline_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """A pipeline's environment with no config file and no daemon: events spool."""
+    return {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "RUNTALLY_CONFIG": "",
+        "RUNTALLY_SOCKET": str(tmp_path / "absent.sock"),
+        "RUNTALLY_SPOOL": str(tmp_path / "spool"),
+        **env,
+    }
+
+
+def run_fresh(code: str) -> dict:
+    """Run ``code`` in a new interpreter; it prints one JSON object, returned here."""
+    return json.loads(_python(code))
 
 
 def test_protocol_loads_no_socket_and_no_client() -> None:
@@ -82,22 +99,7 @@ HEAVY = ("trio", "click", "rich", "sqlite3", "tomllib", "runtally.daemon", "runt
 
 def _heavy_loaded(code: str, tmp_path: Path, **env: str) -> list[str]:
     """Run ``code`` in a fresh interpreter with no config file; the HEAVY modules it loaded."""
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        env={
-            **os.environ,
-            "HOME": str(tmp_path),
-            "RUNTALLY_CONFIG": "",
-            "RUNTALLY_SOCKET": str(tmp_path / "absent.sock"),
-            "RUNTALLY_SPOOL": str(tmp_path / "spool"),
-            **env,
-        },
-    )
-    return json.loads(out.stdout)
+    return json.loads(_python(code, env=_pipeline_env(tmp_path, **env)))
 
 
 def test_import_runtally_and_runtracker_load_nothing_heavy(tmp_path: Path) -> None:
@@ -170,23 +172,9 @@ def _as_installed(code: str, tmp_path: Path, **env: str) -> list:
     import runtally
 
     path = [str(Path(runtally.__file__).parents[1]), str(Path(msgspec.__file__).parents[1])]
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(path),
-            "HOME": str(tmp_path),
-            "RUNTALLY_CONFIG": "",
-            "RUNTALLY_SOCKET": str(tmp_path / "absent.sock"),
-            "RUNTALLY_SPOOL": str(tmp_path / "spool"),
-            **env,
-        },
-    )
-    return [json.loads(line) for line in out.stdout.splitlines()]
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    out = _python(code, "-S", env=_pipeline_env(tmp_path, **env))
+    return [json.loads(line) for line in out.splitlines()]
 
 
 def test_a_tracked_run_with_settings_from_the_environment_loads_no_pathlib(
