@@ -49,7 +49,6 @@ stderr, and carries on.
 from __future__ import annotations
 
 import _socket as socket  # the C module: socket.py costs a cron process ~2-3 ms of enum set-up
-import math
 import os
 from typing import Any
 
@@ -69,7 +68,7 @@ from ._guard import SignalSafeLock
 from ._lost import LostEvents
 from ._options import ClientOptions
 from ._process import adopt
-from ._pump import EMIT_REPLY_BUDGET, IDLE_READ_ALL_S, ReplyPump
+from ._pump import ReplyPump
 from ._spool import SpoolWriter
 from ._state import LIVE, State, Trigger, next_state
 from ._unix import connect_nowait, trusted_uids, untrusted_daemon, wait_ready
@@ -253,15 +252,11 @@ class Client(ReplyPump):
         """
         if self._state not in LIVE:
             self._maybe_connect()
-        if self._state in LIVE and self._conn.unacked and self._truncate_due():
-            # Acks first: if they empty the window the file is cut back before
-            # this event goes in (else the window always holds the last one).
-            # A few, as any emit handles (a burst on one call would be the
-            # calls' p99) - but all that are there after an idle spell: they
-            # are the acks a daemon sent before it dropped the idle
-            # connection, and unread they would be resent with it.
-            idle = self._clock() - self._sent_at >= IDLE_READ_ALL_S
-            self._pump(math.inf if idle else EMIT_REPLY_BUDGET)
+        if self._state in LIVE and self._conn.unacked:
+            # Replies before the append: acks that empty the window let the
+            # file be cut back before this event goes in (after its send the
+            # window always holds it).
+            self._replies_before_append()
         in_spool = self.spool.append(payload)
         if self._state in LIVE:
             # Until send_payload puts it in the window, the file holds a record

@@ -58,18 +58,23 @@ _argv_made: tuple[tuple[str, ...], list[str]] | None = None
 
 
 def _user() -> str | None:
-    environ = os.environ
-    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        value = environ.get(var)  # one lookup: each costs ~1 us (an encode, a KeyError)
-        if value:
-            return value
-    return _user_name(os.getuid())
+    """The user a run ran as: $LOGNAME, $USER, $LNAME or $USERNAME, else the passwd name.
+
+    Read once per uid, not at every run: each environment lookup costs ~1 us
+    (an encode, a KeyError) and a run start did four.  A program that changes
+    those variables after its first run keeps the first answer.
+    """
+    return _user_of(os.getuid())
 
 
 @functools.lru_cache(maxsize=4)
-def _user_name(uid: int) -> str:
-    """The passwd name of ``uid``: an NSS lookup (~30 us) done once, not at every run."""
-    try:
+def _user_of(uid: int) -> str:
+    environ = os.environ
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        value = environ.get(var)
+        if value:
+            return value
+    try:  # an NSS lookup (~30 us)
         return pwd.getpwuid(uid).pw_name
     except (KeyError, OSError):
         return str(uid)

@@ -149,14 +149,31 @@ class ReplyPump:
             self._conn.receive_data(buf[:received])
         self._handle_replies(math.inf)
 
+    def _replies_before_append(self) -> None:
+        """An emit's replies, handled before its event is written ahead (the
+        window is not empty): read every EMIT_READ_EVERY sends, and in between
+        handle up to EMIT_REPLY_BUDGET of the replies the last read left.
+
+        Before the append, not after the send: acks that empty the window
+        then let ``_settle`` cut the spool file back (after the send the
+        window holds the new event).  After an idle spell (IDLE_READ_ALL_S
+        without a send) every reply there is: the acks a daemon sent before
+        it dropped the idle connection, which unread would be resent with it.
+        """
+        if self._clock() - self._sent_at >= IDLE_READ_ALL_S:
+            self._pump()
+        elif self._unread_sends >= EMIT_READ_EVERY:
+            self._pump(EMIT_REPLY_BUDGET)
+        elif self._conn.buffered:  # what the last read left: a few replies, no read
+            self._handle_replies(EMIT_REPLY_BUDGET)
+
     def _send_frame(self, frame: bytes) -> None:
-        """An emit's I/O: write ``frame`` (what the kernel won't take waits in ``_out``),
-        read replies every EMIT_READ_EVERY sends, and in between handle up to
-        EMIT_REPLY_BUDGET of the replies the last read left.
+        """An emit's send: write ``frame``; what the kernel won't take waits in ``_out``.
 
         The event itself is never held back (the daemon must see a run start
         when it starts); only the reading of replies, which just trims the
-        window and the spool, waits for a few more sends.
+        window and the spool, waits for a few more sends
+        (``_replies_before_append``).
         """
         self._sent_at = self._clock()
         sock = self._sock
@@ -176,10 +193,6 @@ class ReplyPump:
             if sent < len(frame):
                 self._out += frame[sent:]
         self._unread_sends += 1
-        if self._unread_sends >= EMIT_READ_EVERY:
-            self._pump(EMIT_REPLY_BUDGET)
-        elif self._conn.buffered:  # what the last read left: a few replies, no read
-            self._handle_replies(EMIT_REPLY_BUDGET)
 
     def _write_out(self) -> bool:
         """Non-blocking: write what the kernel takes of ``_out``; False if the connection broke."""

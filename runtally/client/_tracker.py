@@ -509,7 +509,10 @@ def _show_latest() -> None:
         latest = _open[-1:]  # one atomic copy: another thread may change _open
         value = latest[0] if latest else _outside
         if value is None:
-            os.environ.pop(PARENT_ENV, None)
+            try:  # not pop(): that reads the value first (another encode and decode)
+                del os.environ[PARENT_ENV]
+            except KeyError:
+                pass
         else:
             os.environ[PARENT_ENV] = value
         if not latest or value in _open:
