@@ -8,17 +8,20 @@ exactly once.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from client_helpers import Sandbox, make_sandbox
 from daemon_helpers import DaemonProcess, count, daemon_process, ro_connect, wait_until
 
 from runtally import RunTracker
+from runtally.client import Client
 from runtally.client._warn import reset_after_fork
 
 pytestmark = pytest.mark.slow
@@ -209,3 +212,118 @@ def test_child_process_run_is_linked_to_its_parent(sandbox: Sandbox) -> None:
         assert child_row["parent_run_id"] == parent_row["id"]
         assert child_row["pipeline"] == "discipline"
         t.client.close()
+
+
+class _ForkAtLine:
+    """Has SIGUSR1 fork the process at the ``at``-th line the client executes.
+
+    A line tracer counts the lines run in ``runtally/client`` and sends the
+    signal at the chosen one; the handler runs (and forks) at the next point
+    the interpreter checks for signals: in the middle of a tracking call, at
+    a point the test chooses.  In the child the interrupted call resumes.
+    """
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.at = -1
+        self.fired = False
+        self.child = False
+        self.children: list[int] = []
+        #: What the handler does in the child before it returns (it tracks too).
+        self.in_child: Callable[[], object] = lambda: None
+
+    def arm(self, at: int) -> None:
+        self.lines, self.at, self.fired = 0, at, False
+        sys.settrace(self._trace)
+
+    def disarm(self) -> None:
+        sys.settrace(None)
+
+    def _trace(self, frame: FrameType, event: str, _arg: object) -> object:
+        if "runtally/client" not in frame.f_code.co_filename:
+            return None
+        if event == "line" and not self.fired:
+            self.lines += 1
+            if self.lines == self.at:
+                self.fired = True
+                os.kill(os.getpid(), signal.SIGUSR1)
+        return self._trace
+
+    def on_signal(self, _signum: int, _frame: object) -> None:
+        self.disarm()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            self.child = True
+            self.in_child()
+        else:
+            self.children.append(pid)
+
+
+def test_a_fork_in_a_signal_handler_that_interrupted_a_call(
+    sandbox: Sandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A signal handler forks while the main thread is inside an emit: in the child
+    the interrupted call resumes, and the child's own runs still land, exactly once,
+    without touching the parent's connection or spool file (design.md, fork).
+    Tried at every line of the call, one fork each."""
+    forker = _ForkAtLine()
+    previous = signal.signal(signal.SIGUSR1, forker.on_signal)
+    try:
+        with daemon_process(sandbox.root) as d:
+            client = Client(sandbox.sock, sandbox.spool)
+            t = RunTracker("people", client=client)
+            run = t.start_run()
+            assert run is not None
+            expected = []
+            parent_ids: list[str] = []
+            point = 0
+            # Parked until the interrupted call is done, then sent from the child.
+            forker.in_child = lambda: t.record_error("load", None, f"H{point}", "handler")
+            while True:
+                point += 1
+                member = f"P{point}"
+                forker.arm(point)
+                event_id = t.record_error("load", None, member, "parent")
+                forker.disarm()
+                assert event_id is not None
+                expected.append(member)
+                parent_ids.append(event_id)
+                if forker.child:  # pragma: no cover - runs in the child
+                    code = 1
+                    try:
+                        # The interrupted call returns in the child too: with the
+                        # parent's event id if the fork came after the id was
+                        # made (one row), else with its own (two rows, both real).
+                        (sandbox.root / f"{point}.id").write_text(event_id)
+                        child = RunTracker("child", client=client)
+                        child.start_run()
+                        for j in range(3):
+                            t.record_error("load", None, f"C{point}-{j}", "child")
+                        child.end_run(True)
+                        code = 0 if client.flush(10) else 2
+                    finally:
+                        os._exit(code)
+                if not forker.fired:
+                    break  # the call has fewer lines than that: every point was tried
+            points = len(forker.children)
+            assert points == point - 1 > 20
+            for pid in forker.children:
+                _, status = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(status) == 0
+            for p in range(1, points + 1):
+                if (sandbox.root / f"{p}.id").read_text() != parent_ids[p - 1]:
+                    expected.append(f"P{p}")
+            t.end_run(True)
+            assert client.flush(10) is True
+            assert count(d.db, "runs", "pipeline = 'child' AND outcome = 'success'") == points
+            members = [
+                m for (m,) in ro_connect(d.db).execute("SELECT member_identifier FROM run_errors")
+            ]
+            expected += [f"C{p}-{j}" for p in range(1, points + 1) for j in range(3)]
+            expected += [f"H{p}" for p in range(1, points + 1)]
+            assert sorted(members) == sorted(expected)
+            assert count(d.db, "dead_letters") == 0
+            client.close()
+        assert "runtally:" not in capfd.readouterr().err  # nor a warning, in any child
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

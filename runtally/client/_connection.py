@@ -67,7 +67,7 @@ from ._backoff import Backoff
 from ._guard import SignalSafeLock
 from ._lost import LostEvents
 from ._options import ClientOptions
-from ._process import adopt
+from ._process import adopt, point_at_devnull
 from ._pump import ReplyPump
 from ._spool import SpoolWriter
 from ._state import LIVE, State, Trigger, next_state
@@ -115,9 +115,11 @@ class Client(ReplyPump):
         self._init_state()
         adopt(self)
 
-    def _init_state(self) -> None:
+    def _init_state(self, *, new_guard: bool = True) -> None:
         self._pid = os.getpid()
-        self._guard = SignalSafeLock()
+        if new_guard:
+            self._guard = SignalSafeLock()
+        self._detached = False  # see _forget_after_fork
         self._state = IDLE
         self._sock: socket.socket | None = None
         self._out = bytearray()
@@ -208,8 +210,27 @@ class Client(ReplyPump):
         """In a child: drop the parent's fds without shutdown or unlock, start afresh.
 
         Runs without the lock: another parent thread may have held it at fork
-        time, and in the child it would stay held forever.
+        time, and in the child it would stay held forever.  But when the fork
+        came from a signal handler that interrupted one of our calls on this
+        thread, that call resumes in the child after the handler: a reset
+        under it leaves it half in the old state and half in the new (the
+        child's later events were lost).  So it carries on in the old state,
+        with the parent's socket and files pointed at /dev/null, and the
+        reset runs as soon as it is done, before anything a handler parked.
         """
+        guard = self._guard
+        if guard.running_here():
+            if not self._detached:
+                self._detached = True
+                sock = self._sock
+                self.spool.detach()
+                if sock is not None:
+                    point_at_devnull([sock.fileno()])
+                guard.first_when_done(self._reset_after_fork)
+            return
+        self._reset_after_fork(new_guard=True)
+
+    def _reset_after_fork(self, *, new_guard: bool = False) -> None:
         sock = self._sock
         self._sock = None
         if sock is not None:
@@ -220,7 +241,7 @@ class Client(ReplyPump):
         self.spool.forget()
         self.connect_attempts = self.acked = self.nacked = self.spooled = 0
         self.lost = LostEvents()
-        self._init_state()
+        self._init_state(new_guard=new_guard)
 
     # -- connecting ------------------------------------------------------------------
 

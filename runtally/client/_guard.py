@@ -37,6 +37,18 @@ class SignalSafeLock:
         """True while a call runs (seen as True only by a re-entering signal handler)."""
         return self._busy
 
+    def running_here(self) -> bool:
+        """Whether a call runs on this very thread: the caller interrupted it (a signal
+        handler), and it resumes once the caller is done."""
+        return self._busy and self._lock._is_owned()  # type: ignore[attr-defined]
+
+    def first_when_done(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` as soon as the running call is done, before any parked work.
+
+        Only for a caller that ``running_here()`` found inside that call.
+        """
+        self._pending.appendleft((fn, ()))
+
     def run(
         self,
         fn: Callable[..., _R],

@@ -18,12 +18,12 @@ import atexit
 import os
 import sys
 from _weakrefset import WeakSet  # weakref.WeakSet itself, without weakref.py (~0.5 ms)
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Protocol, TypeVar
 
 from ._warn import reset_after_fork
 
-__all__ = ["adopt", "shared"]
+__all__ = ["adopt", "point_at_devnull", "shared"]
 
 
 class _ProcessBound(Protocol):
@@ -75,6 +75,22 @@ def release_idle(keep: Any, limit: int) -> None:
     for obj in list(_shared.values()):
         if obj is not keep:
             obj.release_if_idle()
+
+
+def point_at_devnull(fds: Iterable[int]) -> None:
+    """In a forked child: ``dup2`` /dev/null over each of the parent's ``fds``.
+
+    For a call that a forking signal handler interrupted and that resumes in
+    the child: whatever it still does with them (send, write, truncate,
+    unlock, close) reaches none of the parent's socket or files, and their
+    numbers stay taken, so nothing opened meanwhile is written by mistake.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _after_fork_in_child() -> None:

@@ -49,6 +49,7 @@ from runtally.protocol import (
     spool_file_host,
 )
 
+from ._process import point_at_devnull
 from ._unix import trusted_uids, untrusted_directory
 from ._warn import warn, warn_once
 
@@ -123,6 +124,7 @@ class SpoolWriter:
         self.size = 0  # bytes in the open file, header included
         self.dropped = 0  # events lost because the spool was unusable
         self._fd: int | None = None
+        self._detached = False  # see detach
         self._pid = os.getpid()  # the process that opened _fd and holds its lock
         self._retry_at = 0.0
         self._full = False  # the last open failed for want of space
@@ -282,8 +284,8 @@ class SpoolWriter:
 
     def sync(self) -> None:
         """fdatasync the open file if it holds unsynced records (flush, exit)."""
-        if self._fd is None or not self._dirty or self.records == 0:
-            return
+        if self._fd is None or not self._dirty or self.records == 0 or self._detached:
+            return  # (detached: /dev/null, which has nothing to sync and says EINVAL)
         try:
             os.fdatasync(self._fd)
         except OSError as exc:
@@ -361,7 +363,18 @@ class SpoolWriter:
             except OSError:
                 pass
 
+    def detach(self) -> None:
+        """In a forked child, under a call that resumes there: the parent's files'
+        descriptors point at /dev/null (``point_at_devnull``); ``forget`` closes
+        them once that call is done."""
+        fds = [fd for _, fd, _ in self._retired]
+        if self._fd is not None:
+            fds.append(self._fd)
+        point_at_devnull(fds)
+        self._detached = True
+
     def _reset(self) -> None:
+        self._detached = False  # see detach
         self._fd = None
         self._path = None
         self.records = 0
