@@ -308,8 +308,8 @@ class Client(ReplyPump):
                 self.lost.warn_reported(marker)
 
     def _maybe_connect(self) -> None:
-        if self._state in LIVE or not self._backoff.ready():
-            return
+        if self._state in LIVE or self._detached or not self._backoff.ready():
+            return  # (detached: a forked child's resumed call; see _forget_after_fork)
         self.connect_attempts += 1
         self._backoff.attempting()
         sock = connect_nowait(self.socket_path, self.options.connect_timeout_s)

@@ -268,7 +268,7 @@ class SpoolWriter:
 
     def truncate(self) -> bool:
         """Cut the file back to its header: its records are all acknowledged."""
-        if self._fd is None:
+        if self._fd is None or self._detached:  # (detached: /dev/null says EINVAL)
             return True
         try:
             os.ftruncate(self._fd, len(SPOOL_MAGIC))
@@ -372,6 +372,9 @@ class SpoolWriter:
             fds.append(self._fd)
         point_at_devnull(fds)
         self._detached = True
+        # No path either: nothing the call does may rename or unlink the parent's files.
+        self._path = None
+        self._retired = deque((tag, fd, None) for tag, fd, _ in self._retired)
 
     def _reset(self) -> None:
         self._detached = False  # see detach
