@@ -22,7 +22,17 @@ import pytest
 from daemon_helpers import RawClient, count, wait_until
 from fault_helpers import FaultDaemon, ping, write_config
 
-from runtally.protocol import MAX_FRAME, Ack, ErrorReply, Pong, RunStart
+from runtally.protocol import (
+    MAX_FRAME,
+    SPOOL_MAGIC,
+    Ack,
+    ErrorEvent,
+    ErrorReply,
+    Pong,
+    RunStart,
+    encode_message,
+    encode_record,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -286,4 +296,36 @@ def test_out_of_descriptors_is_one_line_and_the_daemon_recovers(short_root: Path
     finally:
         for s in held:
             s.close()
+        d.ensure_dead()
+
+
+def test_a_spool_of_big_events_replays_within_the_budget(short_root: Path) -> None:
+    """A valid spool file of 1 MiB events (a pipeline that records whole response
+    bodies while the daemon is down) is replayed a few MiB at a time.  Before, a
+    replay job was cut only at 2,000 records, so the daemon held the whole file,
+    raw and decoded (1.26 GB of RSS for a 630 MB file)."""
+    n = 120
+    spool = short_root / "spool"
+    message = "x" * (MAX_FRAME - 512)
+    events = [RunStart(id="big-rs", ts=1, run="big", pipeline="bigspool")]
+    events += [
+        ErrorEvent(id=f"big-{i}", ts=1, run="big", step_name="s", message=message) for i in range(n)
+    ]
+    staged = short_root / "big.spool"
+    with staged.open("wb") as fh:
+        fh.write(SPOOL_MAGIC)
+        for event in events:
+            fh.write(encode_record(encode_message(event)))
+    d = FaultDaemon(short_root).start()
+    try:
+        before = proc_status(d.pid, "VmRSS")
+        path = spool / "1770000000000-testhost-4242-big.spool"
+        staged.rename(path)  # whole, at once: as a client's file of a writer that is gone
+        wait_until(lambda: not path.exists(), timeout=60, what="the spool file to be replayed")
+        assert count(d.db, "run_errors") == n
+        peak = proc_status(d.pid, "VmHWM")
+        assert peak - before < 32 * MiB, (
+            f"daemon grew from {before / MiB:.0f} MiB to a peak of {peak / MiB:.0f} MiB"
+        )
+    finally:
         d.ensure_dead()

@@ -75,6 +75,9 @@ __all__ = ["ReplayStats", "Replayer", "spool_backlog"]
 #: RSS ~2 MB larger (issue 17).
 _READ_SIZE = 256 << 10
 _JOB_EVENTS = 2000
+#: And at this many bytes of records: ~4,000 ordinary events, but only two of
+#: 1 MiB (MAX_FRAME), so a file of big events is held a few MiB at a time.
+_JOB_BYTES = 2 << 20
 _IN_FLIGHT = 3
 _STALE_TMP_S = 60.0
 
@@ -369,9 +372,10 @@ class Replayer:
     async def _apply_records(self, name: str, fh: Any) -> tuple[int, str | None]:
         """Submit every good record; return (events, corruption reason or None).
 
-        Memory stays bounded whatever the file's size: a job is cut at
-        ``_JOB_EVENTS`` records (refused ones included), at most ``_IN_FLIGHT``
-        of them wait for their commit, and each is forgotten once committed.
+        Memory stays bounded whatever the file's size and its records' sizes:
+        a job is cut at ``_JOB_EVENTS`` records (refused ones included) or
+        ``_JOB_BYTES`` of them, at most ``_IN_FLIGHT`` of them wait for their
+        commit, and each is forgotten once committed.
         That is enough to keep the writer busy (one job commits while the next
         is decoded) without filling its whole queue budget with one file.
         """
@@ -379,7 +383,7 @@ class Replayer:
         reader = SpoolReader()
         pending: collections.deque[Job] = collections.deque()
         job = Job(origin=origin)
-        events = 0
+        events = job_bytes = 0
         # Reads go to a worker thread: a big or slow file must not stall the loop.
         while chunk := await trio.to_thread.run_sync(fh.read, _READ_SIZE):
             reader.receive_data(chunk)
@@ -397,9 +401,11 @@ class Replayer:
                     job.events.append(message)
                     job.frames.append(record)
                     events += 1
-                if job.cost >= _JOB_EVENTS:
+                job_bytes += len(record)
+                if job.cost >= _JOB_EVENTS or job_bytes >= _JOB_BYTES:
                     await self._submit(job, pending)
                     job = Job(origin=origin)
+                    job_bytes = 0
             if reader.corrupt is not None:
                 break
         if not job.empty:
