@@ -7,6 +7,7 @@ daemon's own figures are the subject).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -146,6 +147,43 @@ class TestTextfile:
         )
         assert result.exit_code == 0, result.output
         assert parse(result.output)["runtally_runs_total", pc("people", "rondo", outcome="failure")]
+
+    def test_a_dash_is_stdout(
+        self, db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        args = ["--db", str(db), "--socket", str(tmp_path / "none.sock")]
+        args += ["--spool", str(tmp_path / "s"), "--textfile", "-"]
+        result = CliRunner().invoke(main, ["metrics", *args], env={"RUNTALLY_CONFIG": None})
+        assert result.exit_code == 0, result.output
+        assert parse(result.output)["runtally_errors_total", pc("people", "rondo")] == 2
+        assert not (tmp_path / "-").exists()
+
+    @pytest.mark.parametrize("kind", ["symlink", "fifo", "dangling symlink"])
+    def test_a_target_that_is_not_a_regular_file_is_left_alone(
+        self, db: Path, tmp_path: Path, kind: str
+    ) -> None:
+        """The atomic rename would replace the link or node itself (as root,
+        ``--textfile /dev/stdout`` turned the system's /dev/stdout into a file)."""
+        target = tmp_path / "runtally.prom"
+        real = tmp_path / "real.prom"
+        real.write_text("real")
+        if kind == "symlink":
+            target.symlink_to(real)
+        elif kind == "dangling symlink":
+            target.symlink_to(tmp_path / "nowhere.prom")
+        else:
+            os.mkfifo(target)
+        before = os.lstat(target)
+        args = ["--db", str(db), "--socket", str(tmp_path / "none.sock")]
+        args += ["--spool", str(tmp_path / "s"), "--textfile", str(target)]
+        result = CliRunner().invoke(main, ["metrics", *args], env={"RUNTALLY_CONFIG": None})
+        assert result.exit_code != 0
+        assert result.output.count("\n") == 1 and "not a regular file" in result.output
+        after = os.lstat(target)
+        assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+        assert real.read_text() == "real"
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
     def test_an_unwritable_textfile_is_one_line(self, db: Path, tmp_path: Path) -> None:
         args = ["--db", str(db), "--socket", str(tmp_path / "none.sock")]

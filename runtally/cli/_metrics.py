@@ -29,7 +29,8 @@ __all__ = ["metrics"]
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Write the metrics atomically to this file (a *.prom file in node_exporter's "
-    "textfile directory) instead of stdout; default: the metrics_textfile setting.",
+    "textfile directory) instead of stdout; '-' for stdout; default: the "
+    "metrics_textfile setting.",
 )
 @click.option(
     "--timeout",
@@ -50,7 +51,7 @@ def metrics(settings: Settings, textfile: Path | None, timeout: float) -> None:
     )
     body = render(collector)
     target = textfile or settings.metrics_textfile
-    if target is None:
+    if target is None or textfile == Path("-"):
         # On a terminal, label values (pipeline names: user input) must not be
         # able to clear the screen; a pipe keeps the exposition exact (bytes
         # as they are: click.echo would strip what looks like ANSI codes).

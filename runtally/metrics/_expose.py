@@ -11,7 +11,9 @@ Names follow Prometheus conventions: a ``runtally_`` prefix, base units
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from ..daemon._spooldir import kind_of
 from ._gather import OUTCOMES, STATES, Snapshot, gather
 
 __all__ = ["CONTENT_TYPE", "RuntallyCollector", "families", "render", "write_textfile"]
@@ -180,7 +183,18 @@ def write_textfile(path: Path, body: bytes) -> None:
 
     node_exporter reads ``*.prom`` only, so the temp file (``.name.*.tmp``) is
     never read half-written.  Mode 0644: node_exporter runs as another user.
+    Raises ``OSError`` (``ENOTSUP``, "not a regular file ...") when ``path``
+    exists and is anything but a regular file: the rename would replace a
+    symlink (``/dev/stdout``), a device or a FIFO with a plain file.
     """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            why = f"it is a {kind_of(st)}, not a regular file; left as it is"
+            raise OSError(errno.ENOTSUP, why)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -192,3 +206,4 @@ def write_textfile(path: Path, body: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
