@@ -7,6 +7,7 @@ SQLite's 64-bit INTEGER (500s), and a token visible in ``ps``.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import re
@@ -23,7 +24,7 @@ from web_helpers import build, printed_url, web_process
 from runtally.daemon._store import Store
 from runtally.protocol import RunEnd, RunStart
 from runtally.web import WebConfig, allowed_hosts, create_app
-from runtally.web._security import TOKEN_COOKIE
+from runtally.web._security import TOKEN_COOKIE, hash_password
 
 BIG = "99999999999999999999999"
 NAMES = ["a/b", "..", ".", "../errors", "x</script>y", "ünï cødé", "with space", "100%", "q?x#y"]
@@ -129,6 +130,42 @@ class TestTokenCookie:
             assert c.get("/?token=wrong", follow_redirects=False).status_code == 401
             c.cookies.set(TOKEN_COOKIE, "wrong")
             assert c.get("/").status_code == 401
+
+
+class TestAuthorizationHeader:
+    """Any bytes an unauthenticated client puts in ``Authorization`` are a wrong
+    credential (401), never a 500 with a traceback (non-ASCII, before: compare_digest
+    refused the str, b64decode the non-ASCII text)."""
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            b"Bearer \xc3\xa9",
+            b"Bearer \xff",
+            b"Basic \xff\xfe",
+            b"Basic " + base64.b64encode(":\u00e9".encode()),
+            b"Basic " + base64.b64encode(b"user:\xff\xfe"),
+            b"Basic !!!!",
+            b"Basic",
+            b"\xff \xff",
+        ],
+    )
+    def test_odd_credentials_are_401(self, db: Path, value: bytes) -> None:
+        config = config_for(db, token="right", password_hash=hash_password("pass", iterations=1))
+        with TestClient(create_app(config)) as c:
+            r = c.get("/api/runs", headers={"authorization": value})
+            assert r.status_code == 401, value
+
+    def test_the_right_ones_still_pass(self, db: Path) -> None:
+        secret = "pässwörd"
+        config = config_for(db, token="right", password_hash=hash_password(secret, iterations=1))
+        with TestClient(create_app(config)) as c:
+            for value in (
+                b"Bearer right",
+                b"Basic " + base64.b64encode(b"anyone:right"),
+                b"Basic " + base64.b64encode(f"anyone:{secret}".encode()),
+            ):
+                assert c.get("/api/runs", headers={"authorization": value}).status_code == 200
 
 
 class TestPipelineNames:

@@ -168,28 +168,36 @@ class Guard:
         return bool(self.token or self.password_hash)
 
     def _authorized(self, header: bytes | None) -> bool:
+        """Whether an ``Authorization`` header carries the token (Bearer, or Basic's
+        password) or the password.  Compared as bytes: a header may hold any byte,
+        and ``compare_digest`` refuses non-ASCII str (a 500 for anyone, before)."""
         if not self.required:
             return True
         if header is None:
             return False
-        scheme, _, value = header.decode("latin-1").partition(" ")
-        scheme = scheme.lower()
-        if scheme == "bearer":
-            return bool(self.token) and hmac.compare_digest(value.strip(), self.token or "")
-        if scheme != "basic":
+        scheme, _, value = header.partition(b" ")
+        scheme, value = scheme.lower(), value.strip()
+        token = (self.token or "").encode()
+        if scheme == b"bearer":
+            return bool(token) and hmac.compare_digest(value, token)
+        if scheme != b"basic":
             return False
         try:
-            _user, _, password = base64.b64decode(value.strip()).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            _user, _, password = base64.b64decode(value, validate=True).partition(b":")
+        except ValueError:  # (binascii.Error is one)
             return False
-        if self.token and hmac.compare_digest(password, self.token):
+        if token and hmac.compare_digest(password, token):
             return True
         if not self.password_hash:
             return False
-        digest = hashlib.sha256(password.encode()).digest()
+        digest = hashlib.sha256(password).digest()
         if digest in self._accepted:
             return True
-        if verify_password(password, self.password_hash):
+        try:
+            text = password.decode()
+        except UnicodeDecodeError:
+            return False  # set-password takes text: no such password was set
+        if verify_password(text, self.password_hash):
             self._accepted.add(digest)
             return True
         return False
