@@ -16,18 +16,21 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from starlette.testclient import TestClient
 from web_helpers import build, printed_url, web_process
 
 from runtally.daemon._store import Store
-from runtally.protocol import RunEnd, RunStart
+from runtally.protocol import ErrorEvent, RunEnd, RunStart
 from runtally.web import WebConfig, allowed_hosts, create_app
 from runtally.web._security import TOKEN_COOKIE, hash_password
 
 BIG = "99999999999999999999999"
 NAMES = ["a/b", "..", ".", "../errors", "x</script>y", "ünï cødé", "with space", "100%", "q?x#y"]
+#: Names that only differ from others by what a strip() or a regex's "." loses.
+NAMES += [" lead", "trail ", "new\nline", "end\n", "\u2028ls", "\tTab"]
 
 
 def config_for(db: Path, **kw: object) -> WebConfig:
@@ -328,3 +331,40 @@ class TestProcess:
 def test_api_json_of_a_slashed_pipeline(client: TestClient) -> None:
     body = client.get("/api/pipelines/a%2Fb").json()
     assert json.dumps(body) and body["pipeline"] == "a/b"
+
+
+#: Names that a strip() would merge with their neighbours, as pipeline, club, step and member.
+SPACED = [" lead", "lead", "lead ", "\u2028lead", "lead\n"]
+
+
+def test_names_are_matched_as_stored_not_stripped(tmp_path: Path) -> None:
+    """Filters and pages match pipeline, club, step and member exactly, as the CLI
+    does (found from outside: ``?pipeline=%20lead`` matched nothing, the pipeline
+    page of a club ``' lead'`` was a 404: the values were stripped)."""
+    db = tmp_path / "dashboard.sqlite"
+    build(db)
+    store = Store.open(db)
+    try:
+        for i, name in enumerate(SPACED):
+            run, ts = f"sp{i}", 1_770_000_000_000 + i
+            store.apply(
+                [
+                    RunStart(id=f"{run}s", ts=ts, run=run, pipeline=name, club_slug=name),
+                    ErrorEvent(
+                        id=f"{run}x", ts=ts, run=run, step_name=name, message="m", member=name
+                    ),
+                    RunEnd(id=f"{run}e", ts=ts + 5, run=run, outcome="failure"),
+                ]
+            )
+    finally:
+        store.close()
+    with TestClient(create_app(config_for(db))) as c:
+        for i, name in enumerate(SPACED):
+            for key in ("pipeline", "club"):
+                runs = c.get("/api/runs", params={key: name}).json()["runs"]
+                assert [r["uid"] for r in runs] == [f"sp{i}"], (key, name)
+            for key in ("pipeline", "club", "step", "member"):
+                errors = c.get("/api/errors", params={key: name}).json()["errors"]
+                assert len(errors) == 1 and errors[0]["member_identifier"] == name, (key, name)
+            page = c.get("/api/pipelines/" + quote(name, safe=""), params={"club": name})
+            assert page.status_code == 200 and page.json()["pipeline"] == name, name

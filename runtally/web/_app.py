@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import msgspec
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
@@ -41,6 +42,7 @@ from ._params import (
     OUTCOMES,
     BadRequest,
     error_filter,
+    exact,
     json_response,
     limit_of,
     link_header,
@@ -53,6 +55,25 @@ from ._states import BAD_STATES, pipeline_states
 from ._templates import environment
 
 __all__ = ["WebConfig", "create_app"]
+
+
+class _NameConvertor(Convertor[str]):
+    """``{name:name}``: a pipeline name as the rest of the path, whatever it holds.
+
+    Starlette's ``path`` is ``.*``, which stops at a newline: a name holding
+    one was not routed (404), and one ending in it matched without it.
+    """
+
+    regex = "(?s:.+)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("name", _NameConvertor())
 
 LIVE_HEADER = "x-runtally-live"
 PAGE_RUNS = 50
@@ -298,7 +319,7 @@ def create_app(config: WebConfig) -> Guard:
         name = request.path_params.get("name", request.query_params.get("name", ""))
         if not name:
             raise NotFound("no pipeline named")
-        club = text(request.query_params, "club")
+        club = exact(request.query_params, "club")
         since_day = iso_from_datetime(datetime.now(UTC) - timedelta(days=30))[:10]
         history = await read(
             config.db,
@@ -339,7 +360,7 @@ def create_app(config: WebConfig) -> Guard:
             Route("/runs/{ref}", run),
             Route("/errors", errors),
             Route("/pipelines", pipelines),
-            Route("/pipelines/{name:path}", pipeline),
+            Route("/pipelines/{name:name}", pipeline),
             Route("/pipeline", pipeline),
             Route("/api/overview", api_overview),
             Route("/api/status", api_status),
@@ -348,7 +369,7 @@ def create_app(config: WebConfig) -> Guard:
             Route("/api/runs/{ref}", api_run),
             Route("/api/errors", api_errors),
             Route("/api/pipelines", api_pipelines),
-            Route("/api/pipelines/{name:path}", api_pipeline),
+            Route("/api/pipelines/{name:name}", api_pipeline),
             Route("/api/pipeline", api_pipeline),
             Route("/metrics", metrics),
             Mount("/static", static, name="static"),

@@ -21,6 +21,7 @@ __all__ = [
     "OUTCOMES",
     "BadRequest",
     "error_filter",
+    "exact",
     "json_response",
     "limit_of",
     "link_header",
@@ -47,8 +48,19 @@ def json_response(
 
 
 def text(params: Any, name: str) -> str | None:
+    """A keyword, number, date or search text: surrounding whitespace dropped, "" is none."""
     value = params.get(name)
     return value.strip() or None if isinstance(value, str) else None
+
+
+def exact(params: Any, name: str) -> str | None:
+    """A name matched as stored (pipeline, club, step, member): as given, "" is none.
+
+    Not stripped: names may start or end with spaces (the daemon stores them
+    as sent, and the CLI matches them exactly), so ``' lead'`` is not ``lead``.
+    """
+    value = params.get(name)
+    return value or None if isinstance(value, str) else None
 
 
 def number(params: Any, name: str) -> int | None:
@@ -83,8 +95,8 @@ def run_filter(params: Any) -> wq.RunFilter:
     if outcome is not None and outcome not in OUTCOMES:
         raise BadRequest(f"outcome must be one of {', '.join(OUTCOMES)}")
     return wq.RunFilter(
-        pipeline=text(params, "pipeline"),
-        club=text(params, "club"),
+        pipeline=exact(params, "pipeline"),
+        club=exact(params, "club"),
         outcome=outcome,
         since=_when(params, "since"),
         until=_when(params, "until"),
@@ -94,10 +106,10 @@ def run_filter(params: Any) -> wq.RunFilter:
 def error_filter(params: Any) -> we.ErrorFilter:
     return we.ErrorFilter(
         run_id=number(params, "run"),
-        pipeline=text(params, "pipeline"),
-        club=text(params, "club"),
-        step=text(params, "step"),
-        member=text(params, "member"),
+        pipeline=exact(params, "pipeline"),
+        club=exact(params, "club"),
+        step=exact(params, "step"),
+        member=exact(params, "member"),
         since=_when(params, "since"),
         until=_when(params, "until"),
         text=text(params, "q"),
