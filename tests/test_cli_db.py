@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
+from daemon_helpers import count, daemon_process
 from test_migrations import build_old_database  # the old tracker's database
 
 from runtally._version import __version__
@@ -420,3 +421,32 @@ def test_an_idle_database_is_read_immutable_and_left_alone(tmp_path: Path) -> No
     assert (runs, opened) == (1, "immutable")
     assert path.read_bytes() == before
     assert side_files(path) == []
+
+
+def test_db_commands_act_on_the_file_they_are_given(tmp_path: Path, short_dir: Path) -> None:
+    """Found from outside: with a daemon up, ``db vacuum --db OTHER`` vacuumed the
+    daemon's own database and printed its sizes as OTHER's, and ``db migrate --db
+    OTHER`` was refused although that daemon does not write OTHER.  The daemon on
+    the socket counts only for the file its status names; any daemon writing the
+    given file holds its lock, and is named."""
+    root = short_dir / "d"
+    root.mkdir(mode=0o700)
+    with daemon_process(root) as d:
+        other = tmp_path / "other.sqlite"
+        populate(other)
+        result = run("db", "vacuum", "--db", str(other), "--socket", str(d.socket))
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"{other}: vacuumed, ")
+        assert count(d.db, "audit_log", "event = 'vacuum'") == 0  # the daemon's file untouched
+        old = tmp_path / "old.sqlite"
+        build_old_database(old)
+        result = run("db", "migrate", "--db", str(old), "--socket", str(d.socket))
+        assert result.exit_code == 0, result.output
+        assert f"now at schema version {SCHEMA_VERSION}" in result.output
+        # Its own file, asked through another socket: its lock says who writes it.
+        nobody = str(short_dir / "nobody.sock")
+        line = one_line_error(run("db", "vacuum", "--db", str(d.db), "--socket", nobody))
+        assert f"pid {d.proc.pid}" in line and str(d.db) in line
+        # Through its own socket, as before: the daemon vacuums.
+        result = run("db", "vacuum", "--db", str(d.db), "--socket", str(d.socket))
+        assert result.exit_code == 0 and "by the daemon" in result.output, result.output

@@ -1,9 +1,10 @@
 """``runtally db migrate|doctor|vacuum``.
 
 ``doctor`` only reads.  ``migrate`` and ``vacuum`` write, so they first ask
-whether a daemon answers on the socket: while one runs it is the only writer
-(it migrates itself on start; ``vacuum`` then asks it to vacuum, see
-``_vacuum_through_daemon``).
+whether a daemon writes the database (``_writer_of``): the one on the socket,
+if its status names this file, or any other holding the file's lock.  While
+one runs it is the only writer (it migrates itself on start; ``vacuum`` asks
+the one on the socket to vacuum, see ``_vacuum_through_daemon``).
 Every failure is one line on stderr (click.ClickException), never a traceback.
 """
 
@@ -12,23 +13,24 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import msgspec
 
 from ..config import Settings
-from ..daemon._dbfiles import sqlite_uri
+from ..daemon._dbfiles import lock_holder, lock_path, same_file, sqlite_uri
 from ..daemon._doctor import DoctorReport, doctor
 from ..daemon._migrations import SCHEMA_VERSION, MigrationError, applied, migration_status
 from ..daemon._probe import Silence, probe
 from ..daemon._readonly import CannotOpen, read_only
 from ..daemon._recognise import recognise
 from ..daemon._store import Store, StoreBusy
-from ..protocol import ErrorReply, Vacuum, Vacuumed
+from ..protocol import ErrorReply, Status, StatusReply, Vacuum, Vacuumed
 from ._ask import ask
 from ._common import Seconds, uses_settings
-from ._errors import DaemonIsWriter, DatabaseError
+from ._errors import CliError, DaemonIsWriter, DatabaseError
 
 __all__ = ["db"]
 
@@ -72,6 +74,46 @@ def _daemon_answers(path: Path) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Writer:
+    """Who writes ``db`` besides this command: ``why`` says (None: nobody), and
+    ``on_socket`` whether it is the daemon on our socket (which can be asked)."""
+
+    why: str | None
+    on_socket: bool = False
+
+
+def _writer_of(settings: Settings, timeout: float = 2.0) -> _Writer:
+    """The daemon that writes ``settings.db``, if one does.
+
+    The daemon on the socket counts only when its status names this very file
+    (found from outside: ``db vacuum --db OTHER`` vacuumed the daemon's own
+    database and reported its sizes as OTHER's).  Any other daemon writing the
+    file holds its ``<db>.lock``.
+    """
+    why = _daemon_answers(settings.socket)
+    if why is not None:
+        writes = _daemon_db(settings.socket, timeout)
+        if writes is None or same_file(writes, settings.db):
+            return _Writer(why, on_socket=True)  # its file, or it cannot tell: not ours to write
+    holder = lock_holder(settings.db)
+    if holder is not None:
+        return _Writer(
+            f"a runtallyd (pid {holder}) is writing {settings.db} (it holds"
+            f" {lock_path(settings.db)}), not the daemon on {settings.socket}"
+        )
+    return _Writer(None)
+
+
+def _daemon_db(socket_path: Path, timeout: float) -> str | None:
+    """The database the daemon on ``socket_path`` writes (its status), None if unknown."""
+    try:
+        reply = ask(socket_path, Status(), timeout=timeout)
+    except CliError:
+        return None
+    return reply.db_path if isinstance(reply, StatusReply) else None
+
+
 @db.command()
 @uses_settings("socket", "db")
 def migrate(settings: Settings) -> None:
@@ -82,9 +124,9 @@ def migrate(settings: Settings) -> None:
         recognise(path)  # another program's database: refused untouched, in one line
         with _database_errors(path):
             before, _ = read_only(path, applied)
-        if migration_status(before).pending and (why := _daemon_answers(settings.socket)):
+        if migration_status(before).pending and (writer := _writer_of(settings)).why:
             raise DaemonIsWriter(
-                f"{why}: it is the only writer; restart it to migrate (it migrates on start)"
+                f"{writer.why}: it is the only writer; restart it to migrate (it migrates on start)"
             )
     with _database_errors(path):
         store = Store.open(
@@ -175,9 +217,12 @@ def vacuum(settings: Settings, timeout: float) -> None:
     meanwhile wait in its queue.  Otherwise this command does it itself.
     """
     path = settings.db
-    if (why := _daemon_answers(settings.socket)) is not None:
-        _vacuum_through_daemon(settings, why, timeout)
+    writer = _writer_of(settings, min(timeout, 2.0))
+    if writer.on_socket:
+        _vacuum_through_daemon(settings, writer.why or "", timeout)
         return
+    if writer.why is not None:
+        raise DaemonIsWriter(f"{writer.why}: vacuum with that daemon's --socket, or stop it")
     if not path.exists():
         raise DatabaseError(f"{path}: database does not exist (not initialized); nothing to vacuum")
     with _database_errors(path):

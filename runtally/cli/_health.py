@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from ..daemon._dbfiles import same_file
 from ..daemon._doctor import row_counts
 from ..daemon._readonly import table_names
 from ..daemon._timefmt import iso_from_datetime, iso_from_ms, parse_iso
@@ -120,7 +121,7 @@ def collect(
     warnings: list[str] = []
     if not daemon.up:
         problems.append(f"daemon: {daemon.error}")
-    elif daemon.status is not None and not _same_file(daemon.status["db_path"], db_path):
+    elif daemon.status is not None and not same_file(daemon.status["db_path"], db_path):
         where = daemon.status["db_path"]
         warnings.append(f"the daemon writes {where}, this report reads {db_path}")
     if daemon.status is not None and daemon.status.get("spool_problem"):
@@ -188,13 +189,6 @@ def _states(db_path: Path) -> list[dict[str, Any]]:
         return q.read(db_path, gather)
     except CliError:
         return []
-
-
-def _same_file(a: str, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return Path(a).resolve() == b.resolve()
 
 
 # -- daemon ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ when it opens them, and compares before each commit.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -18,6 +19,9 @@ __all__ = [
     "Identity",
     "changed",
     "identity",
+    "lock_holder",
+    "lock_path",
+    "same_file",
     "sqlite_uri",
     "wal_bytes",
     "wal_path",
@@ -95,3 +99,40 @@ def wal_bytes(db: Path) -> int:
         return os.stat(wal_path(db)).st_size
     except OSError:
         return 0
+
+
+def lock_path(db: Path) -> Path:
+    """``<db>.lock``: held (flock) by the one daemon writing ``db``, with its pid inside."""
+    return db.with_name(db.name + ".lock")
+
+
+def lock_holder(db: Path) -> str | None:
+    """The pid (as written) of the daemon holding ``<db>.lock``; None if nobody holds it.
+
+    Tried with a shared, non-blocking flock, released at once: a daemon holds
+    it exclusively for its whole life (``_server._lock_database``).  A lock
+    file that cannot be opened (none yet, no permission) says nobody.
+    """
+    try:
+        fd = os.open(lock_path(db), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file (the same inode; else the same resolved path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()

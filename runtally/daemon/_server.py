@@ -25,6 +25,7 @@ import signal
 import socket
 import stat
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -34,6 +35,7 @@ from .._version import __version__
 from ..config import Settings
 from ._accept import serve_listeners
 from ._daemon import Daemon
+from ._dbfiles import lock_path
 from ._log import logger
 from ._modes import apply_umask, group_access, restrict_database
 from ._probe import Silence, probe
@@ -68,9 +70,8 @@ def _claim_socket_path(path: Path) -> None:
     raise DaemonError(f"cannot probe existing socket {path}: {nobody.error}") from nobody.error
 
 
-def lock_path(db: Path) -> Path:
-    """``<db>.lock``: held by the one daemon writing ``db``, with its pid inside."""
-    return db.with_name(db.name + ".lock")
+_LOCK_TRIES = 10
+_LOCK_RETRY_S = 0.01
 
 
 def _lock_database(db: Path) -> int:
@@ -87,15 +88,22 @@ def _lock_database(db: Path) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
     except OSError as exc:
         raise DaemonError(f"cannot open the lock file {path}: {exc.strerror or exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise DaemonError(
-            f"another runtallyd (pid {holder}) is already writing {db} (it holds {path});"
-            " one daemon per database"
-        ) from None
+    for attempt in range(_LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt + 1 < _LOCK_TRIES:
+                # (a `runtally db` command may be asking who writes it: a shared
+                # lock it holds for microseconds, ``_dbfiles.lock_holder``)
+                time.sleep(_LOCK_RETRY_S)
+                continue
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DaemonError(
+                f"another runtallyd (pid {holder}) is already writing {db} (it holds {path});"
+                " one daemon per database"
+            ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
