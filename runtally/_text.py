@@ -13,7 +13,10 @@ object.  ``clean_name`` does the same and also escapes control characters
 (``\\x1b``, ``\\x07``, newlines): what the daemon shows of a name it did not
 choose (a spool file's, a path's) can then neither break a log line nor
 drive a terminal.  ``clean_data`` applies ``clean_text`` to every string
-(keys included) of plain data for JSON.
+(keys included) of plain data for JSON.  ``db_text`` is the other way round:
+the TEXT of a database row that is not UTF-8 (an adopted or hand-edited
+file) read with each bad byte as ``\\xNN``, rather than failing every read
+that touches the row.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import codecs
 import re
 from typing import Any
 
-__all__ = ["clean_data", "clean_name", "clean_text"]
+__all__ = ["clean_data", "clean_name", "clean_text", "db_text"]
 
 _ERRORS = "runtally-escape"
 _REPLACEMENT = "\ufffd".encode()
@@ -75,3 +78,15 @@ def clean_data(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [clean_data(v) for v in value]
     return value
+
+
+def db_text(data: bytes) -> str:
+    """A ``sqlite3`` ``text_factory``: UTF-8, with each byte that is not shown as ``\\xNN``.
+
+    Python's default (strict ``str``) raises ``OperationalError: Could not
+    decode to UTF-8`` for the whole query on one such value: found from
+    outside, one bad pipeline name in an adopted database stopped the
+    daemon's monitor for every pipeline and every ``runs`` listing.  The
+    daemon itself never writes such text (every string it stores is UTF-8).
+    """
+    return data.decode("utf-8", "backslashreplace")

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Literal
 
+from .._text import db_text
 from . import _dbfiles as files
 from ._migrations import migrate
 from ._recognise import recognise
@@ -39,6 +40,7 @@ def connect(
     threads, one call at a time.
     """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.text_factory = db_text
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from .._text import db_text
 from ._dbfiles import CACHE_SIZE, sqlite_uri
 from ._states import RunInfo, Snapshot
 from ._timefmt import ms_from_iso
@@ -54,6 +55,7 @@ class Stored(msgspec.Struct):
 def open_reader(path: Path) -> sqlite3.Connection:
     """A read-only connection (``mode=ro``), usable from any one thread at a time."""
     conn = sqlite3.connect(sqlite_uri(path, "mode=ro"), uri=True, check_same_thread=False)
+    conn.text_factory = db_text
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute(f"PRAGMA cache_size = {CACHE_SIZE}")  # resident memory, like the writer's
     return conn

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from .._text import db_text
 from ..errors import RuntallyError
 from ._dbfiles import sqlite_uri
 
@@ -58,6 +59,7 @@ def _connect(path: Path, *, immutable: bool, busy_timeout_ms: int) -> sqlite3.Co
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise CannotOpen(f"cannot open {path} read-only: {exc}") from exc
+    conn.text_factory = db_text
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("PRAGMA query_only = ON")

@@ -150,32 +150,34 @@ def run_detail(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
     )
 
 
-def _pipelines(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    """Every (club_slug, pipeline): a skip scan of ``idx_runs_club_pipeline``, one seek each.
+#: The (club_slug, pipeline) of run ``:key``: a pair used as a key without being
+#: read into Python and passed back, which a name that is not UTF-8 (read as
+#: ``\\xNN``) would not survive (found from outside: the scan below went round
+#: for ever, then the overview's queries found no runs for such a name).
+_SAME_PAIR = (
+    "club_slug = (SELECT club_slug FROM runs WHERE id = :key)"
+    " AND pipeline = (SELECT pipeline FROM runs WHERE id = :key)"
+)
+
+
+def _pipelines(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """Every (club_slug, pipeline, the id of one of its runs): a skip scan of
+    ``idx_runs_club_pipeline``, one seek each, from run id to run id in SQL.
 
     ``(club_slug, pipeline) > (?, ?)`` would walk every run of the current
     pipeline; equality on the club and a range on the pipeline seeks instead.
     """
-    out: list[tuple[str, str]] = []
-    row = conn.execute(
-        "SELECT club_slug, pipeline FROM runs ORDER BY club_slug, pipeline LIMIT 1"
-    ).fetchone()
-    while row is not None:
-        club, pipeline = row[0], row[1]
-        out.append((club, pipeline))
-        row = (
-            conn.execute(
-                "SELECT club_slug, pipeline FROM runs WHERE club_slug = ? AND pipeline > ?"
-                " ORDER BY club_slug, pipeline LIMIT 1",
-                (club, pipeline),
-            ).fetchone()
-            or conn.execute(
-                "SELECT club_slug, pipeline FROM runs WHERE club_slug > ?"
-                " ORDER BY club_slug, pipeline LIMIT 1",
-                (club,),
-            ).fetchone()
-        )
-    return out
+    return conn.execute(
+        "WITH RECURSIVE p(id) AS ("
+        " SELECT (SELECT id FROM runs ORDER BY club_slug, pipeline LIMIT 1)"
+        " UNION ALL SELECT coalesce("
+        "  (SELECT n.id FROM runs n WHERE n.club_slug = r.club_slug AND n.pipeline > r.pipeline"
+        "   ORDER BY n.club_slug, n.pipeline LIMIT 1),"
+        "  (SELECT n.id FROM runs n WHERE n.club_slug > r.club_slug"
+        "   ORDER BY n.club_slug, n.pipeline LIMIT 1))"
+        " FROM p JOIN runs r ON r.id = p.id)"
+        " SELECT r.club_slug, r.pipeline, r.id FROM p JOIN runs r ON r.id = p.id"
+    ).fetchall()
 
 
 #: Order of pipelines on the overview: the ones needing attention first.
@@ -190,22 +192,22 @@ def overview(conn: sqlite3.Connection, *, day_ago: str, week_ago: str) -> list[d
     failing, then running pipelines first, then by name.
     """
     out = []
-    for club, pipeline in _pipelines(conn):
+    for club, pipeline, key in _pipelines(conn):
         recent = [
             dict(r)
             for r in conn.execute(
                 "SELECT id, outcome, duration_ms, started_at FROM runs"
-                " WHERE club_slug = ? AND pipeline = ? ORDER BY id DESC LIMIT ?",
-                (club, pipeline, STRIP_RUNS),
+                f" WHERE {_SAME_PAIR} ORDER BY id DESC LIMIT :limit",
+                {"key": key, "limit": STRIP_RUNS},
             )
         ]
         last = dict(conn.execute(q._RUN_SELECT + " WHERE r.id = ?", (recent[0]["id"],)).fetchone())
         counts = conn.execute(
             "SELECT count(*), coalesce(sum(outcome = 'failure'), 0),"
-            " coalesce(sum(started_at >= ?), 0),"
-            " coalesce(sum(started_at >= ? AND outcome = 'failure'), 0)"
-            " FROM runs WHERE club_slug = ? AND pipeline = ? AND started_at >= ?",
-            (day_ago, day_ago, club, pipeline, week_ago),
+            " coalesce(sum(started_at >= :day), 0),"
+            " coalesce(sum(started_at >= :day AND outcome = 'failure'), 0)"
+            f" FROM runs WHERE {_SAME_PAIR} AND started_at >= :week",
+            {"day": day_ago, "key": key, "week": week_ago},
         ).fetchone()
         recent.reverse()
         out.append(
@@ -261,5 +263,5 @@ def pipeline_history(
             [*params, since_day],
         )
     ]
-    clubs = [c for c, p in _pipelines(conn) if p == pipeline]
+    clubs = [c for c, p, _ in _pipelines(conn) if p == pipeline]
     return {"pipeline": pipeline, "club_slug": club, "clubs": clubs, "runs": rows, "days": days}
