@@ -748,3 +748,35 @@ def test_read_commands_open_any_file_name(tmp_path: Path, name: bytes) -> None:
         assert b"Traceback" not in done.stderr, done.stderr
         assert done.returncode in (0, 1), done.stderr
         assert b"dashboard.sqlite" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("zone", ["Europe/Amsterdam", "Pacific/Kiritimati", "America/Adak"])
+def test_times_at_the_ends_of_the_calendar_are_shown_not_fatal(tmp_path: Path, zone: str) -> None:
+    """``ts`` is valid from 0 through 9999-12-31T23:59:59.999Z (docs/protocol.md);
+    east of UTC that last hour is in year 10000.  Found from outside: ``status`` and
+    ``show`` died with OverflowError in Europe/Amsterdam.  Such a time is shown as
+    stored."""
+    path = tmp_path / "dashboard.sqlite"
+    store = Store.open(path)
+    try:
+        store.apply(
+            [
+                RunStart(id="e-s", ts=0, run="edge", pipeline="edge"),
+                RunEnd(id="e-e", ts=253_402_300_799_999, run="edge", outcome="success"),
+            ]
+        )
+    finally:
+        store.close()
+    for args in (["status", "--socket", str(tmp_path / "no.sock")], ["show", "latest"], ["runs"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "runtally.cli", *args, "--db", str(path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RUNTALLY_CONFIG": "", "TZ": zone, "COLUMNS": "200"},
+            timeout=60,
+            check=False,
+        )
+        assert "Traceback" not in done.stderr, (args, done.stderr)
+        assert done.returncode in (0, 1), (args, done.stderr)
+        if args[0] == "show":
+            assert "9999-12-31T23:59:59.999Z" in done.stdout or "9999-12-31 " in done.stdout

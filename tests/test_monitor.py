@@ -20,6 +20,7 @@ from runtally.daemon._liveness import process_start
 from runtally.daemon._schedule import next_slot
 from runtally.daemon._store import Origin, Store
 from runtally.daemon._writer import Writer
+from runtally.protocol import RunEnd, RunStart
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -219,3 +220,18 @@ def test_the_monitors_event_ids_are_stable_and_within_the_uid_limit() -> None:
     assert len(derived_id("crash-step", long)) <= MAX_UID
     assert derived_id("crash-step", long) == derived_id("crash-step", long)
     assert derived_id("crash-step", long) != derived_id("crash-step", long[:-1] + "v")
+
+
+class TestCalendarEdge:
+    """A ``ts`` valid on the wire (docs/protocol.md: through 9999-12-31T23:59:59.999Z)
+    that the schedule cannot follow: found from outside, the monitor raised
+    ``ValueError: year 10000 is out of range`` and the daemon exited, at every start."""
+
+    async def test_a_run_at_the_end_of_year_9999_has_no_next_slot(self, parts):
+        r = rig(parts, "2026-05-01T00:00:00", pipelines={"people": DAILY_3})
+        last = 253_402_300_799_000  # 9999-12-31T23:59:59Z
+        await r.emit(RunStart(id="far-s", ts=last, run="far", pipeline="people"))
+        await r.emit(RunEnd(id="far-e", ts=last + 999, run="far", outcome="success"))
+        verdict = (await r.monitor.tick())["people"]
+        assert verdict.state == "ok"
+        assert next_slot(DAILY_3, last) is None

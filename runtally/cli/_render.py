@@ -125,7 +125,10 @@ def fmt_local(text: str | None) -> str:
     moment = parse_iso(text)
     if moment is None:
         return text or "-"
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError):  # 9999-12-31T23:00Z is year 10000 east of UTC
+        return text or "-"
 
 
 def fmt_ago(text: str | None, now: float | None = None) -> str:

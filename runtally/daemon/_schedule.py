@@ -43,12 +43,18 @@ def zone_of(config: PipelineConfig) -> tzinfo:
 
 
 def next_slot(config: PipelineConfig, after_ms: int) -> int | None:
-    """The first slot of ``config.schedule`` strictly after ``after_ms``; None without one."""
+    """The first slot of ``config.schedule`` strictly after ``after_ms``; None without one
+    (no schedule, or none before the end of year 9999)."""
     if config.schedule is None:
         return None
-    start = datetime.fromtimestamp(after_ms / 1000, zone_of(config))
-    slot = next(CronSim(config.schedule, start))
-    return int(slot.timestamp() * 1000)
+    try:
+        start = datetime.fromtimestamp(after_ms / 1000, zone_of(config))
+        slot = next(CronSim(config.schedule, start))
+        return int(slot.timestamp() * 1000)
+    except (OverflowError, ValueError, StopIteration):
+        # Past what a calendar holds (a run at 9999-12-31, valid on the wire:
+        # docs/protocol.md): no next slot, rather than a monitor that dies.
+        return None
 
 
 def next_expected(config: PipelineConfig | None, stored_ms: int | None, now_ms: int) -> int | None:

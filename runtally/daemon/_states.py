@@ -109,14 +109,13 @@ def evaluate(
                 next_expected_ms=upcoming,
             )
         return Verdict("running", f"run #{last.id} running", None, upcoming)
-    if config.schedule is not None:
-        base = last.started_ms + _EARLY_MS if last is not None else first_seen_ms
-        expected = next_slot(config, base)
-        assert expected is not None
+    base = last.started_ms + _EARLY_MS if last is not None else first_seen_ms
+    # None with a schedule too: no slot before the calendar ends (a run at 9999-12-31).
+    expected = next_slot(config, base)
+    if expected is not None:
         grace_ms = int(config.grace_s * 1000)
         following = next_slot(config, expected)
-        assert following is not None
-        if now_ms >= max(following, expected + grace_ms):
+        if following is not None and now_ms >= max(following, expected + grace_ms):
             return Verdict(
                 "missed",
                 "no run for its slot, nor for the one after",
