@@ -185,6 +185,43 @@ def test_a_second_daemon_on_the_same_database_is_refused_with_the_first_ones_pid
         assert first.stop() == 0
 
 
+@pytest.mark.parametrize("how", ["hard link", "symlink"])
+def test_a_second_daemon_on_the_same_file_under_another_name_is_refused(
+    short_root: Path, how: str
+) -> None:
+    """Found from outside: ``<db>.lock`` is per name, so a second daemon on a hard
+    link of the database ran beside the first, each with its own WAL, and the
+    acked events of one were lost.  The database's inode is locked too."""
+    first = FaultDaemon(short_root).start()
+    try:
+        other = short_root / "other.sqlite"
+        if how == "hard link":
+            os.link(first.db, other)
+        else:
+            other.symlink_to(first.db)
+        argv = [*first.argv()[:4], "--socket", str(short_root / "second.sock")]
+        argv += ["--db", str(other), "--spool", str(short_root / "spool2")]
+        second = subprocess.run(
+            argv, env=first.env(), capture_output=True, text=True, timeout=30, check=False
+        )
+        assert second.returncode != 0
+        assert "under another name" in second.stderr, second.stderr
+        assert "Traceback" not in second.stderr
+        assert not (short_root / "second.sock").exists()
+        # The CLI, given that name, knows a daemon writes it.
+        result = CliRunner().invoke(
+            main,
+            ["db", "vacuum", "--db", str(other), "--socket", str(short_root / "none.sock")],
+            env={"RUNTALLY_CONFIG": None},
+        )
+        assert result.exit_code != 0 and "is writing" in result.output, result.output
+        with RawClient(first.socket) as c:  # the first one is unharmed
+            c.send(*run_events("still", steps=1, errors=0))
+            assert len(c.recv(4)) == 4
+    finally:
+        assert first.stop() == 0
+
+
 # -- the WAL -------------------------------------------------------------------------------
 
 

@@ -107,27 +107,31 @@ def lock_path(db: Path) -> Path:
 
 
 def lock_holder(db: Path) -> str | None:
-    """The pid (as written) of the daemon holding ``<db>.lock``; None if nobody holds it.
+    """Who holds the daemon's locks on ``db``: the pid written in ``<db>.lock``,
+    ``"unknown"`` when only the database file itself is locked (a daemon that
+    opened it under another name); None when nobody does.
 
-    Tried with a shared, non-blocking flock, released at once: a daemon holds
-    it exclusively for its whole life (``_server._lock_database``).  A lock
-    file that cannot be opened (none yet, no permission) says nobody.
+    Tried with shared, non-blocking flocks, released at once: a daemon holds
+    them exclusively for its whole life (``_server._lock_database``).  A file
+    that cannot be opened (none yet, no permission) says nobody.
     """
-    try:
-        fd = os.open(lock_path(db), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-    except OSError:
-        return None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    for path, pid_inside in ((lock_path(db), True), (db, False)):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip() if pid_inside else ""
+            return text or "unknown"
+        except OSError:
+            continue
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    return None
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

@@ -26,6 +26,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -74,39 +75,80 @@ _LOCK_TRIES = 10
 _LOCK_RETRY_S = 0.01
 
 
-def _lock_database(db: Path) -> int:
-    """Take ``<db>.lock`` (flock, exclusive) for the daemon's lifetime; its fd.
+def _flock_exclusive(fd: int) -> bool:
+    """An exclusive flock on ``fd``, tried for ~0.1 s; False when another holds it.
 
-    A second daemon on the same database (another socket, the same
-    RUNTALLY_DB) would write it concurrently with the first: it is refused
-    with the first one's pid, read from the lock file.  The file is never
-    unlinked (unlinking a lock file lets two holders race on two inodes).
+    The retries: a `runtally db` command may be asking who writes the
+    database, a shared lock it holds for microseconds (``_dbfiles.lock_holder``).
     """
-    path = lock_path(db)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
-    except OSError as exc:
-        raise DaemonError(f"cannot open the lock file {path}: {exc.strerror or exc}") from exc
     for attempt in range(_LOCK_TRIES):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
+            return True
         except BlockingIOError:
             if attempt + 1 < _LOCK_TRIES:
-                # (a `runtally db` command may be asking who writes it: a shared
-                # lock it holds for microseconds, ``_dbfiles.lock_holder``)
                 time.sleep(_LOCK_RETRY_S)
-                continue
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise DaemonError(
-                f"another runtallyd (pid {holder}) is already writing {db} (it holds {path});"
-                " one daemon per database"
-            ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    return False
+
+
+def _lock_database(db: Path) -> list[int]:
+    """Take ``<db>.lock`` and the database file itself (flock, exclusive) for the
+    daemon's lifetime; their fds.
+
+    A second daemon on the same database would write it concurrently with the
+    first: it is refused.  ``<db>.lock`` names the first one's pid; the lock
+    on the database's own inode catches the same file under another name (a
+    hard link, a bind mount, a symlink: found from outside, two daemons ran on
+    one database through a hard link, each with its own WAL, and the acked
+    events of one were lost).  flock and SQLite's own (POSIX) locks do not
+    meet on Linux; SQLite's WAL needs a local filesystem anyway.  The lock
+    file is never unlinked (unlinking a lock file lets two holders race on
+    two inodes).
+    """
+    path = lock_path(db)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first = _locked(
+        path,
+        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+        0o640,
+        lambda fd: (
+            f"another runtallyd (pid {_pid_in(fd)}) is already writing {db}"
+            f" (it holds {path}); one daemon per database"
+        ),
+    )
+    try:
+        second = _locked(
+            db,
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+            lambda _fd: (
+                f"another runtallyd is already writing {db} under another name"
+                " (a hard link, a symlink or a bind mount of it); one daemon per database"
+            ),
+        )
+    except BaseException:
+        os.close(first)
+        raise
+    os.ftruncate(first, 0)
+    os.pwrite(first, f"{os.getpid()}\n".encode(), 0)
+    return [first, second]
+
+
+def _locked(path: Path, flags: int, mode: int, refusal: Callable[[int], str]) -> int:
+    """``path`` opened and exclusively flocked; DaemonError (``refusal(fd)``) if held."""
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        raise DaemonError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    if _flock_exclusive(fd):
+        return fd
+    why = refusal(fd)
+    os.close(fd)
+    raise DaemonError(why)
+
+
+def _pid_in(fd: int) -> str:
+    return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
 
 
 def _bind(settings: Settings) -> socket.socket:
@@ -178,10 +220,10 @@ async def serve(
         listen_socks, owns_socket = [_bind(settings)], True
     socket_inode = os.stat(settings.socket).st_ino if owns_socket else None
     group = group_access(settings, activated=not owns_socket)
-    lock_fd: int | None = None
+    lock_fds: list[int] = []
     try:
         # After the socket: a second daemon on the same socket is told so first.
-        lock_fd = _lock_database(settings.db)
+        lock_fds = _lock_database(settings.db)
         store = await trio.to_thread.run_sync(
             lambda: Store.open(
                 settings.db,
@@ -196,8 +238,8 @@ async def serve(
             s.close()
         if owns_socket:
             _unlink_if_ours(settings.socket, socket_inode)
-        if lock_fd is not None:
-            os.close(lock_fd)
+        for fd in lock_fds:
+            os.close(fd)
         raise
     restrict_database(settings.db, group)
     daemon = Daemon(settings, store)
@@ -248,7 +290,8 @@ async def serve(
             s.close()
         if owns_socket:
             _unlink_if_ours(settings.socket, socket_inode)
-        os.close(lock_fd)  # the next daemon may take the database
+        for fd in lock_fds:
+            os.close(fd)  # the next daemon may take the database
     if daemon.writer.wedged is not None:
         raise DaemonError(daemon.writer.wedged)
 
