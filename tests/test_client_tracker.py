@@ -558,6 +558,29 @@ class TestNesting:
         starts = [e for e in of(RunStart, events(sandbox, tracker)) if e.pipeline == "forked"]
         assert [e.parent for e in starts] == [run]
 
+    def test_a_forked_child_closing_its_copy_does_not_end_the_parents_run(
+        self, sandbox: Sandbox, tracker: RunTracker
+    ) -> None:
+        """A worker tidying up the tracker it inherited: its close() flushes its own
+        events but sends no run_end for the parent's run (which, being later than
+        the parent's end_run, made a success a failure)."""
+        run = tracker.start_run()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                tracker.record_error("work", None, "W1", "a worker's error")
+                tracker.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        tracker.end_run(True)
+        evs = events(sandbox, tracker)
+        assert [(e.run, e.outcome) for e in of(RunEnd, evs)] == [(run, "success")]
+        assert [e.member for e in of(ErrorEvent, evs)] == ["W1"]  # the child's own, landed
+
 
 def _in_threads(*targets: Any) -> None:
     """Run each target in its own thread, all at once; wait for them all."""

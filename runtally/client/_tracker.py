@@ -185,6 +185,7 @@ class RunTracker:
         self._client: Client | None = client
         self._steps: dict[str, _Step] = {}
         self._run_started = 0.0
+        self._run_pid = 0  # the process that started the open run
         #: (run uid, the list of its thread's open runs) while exported
         self._exported: tuple[str, list[str]] | None = None
         self._noop_warned = False
@@ -242,6 +243,7 @@ class RunTracker:
             )
         )
         self.run_id = run_id
+        self._run_pid = os.getpid()  # see close
         self._run_started = time.monotonic()
         self._steps.clear()
         self._noop_warned = False
@@ -270,8 +272,14 @@ class RunTracker:
 
     @_safe
     def close(self, timeout: float | None = None) -> None:
-        """Safety net: end an open run as a failure, then flush the events."""
-        if self.run_id is not None:
+        """Safety net: end an open run as a failure, then flush the events.
+
+        Only in the process that started the run: a forked child's copy of the
+        tracker does not own its parent's run (found from outside: a worker
+        tidying up what it inherited turned the parent's success into a
+        failure, its run_end being the later one).  It flushes its own events.
+        """
+        if self.run_id is not None and self._run_pid == os.getpid():
             warn(f"run {self.run_id} closed without end_run; recorded as a failure")
             self.end_run(False, {"reason": "closed without end_run"})
         self._unexport()
