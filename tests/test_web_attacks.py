@@ -10,7 +10,11 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -368,3 +372,26 @@ def test_names_are_matched_as_stored_not_stripped(tmp_path: Path) -> None:
                 assert len(errors) == 1 and errors[0]["member_identifier"] == name, (key, name)
             page = c.get("/api/pipelines/" + quote(name, safe=""), params={"club": name})
             assert page.status_code == 200 and page.json()["pipeline"] == name, name
+
+
+@pytest.mark.parametrize("where", ["a port in use", "a name that does not resolve"])
+def test_cannot_serve_is_one_line(tmp_path: Path, db: Path, where: str) -> None:
+    """Found from outside: a port already in use was a 40-line exception group."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        host = "127.0.0.1" if where == "a port in use" else "no-such-host.invalid"
+        argv = [sys.executable, "-m", "runtally.cli", "web", "--no-auth", "--db", str(db)]
+        done = subprocess.run(
+            [*argv, "--host", host, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("RUNTALLY_")},
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "Exception Group" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and "cannot serve the dashboard on" in lines[0], done.stderr
