@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from daemon_helpers import REPO, count, daemon_process, ro_connect, short_dir, wait_until
+from daemon_helpers import (
+    REPO,
+    RawClient,
+    count,
+    daemon_process,
+    ro_connect,
+    run_events,
+    short_dir,
+    wait_until,
+)
 
 from runtally.cli import main
 
@@ -85,7 +94,16 @@ def test_sigkilled_pipeline_becomes_crashed_and_status_fails() -> None:
 def test_pause_and_resume_through_the_daemon(tmp_path: Path) -> None:
     root = short_dir("mon")
     with daemon_process(root) as d:
+        with RawClient(d.socket) as c:  # people has a run
+            events = run_events("r1", steps=0, errors=0)
+            c.send(*events)
+            assert len(c.recv(len(events))) == len(events)
         runner = CliRunner()
+        # A name that is neither declared nor has runs: a typo, refused (found
+        # from outside: "peple paused", listed for ever, people kept alerting).
+        result = runner.invoke(main, ["pause", "peple", "--socket", str(d.socket)])
+        assert result.exit_code != 0 and "no pipeline 'peple'" in result.output, result.output
+        assert count(d.db, "pipeline_states", "pipeline = 'peple'") == 0
         result = runner.invoke(main, ["pause", "people", "--socket", str(d.socket)])
         assert result.exit_code == 0, result.output
         assert result.output.strip() == "people paused"

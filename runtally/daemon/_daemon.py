@@ -205,6 +205,13 @@ class Daemon:
         verb = "pause" if paused else "resume"
         if (refused := await self.refuse_non_admin(origin, verb)) is not None:
             return refused
+        if not await self.monitor.knows(pipeline):
+            return encode_frame(
+                ErrorReply(
+                    f"no pipeline {pipeline!r}: it is not declared ([pipelines] in the"
+                    " config) and has no runs; nothing to " + verb
+                )
+            )
         await self.monitor.set_paused(pipeline, paused)
         audit = AuditEntry(f"pipeline_{verb}d", f"{pipeline} {verb}d by uid {origin.uid}")
         job = Job(audit=[audit])

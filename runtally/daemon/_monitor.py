@@ -302,6 +302,25 @@ class Monitor:
 
     # -- pause and resume ---------------------------------------------------------------
 
+    async def knows(self, pipeline: str) -> bool:
+        """Whether ``pipeline`` is declared, has a state row, or has a run.
+
+        ``pause``/``resume`` of any other name is refused: found from outside,
+        a typo ("peple") was paused, listed for ever, while the real one kept
+        alerting.
+        """
+        if pipeline in self.settings.pipelines or pipeline in self.stored:
+            return True
+
+        def has_run() -> bool:
+            row = self._reader().execute(
+                "SELECT 1 FROM runs WHERE pipeline = ? LIMIT 1", (pipeline,)
+            ).fetchone()
+            return row is not None
+
+        async with self._lock:  # the reader is the tick's too
+            return await trio.to_thread.run_sync(has_run)
+
     async def set_paused(self, pipeline: str, paused: bool) -> None:
         """Pause or resume ``pipeline`` (committed when this returns), then judge again."""
         now = int(self.clock() * 1000)
