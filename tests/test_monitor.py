@@ -122,6 +122,19 @@ class TestStates:
         assert "max_runtime" in rows[0][0]
         assert r.store.query("SELECT outcome FROM runs") == [("running",)]  # nothing killed
 
+    async def test_the_error_row_and_the_state_say_the_limit_alike(self, parts):
+        """Found by a new user: max_runtime 20s read "0.333333 min" in the error row."""
+        r = rig(
+            parts, "2026-05-01T00:00:00", pipelines={"people": PipelineConfig(max_runtime="20s")}
+        )
+        origin = Origin("socket", pid=os.getpid(), start=process_start(os.getpid()))
+        await r.start("r1", "people", "2026-05-01T00:00:00", origin=origin)
+        r.clock.at("2026-05-01T00:00:45")
+        verdict = (await r.monitor.tick())["people"]
+        assert verdict.state == "stuck" and "max_runtime 20 s" in verdict.detail
+        (message,) = r.store.query("SELECT error_message FROM run_errors")[0]
+        assert "max_runtime 20 s;" in message, message
+
     async def test_crashed_after_grace_when_the_process_is_gone(self, parts):
         r = rig(parts, "2026-05-01T00:00:00", crash_grace_s=30.0)
         pid = dead_pid()

@@ -43,16 +43,12 @@ from ._monitor_read import (
     read_snapshot,
     read_stored,
 )
-from ._states import BAD_STATES, Snapshot, Verdict, evaluate
+from ._states import BAD_STATES, Snapshot, Verdict, evaluate, span
 from ._store import Origin
 from ._timefmt import iso_from_ms
 from ._writer import Job, Writer
 
 __all__ = ["Monitor"]
-
-
-def _span(seconds: float) -> str:
-    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
 
 def derived_id(kind: str, uid: str) -> str:
@@ -232,7 +228,7 @@ class Monitor:
                     ts=now,
                     run=run.uid,
                     step_name="(run)",
-                    message=f"still running after max_runtime {_span(limit)};"
+                    message=f"still running after max_runtime {span(limit * 1000)};"
                     " runtally does not stop it",
                 )
             )
@@ -313,9 +309,11 @@ class Monitor:
             return True
 
         def has_run() -> bool:
-            row = self._reader().execute(
-                "SELECT 1 FROM runs WHERE pipeline = ? LIMIT 1", (pipeline,)
-            ).fetchone()
+            row = (
+                self._reader()
+                .execute("SELECT 1 FROM runs WHERE pipeline = ? LIMIT 1", (pipeline,))
+                .fetchone()
+            )
             return row is not None
 
         async with self._lock:  # the reader is the tick's too

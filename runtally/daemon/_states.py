@@ -34,7 +34,7 @@ from .._pipeline_config import PipelineConfig
 from ..states import BAD_STATES, STATES, State
 from ._schedule import next_slot
 
-__all__ = ["BAD_STATES", "STATES", "RunInfo", "Snapshot", "State", "Verdict", "evaluate"]
+__all__ = ["BAD_STATES", "STATES", "RunInfo", "Snapshot", "State", "Verdict", "evaluate", "span"]
 
 #: A run that starts this much before a slot counts for that slot (clock drift).
 _EARLY_MS = 30_000
@@ -76,7 +76,8 @@ class Verdict(msgspec.Struct, frozen=True):
     next_expected_ms: int | None = None  # the next slot to come
 
 
-def _span(ms: float) -> str:
+def span(ms: float) -> str:
+    """A limit or grace as people read it: ``20 s``, ``5 min``, ``2 h 30 min``."""
     s = int(ms // 1000)
     if s < 120:
         return f"{s} s"
@@ -105,7 +106,7 @@ def evaluate(
         if limit is not None and ran > limit * 1000:
             return Verdict(
                 "stuck",
-                f"run #{last.id} has been running longer than max_runtime {_span(limit * 1000)}",
+                f"run #{last.id} has been running longer than max_runtime {span(limit * 1000)}",
                 next_expected_ms=upcoming,
             )
         return Verdict("running", f"run #{last.id} running", None, upcoming)
@@ -125,7 +126,7 @@ def evaluate(
         if now_ms >= expected + grace_ms:
             return Verdict(
                 "late",
-                f"no run since its slot (grace {_span(grace_ms)})",
+                f"no run since its slot (grace {span(grace_ms)})",
                 expected,
                 upcoming,
             )
