@@ -18,6 +18,7 @@ from daemon_helpers import RawClient, run_events
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from runtally._pipeline_config import PipelineConfig
 from runtally.cli import main
 from runtally.daemon._server import Daemon
 from runtally.daemon._store import Store
@@ -118,6 +119,34 @@ class TestPipelines:
         assert m["runtally_pipeline_state", pc("people", "rondo", state="failing")] == 0
         assert m["runtally_pipeline_state", pc("nikki", "rondo", state="missed")] == 1
         assert m["runtally_pipeline_state", pc("teams", "other", state="running")] == 1
+
+    def test_a_declared_pipeline_that_never_ran_has_its_declared_club(
+        self, db: Path, tmp_path: Path
+    ) -> None:
+        """Found by a new user: ``club=""`` for a late pipeline declared with ``club =
+        "rondo"`` (and a new series at its first run); the CLI and web agree."""
+        con = sqlite3.connect(db, isolation_level=None)
+        con.execute(
+            "INSERT INTO pipeline_states (pipeline, club_slug, state, since,"
+            " first_seen_at, updated_at) VALUES ('discipline', NULL, 'late', 'x', 'x', 'x')"
+        )
+        con.close()
+        config = tmp_path / "runtally.toml"
+        config.write_text('[pipelines.discipline]\nschedule = "0 3 * * *"\nclub = "rondo"\n')
+        args = ["--db", str(db), "--socket", str(tmp_path / "none.sock")]
+        args += ["--spool", str(tmp_path / "s"), "--config", str(config)]
+        result = CliRunner().invoke(main, ["metrics", *args], env={"RUNTALLY_CONFIG": None})
+        assert result.exit_code == 0, result.output
+        m = parse(result.output)
+        assert m["runtally_pipeline_state", pc("discipline", "rondo", state="late")] == 1
+        assert not any(("club", "") in labels for _, labels in m)
+        pipelines = {"discipline": PipelineConfig(schedule="0 3 * * *", club="rondo")}
+        web = WebConfig(
+            db=db, socket=tmp_path / "none.sock", spool=tmp_path / "s", pipelines=pipelines
+        )
+        with TestClient(create_app(web)) as client:
+            m = parse(client.get("/metrics").text)
+        assert m["runtally_pipeline_state", pc("discipline", "rondo", state="late")] == 1
 
     def test_an_unreadable_database_is_a_zero_not_an_error(self, tmp_path: Path) -> None:
         m = parse(web_metrics(tmp_path / "missing.sqlite"))

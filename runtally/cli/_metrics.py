@@ -47,7 +47,7 @@ def metrics(settings: Settings, textfile: Path | None, timeout: float) -> None:
     from ..metrics import RuntallyCollector, render, write_textfile
 
     collector = RuntallyCollector.for_paths(
-        settings.db, settings.socket, settings.spool, timeout=timeout
+        settings.db, settings.socket, settings.spool, timeout=timeout, pipelines=settings.pipelines
     )
     body = render(collector)
     target = textfile or settings.metrics_textfile

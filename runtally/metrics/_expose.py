@@ -15,7 +15,7 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,6 +26,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from .._pipeline_config import PipelineConfig
 from ..daemon._spooldir import kind_of
 from ._gather import OUTCOMES, STATES, Snapshot, gather
 
@@ -161,10 +162,18 @@ class RuntallyCollector:
 
     @classmethod
     def for_paths(
-        cls, db: Path, socket: Path, spool: Path, *, timeout: float = 1.0
+        cls,
+        db: Path,
+        socket: Path,
+        spool: Path,
+        *,
+        timeout: float = 1.0,
+        pipelines: Mapping[str, PipelineConfig] | None = None,
     ) -> RuntallyCollector:
-        """Read ``db``, ask the daemon on ``socket``, look at ``spool``."""
-        return cls(lambda: gather(db, socket, spool, timeout=timeout))
+        """Read ``db``, ask the daemon on ``socket``, look at ``spool``; ``pipelines``:
+        the declared ones (``[pipelines]``), whose ``club`` labels them before a run."""
+        clubs = {name: c.club for name, c in (pipelines or {}).items() if c.club}
+        return cls(lambda: gather(db, socket, spool, timeout=timeout, clubs=clubs))
 
     def collect(self) -> Iterator[Metric]:
         """The families of a snapshot taken now."""
@@ -206,4 +215,3 @@ def write_textfile(path: Path, body: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-

@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -83,12 +84,15 @@ def _seconds(text: str | None) -> float | None:
         return None
 
 
-def pipeline_states(conn: sqlite3.Connection) -> dict[Key, str]:
+def pipeline_states(
+    conn: sqlite3.Connection, clubs: Mapping[str, str] | None = None
+) -> dict[Key, str]:
     """Each (pipeline, club)'s state: ``ok``/``running``/``failing`` from its newest
     run (by ``id``: the order the daemon received them), overridden by the
     monitor's judgement where its ``pipeline_states`` table has one.  A state
-    row without a club applies to every club the pipeline ran in (``""`` when
-    it never ran: a declared pipeline that is late or missed)."""
+    row without a club applies to every club the pipeline ran in; when it never
+    ran (a declared pipeline, late or missed), to the club it is declared for
+    in ``clubs`` (its ``[pipelines]`` table's ``club``), else ``""``."""
     rows = conn.execute(
         "SELECT pipeline, club_slug, coalesce(outcome, 'running'), max(id)"
         " FROM runs GROUP BY club_slug, pipeline"
@@ -97,7 +101,8 @@ def pipeline_states(conn: sqlite3.Connection) -> dict[Key, str]:
     if "pipeline_states" not in table_names(conn):
         return states
     for p, c, s in conn.execute("SELECT pipeline, club_slug, state FROM pipeline_states"):
-        keys = [(p, c)] if c is not None else [k for k in states if k[0] == p] or [(p, "")]
+        ran = [k for k in states if k[0] == p]
+        keys = [(p, c)] if c is not None else ran or [(p, (clubs or {}).get(p, ""))]
         for key in keys:
             states[key] = s
     return states
@@ -122,7 +127,7 @@ def _purged(conn: sqlite3.Connection) -> tuple[dict[tuple[str, str, str], int], 
     return runs, errors
 
 
-def _pipelines(conn: sqlite3.Connection) -> list[PipelineFacts]:
+def _pipelines(conn: sqlite3.Connection, clubs: Mapping[str, str] | None) -> list[PipelineFacts]:
     facts: dict[Key, PipelineFacts] = {}
 
     def of(key: Key) -> PipelineFacts:
@@ -130,7 +135,7 @@ def _pipelines(conn: sqlite3.Connection) -> list[PipelineFacts]:
             facts[key] = PipelineFacts(pipeline=key[0], club=key[1])
         return facts[key]
 
-    for key, state in pipeline_states(conn).items():
+    for key, state in pipeline_states(conn, clubs).items():
         of(key).state = state
     for p, c, finished in conn.execute(
         "SELECT pipeline, club_slug, max(finished_at) FROM runs"
@@ -170,15 +175,27 @@ def _size(path: Path) -> int | None:
         return None
 
 
-def gather(db: Path, socket: Path, spool: Path, *, timeout: float = 1.0) -> Snapshot:
-    """Read the database, ask the daemon (``timeout`` seconds) and look at the spool."""
+def gather(
+    db: Path,
+    socket: Path,
+    spool: Path,
+    *,
+    timeout: float = 1.0,
+    clubs: Mapping[str, str] | None = None,
+) -> Snapshot:
+    """Read the database, ask the daemon (``timeout`` seconds) and look at the spool.
+
+    ``clubs``: the club of each declared pipeline that has one (its label
+    before its first run; found by a new user: ``club=""`` while the config
+    said ``rondo``, and a new series at the first run).
+    """
     now = time.time()
     snap = Snapshot(taken_at=now)
     snap.database_bytes = _size(db)
     snap.wal_bytes = _size(db.with_name(db.name + "-wal"))
 
     def database(conn: sqlite3.Connection) -> None:
-        snap.pipelines = _pipelines(conn)
+        snap.pipelines = _pipelines(conn, clubs)
         snap.parked_events = conn.execute("SELECT count(*) FROM parked_events").fetchone()[0]
         snap.dead_letters = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
 

@@ -188,7 +188,9 @@ def create_app(config: WebConfig) -> Guard:
         value = await anyio.to_thread.run_sync(stamp, config.db, config.spool)
         return json_response({"stamp": f"{value}:{health.generation}"})
 
-    collector = RuntallyCollector.for_paths(config.db, config.socket, config.spool)
+    collector = RuntallyCollector.for_paths(
+        config.db, config.socket, config.spool, pipelines=config.pipelines
+    )
 
     async def metrics(request: Request) -> Response:
         body = await anyio.to_thread.run_sync(render, collector)
