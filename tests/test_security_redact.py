@@ -76,6 +76,38 @@ def test_redact_argv_wider_rules(argv: list[str], expected: list[str]) -> None:
     assert redact_argv(argv) == expected
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # runtally's own -p is --pipeline; after "--" another program's rules apply
+        (
+            ["/srv/.venv/bin/runtally", "exec", "-p", "nightly", "--", "mysql", "-pS", "-p", "T"],
+            [
+                "/srv/.venv/bin/runtally",
+                "exec",
+                "-p",
+                "nightly",
+                "--",
+                "mysql",
+                "-p***",
+                "-p",
+                "***",
+            ],
+        ),
+        (
+            ["runtally", "exec", "-pnightly", "--token", "t"],
+            ["runtally", "exec", "-pnightly", "--token", "***"],
+        ),
+        (["sshpass", "-p", "S", "runtally"], ["sshpass", "-p", "***", "runtally"]),
+    ],
+)
+def test_runtallys_own_pipeline_option_is_not_a_password(
+    argv: list[str], expected: list[str]
+) -> None:
+    """Found by a new user: ``runtally exec -p nightly-export`` was stored as ``-p ***``."""
+    assert redact_argv(argv) == expected
+
+
 def stored_text(db: Path) -> str:
     conn = ro_connect(db)
     try:

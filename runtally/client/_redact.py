@@ -128,8 +128,24 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
     """
     out: list[str] = []
     previous: str | None = None
-    for arg in argv:
+    args = list(argv)
+    # runtally's own command line, up to "--": its -p is --pipeline, not a
+    # password (found by a new user: `runtally exec -p nightly` was recorded
+    # as `-p ***`).  What follows "--" is another program's: the usual rules.
+    own = bool(args) and _runtally_cli(args[0])
+    for arg in args:
+        if own and (arg == "--" or arg[:2] in _SHORT_PASSWORD):
+            own = arg != "--"
+            out.append(arg)
+            previous = None
+            continue
         redacted, takes_next = _one(arg, previous)
         out.append(redacted)
         previous = arg if takes_next else None
     return out
+
+
+def _runtally_cli(program: str) -> bool:
+    """Whether ``program`` (an ``argv[0]``) is runtally's own command line."""
+    name = program.replace("\\", "/").rsplit("/", 1)[-1]
+    return name in ("runtally", "runtallyd") or program.endswith("runtally/cli/__main__.py")
