@@ -144,10 +144,19 @@ test('a wedged daemon that accepts but never acks: the pipeline exits, nothing i
     conn.on('error', () => {});
   });
   await new Promise((resolve) => server.listen(socket, resolve));
-  const r = await runPipeline('many', { socket, spool });
+  let doneAt = 0;
+  const onLine = (line) => {
+    if (line === 'done') doneAt = Date.now();
+  };
+  const started = Date.now();
+  const r = await runPipeline('many', { socket, spool, env: { PRINT_DONE: '1' }, onLine });
   await new Promise((resolve) => server.close(resolve));
   assert.equal(r.code, 0, r.stderr);
   assert.ok(r.ms < 10000, `exited in ${r.ms} ms`);
+  // The wait at exit is one flushTimeoutMs (2 s) in all, however many rounds of
+  // beforeExit (a new user measured 4 s); 1.5 s of slack for a loaded machine.
+  const waited = started + r.ms - doneAt;
+  assert.ok(doneAt > 0 && waited < 3500, `waited ${waited} ms at exit`);
   assert.match(r.stderr, /^\[runtally\] .*spooling events to/m);
   const files = spoolFiles(spool);
   assert.equal(files.reduce((n, f) => n + f.records, 0), 2 + 2 * 5000, 'every event is in the spool');
