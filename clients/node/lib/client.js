@@ -44,6 +44,7 @@ const net = require('node:net');
 const path = require('node:path');
 const { ReplyDecoder, encodeRecord, frameOf, frameOfRecord } = require('./codec');
 const { SpoolWriter } = require('./spool');
+const { trustedUids, untrustedDirectory } = require('./trust');
 const { warn, warnOnce } = require('./warn');
 
 const DEFAULTS = Object.freeze({
@@ -79,19 +80,6 @@ const TRUNCATE_AGE_MS = 1000;
  */
 const MAX_HELD = 1000;
 
-/** The uid of `name` in /etc/passwd, or undefined. */
-function uidOf(name) {
-  try {
-    for (const line of fs.readFileSync('/etc/passwd', 'utf8').split('\n')) {
-      const fields = line.split(':');
-      if (fields[0] === name && fields.length > 2) return Number(fields[2]);
-    }
-  } catch {
-    // no passwd: nobody is that user
-  }
-  return undefined;
-}
-
 class Client {
   /**
    * `socketPath`: the daemon's Unix socket; `spoolDir`: the spool directory;
@@ -100,7 +88,7 @@ class Client {
   constructor(socketPath, spoolDir, options = {}) {
     this.options = { ...DEFAULTS, ...options };
     this.socketPath = socketPath;
-    this.spool = new SpoolWriter(spoolDir);
+    this.spool = new SpoolWriter(spoolDir, () => this.trustedUids());
     this.state = 'idle';
     this.sock = null;
     this.decoder = null;
@@ -266,14 +254,13 @@ class Client {
     } catch {
       return null; // not there: the connect fails quietly, routine
     }
-    if (this.trusted === null) {
-      this.trusted = new Set([0, process.getuid()]);
-      const daemonUid = this.options.daemonUser ? uidOf(this.options.daemonUser) : undefined;
-      if (daemonUid !== undefined) this.trusted.add(daemonUid);
-    }
-    if (!this.trusted.has(st.uid)) return `${dir} belongs to uid ${st.uid}, not to this user, root or the daemon's`;
-    if (st.mode & 0o022) return `${dir} is writable by others (mode ${(st.mode & 0o7777).toString(8)})`;
-    return null;
+    return untrustedDirectory(dir, st, this.trustedUids());
+  }
+
+  /** Root, this uid and the daemon user's (looked up once). */
+  trustedUids() {
+    this.trusted ??= trustedUids(this.options.daemonUser);
+    return this.trusted;
   }
 
   onConnected() {

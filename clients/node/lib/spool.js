@@ -30,6 +30,7 @@ const os = require('node:os');
 const path = require('node:path');
 const crypto = require('node:crypto');
 const { SPOOL_MAGIC, readRecords } = require('./codec');
+const { trustedUids, untrustedDirectory } = require('./trust');
 const { warnOnce } = require('./warn');
 
 const FILE_MODE = 0o640; // group-readable: the daemon runs as another user in the group
@@ -67,8 +68,10 @@ function spoolHost() {
 }
 
 class SpoolWriter {
-  constructor(directory) {
+  /** `trusted()`: the uids that may own the directory (`trust.trustedUids`). */
+  constructor(directory, trusted = () => trustedUids(null)) {
     this.directory = directory;
+    this.trusted = trusted;
     this.path = null;
     this.fd = null;
     this.records = 0; // records in the open file
@@ -209,6 +212,11 @@ class SpoolWriter {
 
   create() {
     this.makeDirectory();
+    // The Python client's and the daemon's rule: the daemon does not replay a
+    // directory anyone may write, so events put there would never land (found
+    // from outside: a 1777 spool directory took them silently).
+    const why = untrustedDirectory(this.directory, fs.statSync(this.directory), this.trusted(), { shared: true });
+    if (why !== null) throw new Error(`not spooling there: ${why}`);
     this.start ??= processStart();
     const token = crypto.randomBytes(4).toString('hex');
     const name = `${Date.now()}-${spoolHost()}-${process.pid}-nolock.${this.start}.${token}.spool`;

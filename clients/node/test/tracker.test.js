@@ -208,3 +208,19 @@ test('an unwritable spool and no daemon: the pipeline still succeeds, the loss i
   assert.match(r.stderr, /^\[runtally\] cannot create a spool file/m);
   assert.match(r.stderr, /^\[runtally\] 11 events were lost/m);
 });
+
+test('a spool directory anyone may write: nothing is spooled there, the loss is reported', async (t) => {
+  // The daemon never replays such a directory (nor does the Python client write
+  // one): found from outside, a 1777 directory took the events silently.
+  for (const mode of [0o1777, 0o777]) {
+    const root = tmpRoot(t);
+    const spool = path.join(root, 'spool');
+    fs.mkdirSync(spool);
+    fs.chmodSync(spool, mode);
+    const r = await runPipeline('people', { socket: path.join(root, 'd.sock'), spool });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /^\[runtally\] cannot create a spool file .*writable by others/m);
+    assert.match(r.stderr, /^\[runtally\] 11 events were lost/m);
+    assert.deepEqual(fs.readdirSync(spool), []);
+  }
+});
