@@ -58,6 +58,32 @@ class TestBackgroundChildren:
         assert run["steps"][0]["duration_ms"] < 1000
 
 
+class TestClosedReader:
+    """When whoever reads exec's stream goes away, the command's next write fails, as
+    without runtally (found from outside: ``runtally exec ... | head -1`` ran for
+    ever, the relay draining on)."""
+
+    @pytest.mark.parametrize("stream", ["stderr", "stdout"])
+    def test_the_command_gets_sigpipe(self, daemon_proc: DaemonProcess, stream: str) -> None:
+        if stream == "stdout":
+            argv = exec_argv(daemon_proc, "yes", pipeline="pipe", extra=("--capture-stdout",))
+        else:
+            argv = exec_argv(daemon_proc, "sh", "-c", "yes >&2", pipeline="pipe")
+        pipes = {stream: subprocess.PIPE}
+        quiet = {s: subprocess.DEVNULL for s in ("stdout", "stderr") if s != stream}
+        proc = subprocess.Popen(argv, env=daemon_proc.env(), **pipes, **quiet)
+        reader = getattr(proc, stream)
+        assert reader.readline() == b"y\n"
+        reader.close()  # as `| head -1` does
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            proc.kill()
+        assert code == 141, code  # 128 + SIGPIPE, what the command itself got
+        run = finished_run(daemon_proc.db, "pipe")
+        assert run["outcome"] == "failure"
+
+
 class TestTimeout:
     def test_a_hung_command_is_terminated_then_killed(self, daemon_proc: DaemonProcess) -> None:
         hung = (

@@ -21,8 +21,9 @@ Theory of operation::
     copy on until EOF, exit     (the relay is reparented; nobody waits for it)
 
 The relay ignores the terminal's SIGINT/SIGQUIT/SIGHUP (a background child
-that survives Ctrl-C keeps its stderr, as without us) and SIGPIPE (a broken
-stderr of ours is no reason to stop draining the command's pipe).
+that survives Ctrl-C keeps its stderr, as without us) and SIGPIPE: when the
+reader of a stream it copies to goes away (EPIPE), it closes the command's
+pipe of that stream, so the command's next write fails as it would without us.
 """
 
 from __future__ import annotations
@@ -67,24 +68,35 @@ class _Stream:
         if not chunk:
             os.close(self.fd)
             return False
-        self._write(chunk)
         self.tail += chunk
         if len(self.tail) > 2 * self.cap:
             del self.tail[: -self.cap]
             self.cut = True
+        if not self._write(chunk):
+            # Whoever read our stream is gone (EPIPE): close the command's pipe
+            # too, so that its next write fails as it would without us (SIGPIPE:
+            # `runtally exec ... | head -1` ends).  Found from outside: the relay
+            # drained on, and such a command ran for ever.
+            os.close(self.fd)
+            return False
         return True
 
-    def _write(self, chunk: bytes) -> None:
+    def _write(self, chunk: bytes) -> bool:
+        """Copy ``chunk`` out; False when the reader of our stream has gone (EPIPE)."""
         view = memoryview(chunk)
         while view and self.out is not None:
             try:
                 view = view[os.write(self.out, view) :]
             except InterruptedError:
                 continue
+            except BrokenPipeError:
+                return False
             except OSError:
-                # Our stream is closed or broken: keep draining the command's
-                # pipe so it never blocks on it or dies of SIGPIPE because of us.
+                # Our stream is otherwise broken (a hung-up terminal, a full
+                # disk): keep draining the command's pipe so it never blocks
+                # on it because of us.
                 self.out = None
+        return True
 
     def kept(self) -> bytes:
         data = bytes(self.tail[-self.cap :])
