@@ -160,6 +160,28 @@ class TestStates:
         assert await r.state_at("2026-05-01T00:30:00", "people") == "running"  # grace again
         assert await r.state_at("2026-05-01T00:30:01", "people") == "crashed"
 
+    async def test_a_run_from_another_hosts_spool_is_closed_once_its_file_is_gone(self, parts):
+        """Found from outside: a run replayed from another host's spool file (a shared
+        spool directory; replayed once stale, its writer gone) stayed running for ever."""
+        r = rig(parts, "2026-05-01T00:00:00", crash_grace_s=30.0)
+        spool = r.monitor.settings.spool
+        spool.mkdir()
+        pending = spool / "1770000000000-cronhost2-4242-abcd.spool"
+        pending.write_bytes(b"RLSPOOL1" + b"\0" * 12)
+        meta = {"host": "cronhost2", "pid": 4242}
+        await r.emit(
+            RunStart(
+                id="far-1", ts=ms("2026-05-01T00:00:00"), run="r1", pipeline="people", meta=meta
+            ),
+            origin=Origin("spool:1770000000000-cronhost2-4242-abcd.spool"),
+        )
+        assert await r.state_at("2026-05-01T00:10:00", "people") == "running"  # its file waits
+        pending.unlink()  # replayed
+        assert await r.state_at("2026-05-01T00:20:00", "people") == "running"  # grace
+        assert await r.state_at("2026-05-01T00:20:30", "people") == "crashed"
+        (message,) = r.store.query("SELECT error_message FROM run_errors")[0]
+        assert message == "process 4242 on cronhost2 ended without end_run (killed or crashed)"
+
     async def test_a_reused_pid_is_not_the_runs_process(self, parts):
         r = rig(parts, "2026-05-01T00:00:00", crash_grace_s=0.0)
         me = os.getpid()

@@ -167,9 +167,16 @@ class Monitor:
                 del self._dead_since[uid]
         for run in running:
             pid, start = run.pid, run.start
-            if pid is None and run.meta_host == self._host:
-                pid = run.meta_pid  # a spooled run_start: the client's own word, no start time
-            if run.uid is None or pid is None or not process_gone(pid, start):
+            # A spooled run_start (no peer): the client's own word, no start time.
+            # From another host it came through a shared spool directory, whose
+            # file is replayed only once its writer is gone (stale): no pid here
+            # to look at, so gone once no file of that pid waits any more (found
+            # from outside: such a run stayed running for ever, hiding late/missed).
+            remote = pid is None and run.meta_host is not None and run.meta_host != self._host
+            if pid is None and run.meta_host is not None:
+                pid = run.meta_pid
+            gone = pid is not None and (remote or process_gone(pid, start))
+            if run.uid is None or pid is None or not gone:
                 self._dead_since.pop(run.uid or "", None)
                 continue
             if pending_spool(self.settings.spool, pid):
@@ -178,7 +185,8 @@ class Monitor:
             since = self._dead_since.setdefault(run.uid, now)
             if now - since < self.settings.crash_grace_s * 1000:
                 continue
-            message = f"process {pid} ended without end_run (killed or crashed)"
+            where = f" on {run.meta_host}" if remote else ""
+            message = f"process {pid}{where} ended without end_run (killed or crashed)"
             logger.warning("run #%d of %s: %s", run.id, run.pipeline, message)
             # Its open steps end with it: a crashed run shows no step still running.
             events.extend(
