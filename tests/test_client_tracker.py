@@ -163,6 +163,24 @@ class TestPipelineWithoutDaemon:
         (end,) = of(StepEnd, evs)
         assert (end.outcome, end.created, end.failed) == ("failure", 2, 1)
 
+    @pytest.mark.parametrize("slip", [[], {"id": "x"}, 42, set(), bytearray(b"x")])
+    def test_a_step_id_that_is_not_a_str_is_said_not_sent(
+        self, sandbox: Sandbox, tracker: RunTracker, capsys: pytest.CaptureFixture[str], slip: Any
+    ) -> None:
+        """Found from outside: ``str()`` of whatever was passed went out as the step
+        id, named a step that never started, and the daemon parked the events for
+        days, out of sight.  Now one line on stderr; the error lands on its run."""
+        run = tracker.start_run()
+        tracker.end_step(slip, created=2)
+        tracker.record_error("load", slip, "M1", "a slip")
+        tracker.end_run(True)
+        err = capsys.readouterr().err
+        assert "ignoring step_id of type" in err
+        evs = events(sandbox, tracker)
+        assert of(StepEnd, evs) == []
+        (error,) = of(ErrorEvent, evs)
+        assert (error.run, error.step, error.member) == (run, None, "M1")
+
     def test_calls_without_an_open_run_are_noops(
         self, sandbox: Sandbox, tracker: RunTracker, capsys: pytest.CaptureFixture[str]
     ) -> None:

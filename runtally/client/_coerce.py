@@ -79,10 +79,23 @@ def name(value: Any, what: str, default: str) -> str:
 
 
 def uid(value: Any, what: str) -> str | None:
-    """A uid: 1 to 128 characters, or None when absent or unusable."""
+    """A uid: 1 to 128 characters, or None when absent or unusable.
+
+    Only a str: what ``start_run``/``start_step`` return.  Anything else (a
+    list, a dict holding the id, an object) is a pipeline's slip, said once on
+    stderr; its ``str()`` was sent before, named a step that never started,
+    and parked the event for days, out of sight (found from outside).
+    """
     if value is None or value == "":
         return None
-    result = clean_text(value if isinstance(value, str) else _str(value))
+    if not isinstance(value, str):
+        warn_once(
+            f"uid-type-{what}",
+            f"ignoring {what} of type {type(value).__name__}: a uid is the str"
+            " that start_run/start_step returned",
+        )
+        return None
+    result = clean_text(value)
     if not 1 <= len(result) <= MAX_UID:
         warn_once(f"uid-{what}", f"ignoring {what} {result[:40]!r}: not a 1-128 character uid")
         return None

@@ -111,10 +111,19 @@ function name(value, what, fallback) {
   return result;
 }
 
-/** A uid: 1 to 128 characters, or undefined when absent or unusable. */
+/**
+ * A uid: 1 to 128 characters, or undefined when absent or unusable.  Only a
+ * string (what startRun/startStep return): anything else is a pipeline's slip,
+ * said once; its text named a step that never started and parked the event
+ * for days, out of sight (found from outside).
+ */
 function uid(value, what) {
   if (value == null || value === '') return undefined;
-  const result = cleanText(typeof value === 'string' ? value : str(value));
+  if (typeof value !== 'string') {
+    warnOnce(`uid-type-${what}`, `ignoring ${what} of type ${typeof value}: a uid is the string that startRun/startStep returned`);
+    return undefined;
+  }
+  const result = cleanText(value);
   if (result.length < 1 || result.length > MAX_UID) {
     warnOnce(`uid-${what}`, `ignoring ${what} '${result.slice(0, 40)}': not a 1-128 character uid`);
     return undefined;

@@ -173,3 +173,22 @@ test('relative socket and spool paths are made absolute once, from the working d
   assert.equal(got.socket, require('node:path').join(process.cwd(), 'rel', 'd.sock'));
   assert.equal(got.spool, require('node:path').join(process.cwd(), 'sp'));
 });
+
+test('a step id that is not a string is said, not sent (the error lands on its run)', (t) => {
+  // Found from outside: its text ("[object Object]", "<unprintable>", "42") named a
+  // step that never started, and the daemon parked the events for days, out of sight.
+  const lines = [];
+  t.mock.method(process.stderr, 'write', (line) => lines.push(String(line)) && true);
+  const { t: tr, events } = tracker();
+  const runId = tr.startRun();
+  for (const slip of [{}, 42, ['x'], new Proxy({}, {})]) {
+    tr.endStep(slip, { created: 2 });
+    tr.recordError({ stepName: 's', stepId: slip, errorMessage: 'a slip' });
+  }
+  tr.endRun(true);
+  assert.ok(lines.some((l) => l.includes('ignoring stepId of type')), lines.join(''));
+  assert.deepEqual(events.filter((e) => e.type === 'step_end'), []);
+  const errors = events.filter((e) => e.type === 'error');
+  assert.equal(errors.length, 4);
+  for (const e of errors) assert.deepEqual([e.run, e.step], [runId, undefined]);
+});
