@@ -141,9 +141,10 @@ class Daemon:
             if age_s > s.status_parked_age_s:
                 out.append(
                     f"parked: {w.parked} event(s) wait for a run or step that never started,"
-                    f" the oldest for {age_s / 60:.0f} min: a pipeline's run_start was lost or"
-                    " refused (see dead_letters); they expire into dead_letters after"
-                    f" {s.parked_max_age_s:g} s"
+                    f" the oldest for {age_s / 60:.0f} min: a run_start or step_start was"
+                    " lost or refused (see dead_letters), or a pipeline named a step id"
+                    " start_step never gave it (SELECT waiting_for FROM parked_events says"
+                    f" which); they expire into dead_letters after {s.parked_max_age_s:g} s"
                 )
         if (why := self.replayer.quarantine_problem) is not None:
             out.append(
