@@ -750,7 +750,9 @@ def test_read_commands_open_any_file_name(tmp_path: Path, name: bytes) -> None:
         assert b"dashboard.sqlite" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("zone", ["Europe/Amsterdam", "Pacific/Kiritimati", "America/Adak"])
+@pytest.mark.parametrize(
+    "zone", ["Europe/Amsterdam", "Pacific/Kiritimati", "America/Adak", "UTC+99"]
+)
 def test_times_at_the_ends_of_the_calendar_are_shown_not_fatal(tmp_path: Path, zone: str) -> None:
     """``ts`` is valid from 0 through 9999-12-31T23:59:59.999Z (docs/protocol.md);
     east of UTC that last hour is in year 10000.  Found from outside: ``status`` and
