@@ -62,18 +62,24 @@ class ConfigError(RuntallyError):
     """A config file or value that cannot be used; the message names it and its source."""
 
 
+_Days = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+
+
 class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Days each table keeps its rows (``[runtally.retention_days]``); None keeps them forever.
 
     ``runs``: runs by ``started_at``, with their steps and errors;
     ``audit_log``: by ``ts`` (purge records excepted: the metrics' run and
     error counters add up the runs they removed); ``dead_letters``: by
-    ``received_at``.  At least 1 day.
+    ``received_at``.  At least 1 day, at most 100,000 (a cutoff before year 1
+    cannot be computed: found from outside, a million days was accepted and
+    every retention pass then failed with OverflowError; keep rows forever
+    by leaving the table out).
     """
 
-    runs: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    audit_log: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    dead_letters: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    runs: _Days | None = None
+    audit_log: _Days | None = None
+    dead_letters: _Days | None = None
 
 
 #: Seconds a lockless writer's spool file (another host's, or without /proc)
@@ -87,6 +93,8 @@ _Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
 #: An interval or timeout in seconds that must be more than zero.
 _Interval = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
 _Count = Annotated[int, msgspec.Meta(ge=1)]
+#: The form of ``web_password_hash`` (``runtally/web/_security.hash_password``).
+_PASSWORD_HASH = r"^pbkdf2_sha256\$[1-9][0-9]{0,9}\$[A-Za-z0-9+/]+=*\$[A-Za-z0-9+/]+=*$"
 _Size = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -118,7 +126,10 @@ class Settings(msgspec.Struct, frozen=True):
     client_flush_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
     web_host: str = "127.0.0.1"  # where `runtally web` binds
     web_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8390  # its TCP port
-    web_password_hash: str | None = None  # HTTP basic auth for `runtally web` (see docs)
+    #: HTTP basic auth for `runtally web`: what `runtally web --hash-password` prints
+    #: (``pbkdf2_sha256$<iterations>$<salt>$<hash>``; anything else is refused,
+    #: not served with a hash nobody could match).
+    web_password_hash: Annotated[str, msgspec.Meta(pattern=_PASSWORD_HASH)] | None = None
     #: club_slug of a run started without one (``runtally exec`` without
     #: ``--club``, ``RunTracker(pipeline)``); ``rondo`` is the seed schema's default.
     default_club: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] = "rondo"

@@ -297,6 +297,9 @@ def test_the_defaults_are_the_same_with_or_without_xdg_variables(tmp_path: Path)
         ("web_port", 70000, "<= 65535"),
         ("spool", "", "empty"),
         ("socket", "/tmp/a\0b", "NUL"),
+        # found from outside: accepted, then every retention pass or login failed
+        ("retention_days", {"runs": 1_000_000}, "<= 100000"),
+        ("web_password_hash", "garbage", "pbkdf2_sha256"),
     ],
 )
 def test_unusable_values_are_refused_by_name(name: str, value: object, says: str) -> None:
