@@ -1012,14 +1012,20 @@ class TestSpoolReader:
 
     @pytest.mark.parametrize(
         "head",
-        [b"RLSPOOL2", b"rlspool1", b"\x00" * 8, b"RLSPOOL", b"X", b"SQLite format 3\x00"],
-        ids=["version-2", "lowercase", "zeros", "short-but-wrong-next", "one-byte", "sqlite"],
+        [b"rlspool1", b"\x00" * 8, b"RLSPOOL", b"X", b"SQLite format 3\x00"],
+        ids=["lowercase", "zeros", "short-but-wrong-next", "one-byte", "sqlite"],
     )
     def test_bad_magic(self, head):
         data = head + (b"" if len(head) >= 8 else b"!") + spool_file(PAYLOADS)[8:]
         records, tail = read_spool(data)
         assert records == []
         assert tail == SpoolTail("corrupt", "not a runtally spool (bad header)", 0)
+
+    def test_another_format_version_says_so(self):
+        """Found from outside: an RLSPOOL2 file was "not a runtally spool"."""
+        records, tail = read_spool(b"RLSPOOL2" + spool_file(PAYLOADS)[8:])
+        assert records == [] and tail.state == "corrupt" and tail.offset == 0
+        assert "format '2'" in tail.reason and "RLSPOOL1" in tail.reason
 
     @pytest.mark.parametrize("prefix", [b"R", b"RLSP", b"RLSPOOL"])
     def test_short_header_prefix_is_torn(self, prefix):

@@ -116,8 +116,9 @@ class SpoolReader:
                 if not SPOOL_MAGIC.startswith(bytes(buf)):
                     self._corrupt = SpoolTail("corrupt", "not a runtally spool (bad header)", 0)
                 return out
-            if bytes(buf[: len(SPOOL_MAGIC)]) != SPOOL_MAGIC:
-                self._corrupt = SpoolTail("corrupt", "not a runtally spool (bad header)", 0)
+            header = bytes(buf[: len(SPOOL_MAGIC)])
+            if header != SPOOL_MAGIC:
+                self._corrupt = SpoolTail("corrupt", _bad_header(header), 0)
                 return out
             self._pos = len(SPOOL_MAGIC)
             self._seen_magic = True
@@ -160,3 +161,17 @@ def read_spool(data: bytes) -> tuple[list[bytes], SpoolTail]:
     reader.receive_data(data)
     records = reader.records()
     return records, reader.finish()
+
+
+def _bad_header(header: bytes) -> str:
+    """Why a file with this 8-byte header is not read: a spool of another format
+    version says so (``RLSPOOL2``: written by a newer runtally), anything else
+    is not a runtally spool."""
+    prefix = SPOOL_MAGIC[:-1]  # b"RLSPOOL"
+    if header.startswith(prefix) and header[-1:].isdigit():
+        version = header[len(prefix) :].decode("ascii", "backslashreplace")
+        return (
+            f"a spool of format {version!r}, which this daemon does not read (it reads"
+            f" {SPOOL_MAGIC.decode()}): written by another runtally version"
+        )
+    return "not a runtally spool (bad header)"
