@@ -214,6 +214,12 @@ class TestTextfile:
         assert real.read_text() == "real"
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
+    def test_an_empty_textfile_path_is_a_usage_error(self, db: Path, tmp_path: Path) -> None:
+        args = ["--db", str(db), "--socket", str(tmp_path / "none.sock"), "--textfile", ""]
+        result = CliRunner().invoke(main, ["metrics", *args], env={"RUNTALLY_CONFIG": None})
+        assert result.exit_code == 2
+        assert "an empty path" in result.output and "Traceback" not in result.output
+
     def test_an_unwritable_textfile_is_one_line(self, db: Path, tmp_path: Path) -> None:
         args = ["--db", str(db), "--socket", str(tmp_path / "none.sock")]
         args += ["--textfile", str(tmp_path / "no" / "such" / "dir.prom")]

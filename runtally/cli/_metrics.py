@@ -23,10 +23,19 @@ from ._text import visible
 __all__ = ["metrics"]
 
 
+def _a_path(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Path | None:
+    # click.Path takes "" (and would make it "."): found from outside, `--textfile ""`
+    # answered "cannot write .: Device or resource busy".
+    if value is not None and not value:
+        raise click.BadParameter("an empty path; give a *.prom file's path, or - for stdout")
+    return None if value is None else Path(value)
+
+
 @click.command()
 @click.option(
     "--textfile",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),
+    callback=_a_path,
     default=None,
     help="Write the metrics atomically to this file (a *.prom file in node_exporter's "
     "textfile directory) instead of stdout; '-' for stdout; default: the "
