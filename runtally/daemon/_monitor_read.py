@@ -127,7 +127,8 @@ def read_running(conn: sqlite3.Connection) -> list[Running]:
         " CASE WHEN json_valid(meta_json) THEN json_extract(meta_json, '$.host') END"
         " FROM runs WHERE outcome = 'running'"
     ):
-        meta_pid = row[6] if isinstance(row[6], int) else None
+        # (a pid is > 0: a spooled run_start's "pid": -1 or 0 named no process)
+        meta_pid = row[6] if isinstance(row[6], int) and row[6] > 0 else None
         meta_host = row[7] if isinstance(row[7], str) else None
         steps = tuple(
             uid
