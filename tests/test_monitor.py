@@ -182,6 +182,21 @@ class TestStates:
         (message,) = r.store.query("SELECT error_message FROM run_errors")[0]
         assert message == "process 4242 on cronhost2 ended without end_run (killed or crashed)"
 
+    async def test_a_spooled_pid_that_names_no_process_is_not_used(self, parts):
+        """Found from outside: a spooled run_start with ``"pid": -1`` was closed as
+        "process -1 ended without end_run"."""
+        r = rig(parts, "2026-05-01T00:00:00", crash_grace_s=1.0)
+        meta = {"host": r.monitor._host, "pid": -1}
+        await r.emit(
+            RunStart(
+                id="neg-1", ts=ms("2026-05-01T00:00:00"), run="r1", pipeline="people", meta=meta
+            ),
+            origin=Origin("spool:x.spool"),
+        )
+        assert await r.state_at("2026-05-01T00:10:00", "people") == "running"
+        assert await r.state_at("2026-05-01T00:20:00", "people") == "running"
+        assert r.store.query("SELECT count(*) FROM run_errors") == [(0,)]
+
     async def test_a_reused_pid_is_not_the_runs_process(self, parts):
         r = rig(parts, "2026-05-01T00:00:00", crash_grace_s=0.0)
         me = os.getpid()
