@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import MutableMapping
 
-__all__ = ["LEGACY_CONFIG", "LEGACY_SECTION", "adopt_legacy_env", "deprecated"]
+__all__ = ["LEGACY_CONFIG", "LEGACY_SECTION", "adopt_legacy_env", "deprecated", "env_source"]
 
 LEGACY_PREFIX = "RUNLEDGER_"
 #: A str, not a Path: pathlib costs a cron process a few ms (config makes it one).
@@ -45,4 +45,16 @@ def adopt_legacy_env(env: MutableMapping[str, str] | None = None) -> None:
         new = "RUNTALLY_" + old[len(LEGACY_PREFIX) :]
         if not env.get(new):
             env[new] = env[old]
+            _adopted[new] = old
         deprecated(old, new)
+
+
+#: RUNTALLY_X -> the RUNLEDGER_X its value was copied from (``adopt_legacy_env``).
+_adopted: dict[str, str] = {}
+
+
+def env_source(var: str) -> str:
+    """Where the value of ``var`` came from, for a message: ``environment variable
+    RUNLEDGER_DB`` when it was copied from there (a new user was told RUNTALLY_DB,
+    which they had not set)."""
+    return f"environment variable {_adopted.get(var, var)}"

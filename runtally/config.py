@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from runtally._compat import LEGACY_CONFIG, LEGACY_SECTION, deprecated
+from runtally._compat import LEGACY_CONFIG, LEGACY_SECTION, deprecated, env_source
 from runtally._files import read_small_file
 from runtally.errors import RuntallyError
 
@@ -597,7 +597,7 @@ def _each_layer(
     out += file_values.items()
     for name, var in _ENV.items():
         if env.get(var):
-            out.append((name, (env[var], f"environment variable {var}")))
+            out.append((name, (env[var], env_source(var))))
     out += [
         (name, (value, sources.get(name, f"argument {name!r}")))
         for name, value in given.items()

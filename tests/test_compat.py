@@ -75,3 +75,5 @@ def test_cli_reads_legacy_variables(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert str(missing) in proc.stderr
     assert "RUNLEDGER_DB is deprecated" in proc.stderr
+    # The error names the variable that was set (a new user was told RUNTALLY_DB).
+    assert "(db from environment variable RUNLEDGER_DB)" in proc.stderr, proc.stderr

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
+from .._compat import env_source
 from ..config import Settings, resolve, resolve_or_defaults
 from ..errors import RuntallyError
 from ._errors import DatabaseError
@@ -91,7 +92,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         return
     source = ctx.get_parameter_source(param.name)
     if source is click.core.ParameterSource.ENVIRONMENT and isinstance(param, click.Option):
-        where = f"environment variable {param.envvar}"
+        where = env_source(str(param.envvar))
     else:
         where = f"option {param.opts[0]}"
     ctx.meta.setdefault(_OVERRIDES, {})[param.name] = (value, where)
