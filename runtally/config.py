@@ -372,10 +372,22 @@ def _convert(name: str, value: Any, source: str) -> Any:
         value = value.replace(",", " ").split()  # "0, 1001 1002" as well as a list
     elif name == "pipelines" and isinstance(value, dict):
         return _pipelines(value, source)
+    kind = _field_type(name)
     try:
-        return msgspec.convert(value, _field_type(name), strict=False, dec_hook=_path)
+        return msgspec.convert(value, kind, strict=False, dec_hook=_path)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"setting {name!r} from {source}: {exc} (got {value!r})") from None
+        raise ConfigError(f"setting {name!r} from {source}: {_said(exc, kind, value)}") from None
+
+
+def _said(exc: msgspec.ValidationError, kind: Any, value: Any) -> str:
+    """msgspec's reason in our words where it has a better one: the allowed values
+    of a choice (a new user read "Invalid enum value 'FAST' (got 'FAST')")."""
+    import typing  # an error path: the import is paid only here
+
+    choices = [a for a in typing.get_args(kind) if isinstance(a, str)]
+    if str(exc).startswith("Invalid enum value") and choices:
+        return f"{value!r} is not one of {', '.join(choices)}"
+    return f"{exc} (got {value!r})"
 
 
 def _pipelines(tables: dict[str, Any], source: str) -> dict[str, PipelineConfig]:
@@ -388,6 +400,10 @@ def _pipelines(tables: dict[str, Any], source: str) -> dict[str, PipelineConfig]
             out[name] = msgspec.convert(table, PipelineConfig, strict=False)
         except msgspec.ValidationError as exc:
             detail = str(exc).replace(" - at `$`", "")
+            if detail.startswith("Object contains unknown field `"):
+                unknown = detail.split("`")[1]
+                known = ", ".join(PipelineConfig.__struct_fields__)
+                detail = f"unknown setting {unknown!r} (a pipeline's settings: {known})"
             raise ConfigError(f"pipeline {name!r} in {source}: {detail}") from None
     return out
 

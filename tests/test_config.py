@@ -318,3 +318,17 @@ def test_the_client_skips_an_endless_flush_timeout(tmp_path: Path) -> None:
     assert got.config_file == str(config_file)  # the rest of the file still applies
     (line,) = said
     assert "client_flush_timeout_s" in line
+
+
+def test_a_choice_and_an_unknown_pipeline_setting_are_said_plainly(tmp_path: Path) -> None:
+    """A new user read "Invalid enum value 'FAST' (got 'FAST')" and "Object contains
+    unknown field `max_runtim`"; now the allowed values and the known settings."""
+    config_file = write(tmp_path / "c.toml", '[runtally]\nsynchronous = "FAST"\n')
+    with pytest.raises(ConfigError) as err:
+        resolve(env={"HOME": str(tmp_path), "RUNTALLY_CONFIG": str(config_file)})
+    assert "'FAST' is not one of NORMAL, FULL" in str(err.value)
+    config_file = write(tmp_path / "p.toml", '[pipelines.x]\nmax_runtim = "1h"\n')
+    with pytest.raises(ConfigError) as err:
+        resolve(env={"HOME": str(tmp_path), "RUNTALLY_CONFIG": str(config_file)})
+    assert "unknown setting 'max_runtim'" in str(err.value)
+    assert "max_runtime" in str(err.value).split("settings:")[1]
