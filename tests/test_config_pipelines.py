@@ -38,7 +38,7 @@ class TestPipelines:
             ('schedule = "daily"', "bad cron expression"),
             ('timezone = "Mars/Olympus"', "unknown timezone 'Mars/Olympus'"),
             ('grace = "soon"', "expected a duration"),
-            ('shedule = "0 3 * * *"', "unknown field `shedule`"),
+            ('shedule = "0 3 * * *"', "unknown setting 'shedule'"),
         ],
     )
     def test_a_bad_table_is_one_error_naming_the_pipeline_and_the_file(
