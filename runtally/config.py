@@ -44,6 +44,7 @@ __all__ = [
     "Retention",
     "Settings",
     "default_paths",
+    "pipelines_in",
     "resolve",
     "resolve_or_defaults",
     "user_config",
@@ -406,6 +407,15 @@ def _pipelines(tables: dict[str, Any], source: str) -> dict[str, PipelineConfig]
                 detail = f"unknown setting {unknown!r} (a pipeline's settings: {known})"
             raise ConfigError(f"pipeline {name!r} in {source}: {detail}") from None
     return out
+
+
+def pipelines_in(path: str | os.PathLike[str]) -> dict[str, PipelineConfig]:
+    """The ``[pipelines.<name>]`` tables of config file ``path`` ({} if it has none
+    or is gone); ConfigError when it cannot be read or a table is wrong."""
+    tables = _load_file(path).get("pipelines") or {}
+    if not isinstance(tables, dict):
+        raise ConfigError(f"config file {path}: [pipelines] must be a table of tables")
+    return _pipelines(tables, f"config file {path}")
 
 
 def _user_config(env: Mapping[str, str]) -> str:

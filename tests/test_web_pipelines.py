@@ -18,8 +18,9 @@ from pathlib import Path
 import msgspec
 import pytest
 from click.testing import CliRunner
-from daemon_helpers import DaemonProcess
+from daemon_helpers import DaemonProcess, wait_until
 from starlette.testclient import TestClient
+from web_helpers import get, web_process
 
 from runtally._pipeline_config import PipelineConfig
 from runtally.cli import main
@@ -174,3 +175,33 @@ def test_daemon_card_counts_connections_in_words(daemon_proc: DaemonProcess) -> 
     assert word == ("connection" if n == "1" else "connections")
     assert re.search(r"\d+ events? committed", html)
     assert "(s)" not in html
+
+
+def test_a_running_dashboard_follows_the_config_file(tmp_path: Path) -> None:
+    """Found by a new user: a [pipelines] table added (and the daemon restarted, as the
+    README says) did not show on the dashboard until `runtally web` restarted too.
+    A real `runtally web`; the file is rewritten while it runs."""
+    db = tmp_path / "dashboard.sqlite"
+    Store.open(db).close()
+    config = tmp_path / "runtally.toml"
+    config.write_text('[pipelines.people]\nschedule = "0 3 * * *"\n')
+
+    def declared(base: str) -> set[str]:
+        status, body = get(base + "/api/pipelines")
+        assert status == 200
+        return {p["pipeline"] for p in json.loads(body) if p["declared"]}
+
+    with web_process(tmp_path, "--db", str(db), "--no-auth", "--config", str(config)) as (base, _):
+        assert declared(base) == {"people"}
+        config.write_text(
+            '[pipelines.people]\nschedule = "0 3 * * *"\n'
+            '[pipelines.nightly]\nschedule = "0 2 * * *"\n'
+        )
+        wait_until(lambda: declared(base) == {"people", "nightly"}, 15, what="the new table")
+        config.write_text("[pipelines.people\n")  # broken mid-edit: the last good tables stay
+
+        def kept() -> bool:
+            assert declared(base) == {"people", "nightly"}  # (a request reads the file)
+            return "keeping the pipelines" in (tmp_path / "web.log").read_text()
+
+        wait_until(kept, 15, what="the warning about the broken file")

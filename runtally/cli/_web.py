@@ -105,6 +105,7 @@ def web(
     """
     try:
         from ..web import WebConfig, allowed_hosts, hash_password, is_loopback, serve
+        from ..web._live import LivePipelines
     except ImportError as exc:
         raise click.ClickException(
             f"runtally web needs the web extra ({(exc.name or '?').split('.')[0]} is not"
@@ -134,7 +135,7 @@ def web(
         spool=settings.spool,
         token=token,
         password_hash=settings.web_password_hash,
-        pipelines=settings.pipelines,
+        pipelines=LivePipelines(settings.config_file, settings.pipelines),
         allowed_hosts=allowed_hosts(
             settings.web_host, web_url=settings.web_url, extra=settings.web_allowed_hosts
         ),

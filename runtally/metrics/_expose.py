@@ -172,8 +172,11 @@ class RuntallyCollector:
     ) -> RuntallyCollector:
         """Read ``db``, ask the daemon on ``socket``, look at ``spool``; ``pipelines``:
         the declared ones (``[pipelines]``), whose ``club`` labels them before a run."""
-        clubs = {name: c.club for name, c in (pipelines or {}).items() if c.club}
-        return cls(lambda: gather(db, socket, spool, timeout=timeout, clubs=clubs))
+
+        def clubs() -> dict[str, str]:  # at each collection: ``pipelines`` may be live
+            return {name: c.club for name, c in (pipelines or {}).items() if c.club}
+
+        return cls(lambda: gather(db, socket, spool, timeout=timeout, clubs=clubs()))
 
     def collect(self) -> Iterator[Metric]:
         """The families of a snapshot taken now."""
