@@ -17,6 +17,7 @@ from monitor_helpers import Rig, dead_pid, make_rig, ms
 
 from runtally._pipeline_config import PipelineConfig
 from runtally.daemon._liveness import process_start
+from runtally.daemon._monitor import JUDGE_PER_STEP
 from runtally.daemon._schedule import next_slot
 from runtally.daemon._store import Origin, Store
 from runtally.daemon._writer import Writer
@@ -285,3 +286,32 @@ class TestCalendarEdge:
         verdict = (await r.monitor.tick())["people"]
         assert verdict.state == "ok"
         assert next_slot(DAILY_3, last) is None
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the steps (runs between two checkpoints) of one task."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task, self.steps = task, 0
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_tick_over_many_pipelines_lets_the_loop_run(parts):
+    """Found from outside: judging 30,000 pipelines was one step of the event loop
+    (~140 ms in which no ack was sent).  A tick checkpoints every JUDGE_PER_STEP."""
+    r = rig(parts, "2026-05-01T00:00:00")
+    n = 16 * JUDGE_PER_STEP  # well past the few steps of its reads and writes
+    at = ms("2026-05-01T00:00:00")
+    await r.emit(*[RunStart(id=f"s{i}", ts=at, run=f"r{i}", pipeline=f"p{i}") for i in range(n)])
+    await r.monitor.tick()  # every pipeline seen once: the next tick only judges
+    counter = _Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(counter)
+    try:
+        verdicts = await r.monitor.tick()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert len(verdicts) == n
+    assert counter.steps >= n // JUDGE_PER_STEP
