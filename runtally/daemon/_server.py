@@ -120,7 +120,7 @@ def _lock_database(db: Path) -> list[int]:
         second = _locked(
             db,
             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-            0o600,
+            0o644,  # what SQLite would create it with: the umask decides (_modes)
             lambda _fd: (
                 f"another runtallyd is already writing {db} under another name"
                 " (a hard link, a symlink or a bind mount of it); one daemon per database"
