@@ -85,7 +85,8 @@ def _check(value: float | None, op: str, limit: float, why: str = "") -> dict[st
 #: Why a target does not hold when it does not (measured, see README Performance).
 WHY = {
     "import": "msgspec's own import (typing, re, enum, uuid and platform, decimal, datetime,"
-    " its inspect and json modules) is more than 8 ms by itself: import.msgspec_ms;"
+    " its inspect and json modules; msgspec._core's initialisation alone ~28 ms) is more"
+    " than 8 ms by itself: import.msgspec_ms;"
     " runtally's own import and first call are import.ours_ms (pipeline venv: the wheel)",
     "b": "CPU-bound on 2 cores shared by 8 pipelines and the daemon, not fsync-bound"
     " (see floor): per run a client spends process_cpu_ms_per_run and the daemon"
@@ -94,9 +95,10 @@ WHY = {
     "c": "a runtally process pays msgspec's import (import.process_cpu_ms: msgspec minus"
     " python) on top of its own work; the rest of runtally's cost per process is below"
     " direct NORMAL's (README Performance)",
-    "latency": "start_run is 1 call in 27 (above the 99th percentile's rank) and costs"
-    " ~60-80 us after close() slept (run meta, cold caches); p99 also includes"
-    " preemption on 2 shared cores",
+    "latency": "start_run and end_run are 2 calls in 27 (above the 99th percentile's"
+    " rank) and cost 2-3x a step call; on this VM a call costs ~2x while the daemon runs"
+    " on the other vCPU (same system calls); p99 also includes preemption on 2 shared"
+    " cores (README Performance)",
     "rss": "beyond the queue's budget (queue_events, 2,000 events), each connection holds"
     " the decoded events of its last 16 KiB read while waiting for the queue, and the"
     " store caches up to 10,000 run and step ids (README Performance)",
