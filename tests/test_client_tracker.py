@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -559,19 +559,14 @@ class TestNesting:
         self, sandbox: Sandbox, tracker: RunTracker
     ) -> None:
         run = tracker.start_run()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                t = RunTracker("forked", socket=sandbox.sock, spool=sandbox.spool)
-                t.start_run()
-                t.end_run()
-                t.close()
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def child() -> None:
+            t = RunTracker("forked", socket=sandbox.sock, spool=sandbox.spool)
+            t.start_run()
+            t.end_run()
+            t.close()
+
+        _in_forked_child(child)
         tracker.end_run()
         starts = [e for e in of(RunStart, events(sandbox, tracker)) if e.pipeline == "forked"]
         assert [e.parent for e in starts] == [run]
@@ -583,21 +578,30 @@ class TestNesting:
         events but sends no run_end for the parent's run (which, being later than
         the parent's end_run, made a success a failure)."""
         run = tracker.start_run()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                tracker.record_error("work", None, "W1", "a worker's error")
-                tracker.close()
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def child() -> None:
+            tracker.record_error("work", None, "W1", "a worker's error")
+            tracker.close()
+
+        _in_forked_child(child)
         tracker.end_run(True)
         evs = events(sandbox, tracker)
         assert [(e.run, e.outcome) for e in of(RunEnd, evs)] == [(run, "success")]
         assert [e.member for e in of(ErrorEvent, evs)] == ["W1"]  # the child's own, landed
+
+
+def _in_forked_child(body: Callable[[], object]) -> None:
+    """Run ``body`` in a forked child (exit 0 if it returned) and wait for it."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            body()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def _in_threads(*targets: Any) -> None:
