@@ -94,6 +94,7 @@ ADDED_COLUMNS = {
         "end_key",
         "peer_pid",
         "peer_start",
+        "received_at",
     ],
     "run_steps": ["uid", "end_key"],
     "run_errors": ["uid"],

@@ -315,3 +315,25 @@ async def test_a_tick_over_many_pipelines_lets_the_loop_run(parts):
         trio.lowlevel.remove_instrument(counter)
     assert len(verdicts) == n
     assert counter.steps >= n // JUDGE_PER_STEP
+
+
+async def test_a_client_clock_ahead_does_not_silence_late(tmp_path: Path, nursery: trio.Nursery):
+    """Found from outside: one run from a host whose clock ran a year ahead made the
+    next expected run a year away, and late/missed were silent that long.  The
+    schedule counts from the earlier of started_at and when the daemon received it
+    (the store's clock here is the rig's, so "received" is the rig's now)."""
+    clocks: list = []
+    store = Store.open(tmp_path / "dashboard.sqlite", clock=lambda: clocks[0].now_ms)
+    writer = Writer(store)
+    await nursery.start(writer.run)
+    try:
+        r = make_rig(tmp_path, store, writer, "2026-05-01T02:00:00", pipelines={"people": DAILY_3})
+        clocks.append(r.clock)
+        ahead = ms("2027-05-01T03:00:00")  # a year ahead of the daemon's clock
+        await r.emit(RunStart(id="f-s", ts=ahead, run="f1", pipeline="people"))
+        await r.emit(RunEnd(id="f-e", ts=ahead + 1000, run="f1", outcome="success"))
+        assert await r.state_at("2026-05-01T02:00:01", "people") == "ok"
+        # Its slot of 03:00 passes with no run: late one grace (1 h) later.
+        assert await r.state_at("2026-05-01T04:00:00", "people") == "late"
+    finally:
+        writer.close()

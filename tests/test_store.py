@@ -136,6 +136,7 @@ def snapshot(store: Store) -> dict[str, Any]:
     for r in runs:
         r["id"] = r["uid"]
         r["parent_run_id"] = run_uid.get(r["parent_run_id"])
+        del r["received_at"]  # the daemon's clock when it came: not the events' doing
     for s in steps:
         s["id"] = s["uid"]
         s["run_id"] = run_uid[s["run_id"]]

@@ -74,8 +74,8 @@ def _run_start(self: Applier, e: RunStart) -> None:
     # looking it up first.
     cur = self._conn.execute(
         "INSERT INTO runs (uid, club_slug, pipeline, started_at, outcome,"
-        " parent_uid, parent_run_id, meta_json, peer_pid, peer_start)"
-        " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
+        " parent_uid, parent_run_id, meta_json, peer_pid, peer_start, received_at)"
+        " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
         (
             e.run,
             club,
@@ -86,6 +86,7 @@ def _run_start(self: Applier, e: RunStart) -> None:
             _json_or_none(e.meta),
             pid,
             start,
+            iso_from_ms(self.clock()),
         ),
     )
     if not cur.rowcount:

@@ -84,7 +84,7 @@ def read_snapshot(conn: sqlite3.Connection, pipeline: str, streak_limit: int) ->
     row = conn.execute(
         "SELECT id, uid, club_slug, started_at, outcome, finished_at, duration_ms,"
         f" CASE WHEN json_valid(summary_json) THEN json_extract(summary_json, '$.{CRASH_MARK}')"
-        " END FROM runs WHERE pipeline = ? ORDER BY id DESC LIMIT 1",
+        " END, received_at FROM runs WHERE pipeline = ? ORDER BY id DESC LIMIT 1",
         (pipeline,),
     ).fetchone()
     if row is None:
@@ -105,6 +105,7 @@ def read_snapshot(conn: sqlite3.Connection, pipeline: str, streak_limit: int) ->
         crashed=row[7] == "crashed",
         error_count=count,
         first_error=first,
+        received_ms=_ms(row[8]),
     )
     streak = 0
     for (outcome,) in conn.execute(

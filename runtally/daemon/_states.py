@@ -53,6 +53,17 @@ class RunInfo(msgspec.Struct, frozen=True):
     crashed: bool = False  # closed by the daemon: its process died without run_end
     error_count: int = 0
     first_error: str | None = None
+    #: When the daemon received its run_start (its own clock; None before schema 8).
+    received_ms: int | None = None
+
+    @property
+    def counted_from_ms(self) -> int:
+        """Its start for the schedule: the earlier of the client's ``started_ms`` and
+        ``received_ms``, so a client clock that runs ahead cannot push the next
+        expected run (and late/missed) into the future."""
+        if self.received_ms is None:
+            return self.started_ms
+        return min(self.started_ms, self.received_ms)
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -110,7 +121,7 @@ def evaluate(
                 next_expected_ms=upcoming,
             )
         return Verdict("running", f"run #{last.id} running", None, upcoming)
-    base = last.started_ms + _EARLY_MS if last is not None else first_seen_ms
+    base = last.counted_from_ms + _EARLY_MS if last is not None else first_seen_ms
     # None with a schedule too: no slot before the calendar ends (a run at 9999-12-31).
     expected = next_slot(config, base)
     if expected is not None:
