@@ -22,7 +22,7 @@ from runtally.cli import main
 from runtally.daemon._migrations import SCHEMA_VERSION
 from runtally.daemon._recognise import ForeignDatabase
 from runtally.daemon._store import Origin, Store
-from runtally.protocol import Ack, StepEnd, StepStart
+from runtally.protocol import Ack, ErrorEvent, RunEnd, RunStart, StepEnd, StepStart
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -297,6 +297,43 @@ def test_parked_events_expire_into_dead_letters_after_their_age(tmp_path: Path) 
         reasons = [r for (r,) in store.query("SELECT reason FROM dead_letters")]
         assert len(reasons) == 3 and all("its run never started" in r for r in reasons)
         assert store.query("SELECT count(*) FROM parked_events") == [(1,)]
+    finally:
+        store.close()
+
+
+def test_events_for_a_step_that_never_started_are_settled_once_the_run_ended(
+    tmp_path: Path,
+) -> None:
+    """Found from outside: an error or step_end naming a stale step id waited 7 days,
+    out of sight; the run showed success with 0 errors.  Once its run has ended and
+    orphan_age_s passed, the error is recorded on its run and the step_end goes to
+    dead_letters saying why; a run still open keeps waiting for its step."""
+    now = [T]
+    store = Store.open(tmp_path / "dashboard.sqlite", clock=lambda: now[0])
+    try:
+        events = [
+            RunStart(id="o-rs", ts=T, run="o", pipeline="people"),
+            ErrorEvent(id="o-e", ts=T, run="o", step="stale", step_name="load", message="m"),
+            StepEnd(id="o-se", ts=T, run="o", step="stale", outcome="success", created=2),
+            RunEnd(id="o-re", ts=T + 5, run="o", outcome="success"),
+            RunStart(id="p-rs", ts=T, run="p", pipeline="people"),  # still running
+            ErrorEvent(id="p-e", ts=T, run="p", step="later", step_name="load", message="m"),
+        ]
+        assert store.apply(events) == [None] * len(events)
+        assert store.parked == 3
+        now[0] += 299_000
+        store.expire_parked(7 * 86400.0, orphan_age_s=300.0)
+        assert store.parked == 3  # not yet: a late step_start may still come
+        now[0] += 2_000
+        store.expire_parked(7 * 86400.0, orphan_age_s=300.0)
+        assert store.parked == 1  # the open run's error still waits for its step
+        rows = store.query(
+            "SELECT r.uid, e.run_step_id, e.step_name FROM run_errors e JOIN runs r"
+            " ON r.id = e.run_id"
+        )
+        assert rows == [("o", None, "load")]
+        (reason,) = store.query("SELECT reason FROM dead_letters WHERE event_id = 'o-se'")[0]
+        assert "step never started (step:stale) and its run has ended" in reason
     finally:
         store.close()
 

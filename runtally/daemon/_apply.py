@@ -66,6 +66,11 @@ _event_encoder = msgspec.msgpack.Encoder()
 _event_decoder = msgspec.msgpack.Decoder(Event)
 
 
+def decode_parked(payload: bytes) -> Event:
+    """A parked event, as ``Applier._park`` stored it."""
+    return _event_decoder.decode(payload)
+
+
 class Applier:
     """Applies validated events on one connection, inside the caller's transaction."""
 
@@ -229,7 +234,7 @@ class Applier:
 
     def _release(self, waiting_for: str) -> None:
         for payload in self.parking.release(waiting_for):
-            event = _event_decoder.decode(payload)
+            event = decode_parked(payload)
             # A parked event that contradicts the db is refused on its own: it
             # must not fail the event that released it (nor the ones after it).
             try:

@@ -133,6 +133,27 @@ class Parking:
             out.append(Expired(event_id, payload, peer, reason))
         return out
 
+    def waiting_for_steps(self, cutoff: str) -> list[tuple[str, str, bytes, int | None, int]]:
+        """(event_id, waiting_for, payload, peer_uid, size) of the events parked before
+        ``cutoff`` that wait for a step (none waiting: no query)."""
+        if not any(key.startswith("step:") for key in self.waiting):
+            return []
+        return self._conn.execute(
+            "SELECT event_id, waiting_for, payload, peer_uid, size FROM parked_events"
+            " WHERE waiting_for >= 'step:' AND waiting_for < 'step;' AND parked_at < ?",
+            (cutoff,),
+        ).fetchall()
+
+    def drop(self, event_id: str, waiting_for: str, peer_uid: int | None, size: int) -> None:
+        """Remove one parked event (``waiting_for_steps`` found it), keeping the counts."""
+        self._conn.execute("DELETE FROM parked_events WHERE event_id = ?", (event_id,))
+        self._forget_bytes(peer_uid, size)
+        left = self.waiting[waiting_for] - 1
+        if left > 0:
+            self.waiting[waiting_for] = left
+        else:
+            self.waiting.pop(waiting_for, None)
+
     def oldest(self) -> str | None:
         """When the oldest parked event was parked (stored-format UTC), None if none."""
         return self._conn.execute("SELECT min(parked_at) FROM parked_events").fetchone()[0]

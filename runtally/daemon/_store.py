@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..protocol import Event, RunStart
+from ..protocol import ErrorEvent, Event, RunStart
 from . import _dbfiles as files
-from ._apply import Applier, Rejected
+from ._apply import Applier, Rejected, decode_parked
 from ._connect import connect, open_migrated
 from ._handlers import HANDLERS
 from ._migrations import SCHEMA_VERSION, schema_version
@@ -362,16 +362,19 @@ class Store:
         """The ``-wal`` file's size in bytes (0 when there is none)."""
         return files.wal_bytes(self.path)
 
-    def expire_parked(self, max_age_s: float) -> int:
+    def expire_parked(self, max_age_s: float, orphan_age_s: float = 300.0) -> int:
         """Move events parked longer than ``max_age_s`` into ``dead_letters``; how many.
 
         Reason "its run never started" (or step); one audit row per expiry.
-        One transaction; StoreBusy/ApplyError as ``apply``.
+        First, an event parked over ``orphan_age_s`` for a step of a run that
+        has ended is settled (``_settle_orphans``).  One transaction;
+        StoreBusy/ApplyError as ``apply``.
         """
         cutoff = iso_from_ms(self.clock() - int(max_age_s * 1000))
         conn, parking = self._conn, self._applier.parking
         try:
             conn.execute("BEGIN IMMEDIATE")
+            self._settle_orphans(iso_from_ms(self.clock() - int(orphan_age_s * 1000)))
             expired = parking.expire(cutoff)
             if expired:
                 self._write_dead_letters(
@@ -404,6 +407,37 @@ class Store:
                 raise ApplyError(f"{type(exc).__name__}: {exc}") from exc
             raise
         return len(expired)
+
+    def _settle_orphans(self, cutoff: str) -> None:
+        """Events parked before ``cutoff`` for a step that never started, of a run that
+        has ended: that step will not come (a stale or foreign step id).
+
+        An error is recorded against its run, without the step; a step_end goes
+        to ``dead_letters`` saying so.  Found from outside: they waited 7 days,
+        out of sight, while the run showed success with 0 errors.  Waiting
+        ``cutoff`` first leaves a late step_start (a spool replayed out of
+        order) its chance.
+        """
+        parking, applier = self._applier.parking, self._applier
+        letters = []
+        for event_id, waiting_for, payload, peer, size in parking.waiting_for_steps(cutoff):
+            event = decode_parked(payload)
+            ended = self._conn.execute(
+                "SELECT 1 FROM runs WHERE uid = ? AND finished_at IS NOT NULL", (event.run,)
+            ).fetchone()
+            if ended is None:
+                continue
+            parking.drop(event_id, waiting_for, peer, size)
+            reason = f"its step never started ({waiting_for}) and its run has ended"
+            if isinstance(event, ErrorEvent):
+                try:
+                    applier.apply(msgspec.structs.replace(event, step=None))
+                    continue
+                except Rejected as exc:
+                    reason = str(exc)
+            letters.append(DeadLetter(payload, reason, event_id, Origin("parked", uid=peer)))
+        if letters:
+            self._write_dead_letters(letters)
 
     def close(self) -> None:
         """Close the connection; the Store is unusable afterwards."""
