@@ -122,12 +122,7 @@ class Parking:
         ).fetchall()
         out = []
         for event_id, waiting_for, payload, peer, size in rows:
-            self._forget_bytes(peer, size)
-            left = self.waiting[waiting_for] - 1
-            if left > 0:
-                self.waiting[waiting_for] = left
-            else:
-                self.waiting.pop(waiting_for, None)
+            self._forget_one(waiting_for, peer, size)
             kind = waiting_for.split(":", 1)[0]
             reason = f"its {kind} never started ({waiting_for}); parked since before {cutoff}"
             out.append(Expired(event_id, payload, peer, reason))
@@ -147,16 +142,20 @@ class Parking:
     def drop(self, event_id: str, waiting_for: str, peer_uid: int | None, size: int) -> None:
         """Remove one parked event (``waiting_for_steps`` found it), keeping the counts."""
         self._conn.execute("DELETE FROM parked_events WHERE event_id = ?", (event_id,))
-        self._forget_bytes(peer_uid, size)
+        self._forget_one(waiting_for, peer_uid, size)
+
+    def oldest(self) -> str | None:
+        """When the oldest parked event was parked (stored-format UTC), None if none."""
+        return self._conn.execute("SELECT min(parked_at) FROM parked_events").fetchone()[0]
+
+    def _forget_one(self, waiting_for: str, peer: int | None, size: int) -> None:
+        """The counts, after one parked event left the table."""
+        self._forget_bytes(peer, size)
         left = self.waiting[waiting_for] - 1
         if left > 0:
             self.waiting[waiting_for] = left
         else:
             self.waiting.pop(waiting_for, None)
-
-    def oldest(self) -> str | None:
-        """When the oldest parked event was parked (stored-format UTC), None if none."""
-        return self._conn.execute("SELECT min(parked_at) FROM parked_events").fetchone()[0]
 
     def _forget_bytes(self, peer: int | None, size: int) -> None:
         self.bytes_total -= size
