@@ -145,6 +145,8 @@ class TestKeysetPagination:
         flat = [i for p in pages for i in p]
         everything = [r["id"] for r in ok_json(client, "/api/runs?pipeline=bulk&limit=500")["runs"]]
         assert flat == everything and len(everything) == BULK_RUNS
+        # 0 is the CLI's "all" (-n 0): the largest page, not one row.
+        assert [r["id"] for r in ok_json(client, "/api/runs?pipeline=bulk&limit=0")["runs"]] == flat
 
     def test_link_keeps_filters_url_encoded(self, client: TestClient) -> None:
         r = client.get("/api/runs?pipeline=a%26b c&limit=1&since=30d")

@@ -86,8 +86,12 @@ def _when(params: Any, name: str) -> str | None:
 
 
 def limit_of(params: Any, default: int) -> int:
+    """``limit``: 1..MAX_LIMIT rows a page; 0, the CLI's "all" (``-n 0``), is the
+    largest page (the Link header pages on).  Found from outside: 0 gave 1 row."""
     value = number(params, "limit")
-    return default if value is None else max(1, min(value, MAX_LIMIT))
+    if value is None:
+        return default
+    return MAX_LIMIT if value == 0 else min(value, MAX_LIMIT)
 
 
 def run_filter(params: Any) -> wq.RunFilter:
