@@ -615,6 +615,38 @@ def test_a_step_of_another_run_is_dead_lettered_and_the_rest_commits(dbs: Databa
         store.close()
 
 
+def test_another_event_under_a_used_id_is_refused_not_dropped(dbs: Databases) -> None:
+    """Found from outside: an error reusing an applied error's id (another run, another
+    message) was acked and dropped in silence, and a second run_start of a run under
+    another pipeline and club was acked and ignored.  A copy is still a duplicate."""
+    store = dbs.open()
+    try:
+        first = [
+            RunStart(id="a-rs", ts=T, run="A", pipeline="dupA"),
+            RunStart(id="b-rs", ts=T, run="B", pipeline="dupB"),
+            ErrorEvent(id="e2", ts=T, run="A", step_name="s", message="first"),
+        ]
+        assert store.apply(first) == [None] * 3
+        again = [
+            ErrorEvent(id="e2", ts=T, run="A", step_name="s", message="first"),  # a copy
+            ErrorEvent(id="e2", ts=T, run="B", step_name="s", message="second, other run"),
+            RunStart(id="a-rs", ts=T, run="A", pipeline="dupA"),  # a copy
+            RunStart(id="a-rs2", ts=T, run="A", pipeline="renamed", club_slug="otherclub"),
+        ]
+        results = store.apply(again)
+        assert results[0] is None and results[2] is None
+        assert results[1] and "another error was recorded under this id" in results[1]
+        assert results[3] and "started already as pipeline 'dupA'" in results[3]
+        letters = [r for (r,) in store.query("SELECT event_id FROM dead_letters ORDER BY id")]
+        assert letters == ["e2", "a-rs2"]
+        assert store.query("SELECT pipeline, club_slug FROM runs WHERE uid = 'A'") == [
+            ("dupA", "rondo")
+        ]
+        assert store.query("SELECT count(*) FROM run_errors") == [(1,)]
+    finally:
+        store.close()
+
+
 def test_a_parked_event_refused_on_release_does_not_refuse_its_releaser(dbs: Databases) -> None:
     """A parked event that turns out to be wrong when its run arrives is
     dead-lettered on its own; the run_start and the other parked events apply."""

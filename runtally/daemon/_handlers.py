@@ -60,6 +60,7 @@ def _json_or_none(value: Any) -> str | None:
 def _run_start(self: Applier, e: RunStart) -> None:
     peer = self.peer
     if e.run in self._runs:
+        _same_start(self, e)
         if peer is not None:
             _record_peer(self, e, peer)
         return  # a duplicate
@@ -90,6 +91,7 @@ def _run_start(self: Applier, e: RunStart) -> None:
         ),
     )
     if not cur.rowcount:
+        _same_start(self, e)
         if peer is not None:
             _record_peer(self, e, peer)
         return  # a duplicate
@@ -109,6 +111,21 @@ def _run_start(self: Applier, e: RunStart) -> None:
         )
     if self.parking.waiting:  # else nothing can be waiting for it: no call
         self._release("run:" + e.run)
+
+
+def _same_start(self: Applier, e: RunStart) -> None:
+    """A second run_start of a run must be a copy: another pipeline or club under the
+    same run uid is refused (dead_letters) rather than acked and dropped in silence
+    (found from outside).  Only duplicates pay for the query."""
+    row = self._conn.execute(
+        "SELECT pipeline, club_slug FROM runs WHERE uid = ?", (e.run,)
+    ).fetchone()
+    club = e.club_slug if e.club_slug is not None else "rondo"
+    if row is not None and (row[0], row[1]) != (e.pipeline, club):
+        raise Rejected(
+            f"run_start {e.id!r}: run {e.run!r} was started already as pipeline {row[0]!r}"
+            f" of club {row[1]!r}, not {e.pipeline!r} of {club!r}"
+        )
 
 
 def _record_peer(self: Applier, e: RunStart, peer: tuple[int, int | None]) -> None:
@@ -228,7 +245,8 @@ def _error(self: Applier, e: ErrorEvent) -> None:
             return
         step_id = step.id
     stack = e.stack[:MAX_STACK] if e.stack is not None else None
-    self._conn.execute(  # ON CONFLICT: a duplicate changes nothing
+    message = e.message[:MAX_MESSAGE]
+    cur = self._conn.execute(  # ON CONFLICT: a duplicate changes nothing
         "INSERT INTO run_errors (uid, run_id, run_step_id, club_slug, step_name,"
         " member_identifier, error_message, error_stack, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uid) DO NOTHING",
@@ -239,11 +257,20 @@ def _error(self: Applier, e: ErrorEvent) -> None:
             run.club_slug,
             e.step_name,
             e.member,
-            e.message[:MAX_MESSAGE],
+            message,
             stack,
             iso_from_ms(e.ts),
         ),
     )
+    if not cur.rowcount:  # a duplicate: a copy, or another error under the same id
+        kept = self._conn.execute(
+            "SELECT run_id, error_message FROM run_errors WHERE uid = ?", (e.id,)
+        ).fetchone()
+        if kept is not None and (kept[0], kept[1]) != (run.id, message):
+            raise Rejected(
+                f"error {e.id!r}: another error was recorded under this id already;"
+                " an event id names one event"
+            )
 
 
 def _run_end(self: Applier, e: RunEnd) -> None:
