@@ -659,6 +659,9 @@ def test_parse_since_formats() -> None:
     assert parse_since("2026-02-08T06:00:00+01:00") == "2026-02-08T05:00:00.000Z"
     with pytest.raises(ValueError, match="neither a duration"):
         parse_since("soon")
+    # Found from outside: year 0 in UTC read "year 0 is out of range" (a year not typed).
+    with pytest.raises(ValueError, match="edge of the calendar"):
+        parse_since("0001-01-01T00:00:00+01:00")
 
 
 @pytest.fixture(autouse=True)

@@ -233,9 +233,12 @@ def parse_since(value: str, now: datetime | None = None) -> str:
             f"{value!r} is neither a duration (30m, 24h, 7d, 2w) nor an ISO date/time "
             "(2026-02-08, 2026-02-08T06:00, 2026-02-08T05:00:00Z)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # naive = local time
-    return iso_from_datetime(moment)
+    try:
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # naive = local time
+        return iso_from_datetime(moment)
+    except (OverflowError, ValueError) as exc:  # 0001-01-01 east of UTC is year 0 in UTC
+        raise ValueError(f"{value!r} is at the edge of the calendar (years 1-9999 in UTC)") from exc
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)

@@ -263,7 +263,8 @@ class Writer:
                     await trio.to_thread.run_sync(self._in_thread, self._apply_all, jobs)
                 except StoreBusy as exc:
                     if self.busy_since is None:
-                        logger.warning("database busy, retrying: %s", exc)
+                        # (not "busy": a full disk is transient too)
+                        logger.warning("cannot commit now, retrying: %s", exc)
                     self._failing(exc)
                     await self._pause(delay)
                     delay = min(delay * 2, _BACKOFF_MAX_S)
