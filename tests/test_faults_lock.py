@@ -104,7 +104,7 @@ def test_outside_lock_longer_than_busy_timeout_during_load(short_root: Path) -> 
         assert count(d.db, "runs", "uid LIKE 'lock-%' AND total_created = 3") == 60
         assert status(d.socket).events_committed >= committed_during + total
         log = d.read_log()
-        assert "database busy" in log and "database is locked" in log, log
+        assert "cannot commit now, retrying" in log and "database is locked" in log, log
         assert "writable again" in log, log
         assert "Traceback" not in log, log
     finally:
