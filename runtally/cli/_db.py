@@ -62,25 +62,15 @@ def _database_errors(path: Path) -> Iterator[None]:
         raise DatabaseError(f"{where}: {exc.strerror or exc}") from exc
 
 
-def _daemon_answers(path: Path) -> str | None:
-    """Why a daemon seems to be running on ``path``, or None if nobody answers."""
-    nobody = probe(path, timeout=1.0)
-    if nobody is None:
-        return f"the daemon is running (socket {path} answers)"
-    if nobody.silence is Silence.DENIED:
-        return f"cannot tell whether the daemon is running (socket {path}: permission denied)"
-    if nobody.silence is Silence.BUSY:
-        return f"the daemon's socket {path} accepts no connection (busy daemon?)"
-    return None
-
-
 @dataclass(frozen=True)
 class _Writer:
-    """Who writes ``db`` besides this command: ``why`` says (None: nobody), and
-    ``on_socket`` whether it is the daemon on our socket (which can be asked)."""
+    """Who writes ``db`` besides this command: ``why`` says (None: nobody);
+    ``on_socket`` whether it is the daemon on our socket, and ``askable``
+    whether that one answered (so an admin message can go to it)."""
 
     why: str | None
     on_socket: bool = False
+    askable: bool = False
 
 
 def _writer_of(settings: Settings, timeout: float = 2.0) -> _Writer:
@@ -88,14 +78,23 @@ def _writer_of(settings: Settings, timeout: float = 2.0) -> _Writer:
 
     The daemon on the socket counts only when its status names this very file
     (found from outside: ``db vacuum --db OTHER`` vacuumed the daemon's own
-    database and reported its sizes as OTHER's).  Any other daemon writing the
-    file holds its ``<db>.lock``.
+    database and reported its sizes as OTHER's).  A socket that cannot be
+    probed (permission denied, accepting nothing) may hide one: not ours to
+    write.  Any other daemon writing the file holds its ``<db>.lock``.
     """
-    why = _daemon_answers(settings.socket)
-    if why is not None:
-        writes = _daemon_db(settings.socket, timeout)
-        if writes is None or same_file(writes, settings.db):
-            return _Writer(why, on_socket=True)  # its file, or it cannot tell: not ours to write
+    path = settings.socket
+    nobody = probe(path, timeout=1.0)
+    if nobody is None:
+        writes = _daemon_db(path, timeout)
+        if writes is None or same_file(writes, settings.db):  # its file, or it cannot tell
+            why = f"the daemon is running (socket {path} answers)"
+            return _Writer(why, on_socket=True, askable=True)
+    elif nobody.silence is Silence.DENIED:
+        why = f"cannot tell whether the daemon is running (socket {path}: permission denied)"
+        return _Writer(why, on_socket=True)
+    elif nobody.silence is Silence.BUSY:
+        why = f"the daemon's socket {path} accepts no connection (busy daemon?)"
+        return _Writer(why, on_socket=True)
     holder = lock_holder(settings.db)
     if holder is not None:
         return _Writer(
@@ -219,7 +218,7 @@ def vacuum(settings: Settings, timeout: float) -> None:
     path = settings.db
     writer = _writer_of(settings, min(timeout, 2.0))
     if writer.on_socket:
-        _vacuum_through_daemon(settings, writer.why or "", timeout)
+        _vacuum_through_daemon(settings, writer, timeout)
         return
     if writer.why is not None:
         raise DaemonIsWriter(f"{writer.why}: vacuum with that daemon's --socket, or stop it")
@@ -240,11 +239,11 @@ def vacuum(settings: Settings, timeout: float) -> None:
     click.echo(f"{path}: vacuumed, {size_before:,} -> {size_after:,} bytes{note}")
 
 
-def _vacuum_through_daemon(settings: Settings, why: str, timeout: float) -> None:
+def _vacuum_through_daemon(settings: Settings, writer: _Writer, timeout: float) -> None:
     """Ask the running daemon to vacuum; one line with the sizes, or a ClickException."""
-    if probe(settings.socket, timeout=1.0) is not None:
+    if not writer.askable:
         # Permission denied or a socket that accepts nothing: cannot ask, must not write.
-        raise DaemonIsWriter(f"{why}: stop it before `runtally db vacuum`")
+        raise DaemonIsWriter(f"{writer.why}: stop it before `runtally db vacuum`")
     reply = ask(settings.socket, Vacuum(), timeout=timeout)
     if isinstance(reply, ErrorReply):
         raise DaemonIsWriter(f"the daemon refused to vacuum: {reply.error}")
