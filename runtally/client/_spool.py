@@ -349,10 +349,8 @@ class SpoolWriter:
         so ``LOCK_UN`` here would unlock the parent's file under it; closing
         our copy of the descriptor leaves the parent's lock in place.
         """
-        fds = [fd for _, fd, _ in self._retired]
+        fds = self._descriptors()
         self._retired.clear()
-        if self._fd is not None:
-            fds.append(self._fd)
         self._reset()
         self._pid = os.getpid()
         self._retry_at = 0.0
@@ -367,14 +365,18 @@ class SpoolWriter:
         """In a forked child, under a call that resumes there: the parent's files'
         descriptors point at /dev/null (``point_at_devnull``); ``forget`` closes
         them once that call is done."""
-        fds = [fd for _, fd, _ in self._retired]
-        if self._fd is not None:
-            fds.append(self._fd)
-        point_at_devnull(fds)
+        point_at_devnull(self._descriptors())
         self._detached = True
         # No path either: nothing the call does may rename or unlink the parent's files.
         self._path = None
         self._retired = deque((tag, fd, None) for tag, fd, _ in self._retired)
+
+    def _descriptors(self) -> list[int]:
+        """Every descriptor this writer holds: the retired files' and the open one's."""
+        fds = [fd for _, fd, _ in self._retired]
+        if self._fd is not None:
+            fds.append(self._fd)
+        return fds
 
     def _reset(self) -> None:
         self._detached = False  # see detach

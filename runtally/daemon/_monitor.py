@@ -181,9 +181,9 @@ class Monitor:
             # file is replayed only once its writer is gone (stale): no pid here
             # to look at, so gone once no file of that pid waits any more (found
             # from outside: such a run stayed running for ever, hiding late/missed).
-            remote = pid is None and run.meta_host is not None and run.meta_host != self._host
+            remote = False
             if pid is None and run.meta_host is not None:
-                pid = run.meta_pid
+                pid, remote = run.meta_pid, run.meta_host != self._host
             gone = pid is not None and (remote or process_gone(pid, start))
             if run.uid is None or pid is None or not gone:
                 self._dead_since.pop(run.uid or "", None)
