@@ -101,8 +101,10 @@ def pipeline_states(
     if "pipeline_states" not in table_names(conn):
         return states
     for p, c, s in conn.execute("SELECT pipeline, club_slug, state FROM pipeline_states"):
-        ran = [k for k in states if k[0] == p]
-        keys = [(p, c)] if c is not None else ran or [(p, (clubs or {}).get(p, ""))]
+        if c is not None:
+            keys = [(p, c)]
+        else:  # (a scan of every pair: only for a row without a club)
+            keys = [k for k in states if k[0] == p] or [(p, (clubs or {}).get(p, ""))]
         for key in keys:
             states[key] = s
     return states
