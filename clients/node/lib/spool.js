@@ -215,14 +215,15 @@ class SpoolWriter {
     // The Python client's and the daemon's rule: the daemon does not replay a
     // directory anyone may write, so events put there would never land (found
     // from outside: a 1777 spool directory took them silently).
-    const why = untrustedDirectory(this.directory, fs.statSync(this.directory), this.trusted(), { shared: true });
+    const dir = fs.statSync(this.directory);
+    const why = untrustedDirectory(this.directory, dir, this.trusted(), { shared: true });
     if (why !== null) throw new Error(`not spooling there: ${why}`);
     this.start ??= processStart();
     const token = crypto.randomBytes(4).toString('hex');
     const name = `${Date.now()}-${spoolHost()}-${process.pid}-nolock.${this.start}.${token}.spool`;
     const final = path.join(this.directory, name);
     const tmp = path.join(this.directory, `.${name}.tmp`);
-    const mode = fs.statSync(this.directory).uid === process.getuid() ? OWN_FILE_MODE : FILE_MODE;
+    const mode = dir.uid === process.getuid() ? OWN_FILE_MODE : FILE_MODE;
     const fd = fs.openSync(tmp, OPEN_FLAGS, mode);
     try {
       fs.fchmodSync(fd, mode); // whatever the umask: the daemon's group must read it

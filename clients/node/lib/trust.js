@@ -43,4 +43,4 @@ function untrustedDirectory(dir, st, trusted, { shared = false } = {}) {
   return null;
 }
 
-module.exports = { trustedUids, uidOf, untrustedDirectory };
+module.exports = { trustedUids, untrustedDirectory };
